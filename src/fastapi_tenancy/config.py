@@ -1,0 +1,207 @@
+"""`TenancyConfig`: every setting of the library, read from ``TENANCY_*`` environment variables.
+
+This is the only module that reads the environment. Settings that cannot work together are
+rejected here, when the config is built, with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import MetaData
+
+from fastapi_tenancy.exceptions import ConfigurationError
+
+__all__ = ["ResolutionStrategy", "TenancyConfig"]
+
+ResolutionStrategy = Literal["header", "subdomain", "jwt", "path"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_HMAC_SECRET_BYTES = 32
+# Values copied from tutorials and .env templates; a token signed with one of them is forgeable.
+PLACEHOLDER_SECRET_PREFIXES = (
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "replace_me",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "secret",
+    "placeholder",
+    "example",
+    "dummy",
+    "insecure",
+)
+
+
+def _split_csv(value: Any) -> Any:
+    # Lists come from the environment as "a,b,c"; JSON lists are accepted too.
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class TenancyConfig(BaseSettings):
+    """Settings for :class:`~fastapi_tenancy.Tenancy` and :class:`~fastapi_tenancy.TenancyMiddleware`.
+
+    ``TenancyConfig()`` reads ``TENANCY_*`` variables (and a ``.env`` file if present); keyword
+    arguments override them::
+
+        TenancyConfig(resolution_strategy="subdomain", domain_suffix="example.com")
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANCY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        arbitrary_types_allowed=True,
+        validate_default=True,
+    )
+
+    # Central database: the tenants table, and tenant data under row isolation.
+    database_url: str = Field(default="sqlite+aiosqlite:///./tenancy.db", repr=False)
+    database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_pool_timeout: float = Field(default=30.0, gt=0)
+    database_pool_recycle: int = Field(default=1800, ge=-1)
+    database_pool_pre_ping: bool = True
+    database_echo: bool = False
+
+    # ① Resolution: one strategy, or several tried in order ("header,jwt").
+    resolution_strategy: Annotated[tuple[ResolutionStrategy, ...], NoDecode] = ("header",)
+    tenant_header_name: str = Field(default="X-Tenant-ID", min_length=1)
+    domain_suffix: str | None = None
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    tenant_path_prefix: str = ""
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_tenant_claim: str = Field(default="tenant", min_length=1)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    excluded_paths: Annotated[tuple[str, ...], NoDecode] = (
+        "/health",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+    )
+
+    # ② Lookup: in-process LRU+TTL cache in front of the store.
+    cache_enabled: bool = True
+    cache_ttl: float = Field(default=60.0, gt=0)
+    cache_negative_ttl: float = Field(default=5.0, ge=0)
+    cache_max_size: int = Field(default=10_000, ge=1)
+
+    # ⑤ Isolation.
+    isolation_strategy: Literal["row"] = "row"
+    tenant_metadata: str | MetaData | None = None
+
+    # Lifecycle.
+    enable_soft_delete: bool = True
+
+    @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
+    @classmethod
+    def _lists_from_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("resolution_strategy")
+    @classmethod
+    def _at_least_one_strategy(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one resolution strategy")
+        if len(set(value)) != len(value):
+            raise ValueError("a resolution strategy is listed twice")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        value = _split_csv(value)
+        if isinstance(value, list | tuple):
+            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+        return value
+
+    @field_validator("excluded_paths")
+    @classmethod
+    def _normalise_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        paths = []
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"excluded path {path!r} must start with '/'")
+            paths.append(path.rstrip("/") or "/")
+        return tuple(paths)
+
+    @field_validator("tenant_path_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("tenant_path_prefix must be empty or start with '/'")
+        return value
+
+    @field_validator("domain_suffix")
+    @classmethod
+    def _normalise_suffix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().strip(".")
+        if not value:
+            raise ValueError("domain_suffix must be a domain such as 'example.com'")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TenancyConfig:
+        strategies = set(self.resolution_strategy)
+        if "subdomain" in strategies and self.domain_suffix is None:
+            raise ConfigurationError(
+                "resolution_strategy 'subdomain' needs TENANCY_DOMAIN_SUFFIX "
+                "(for example 'example.com', so 'acme.example.com' names tenant 'acme')"
+            )
+        if "jwt" in strategies:
+            self._check_jwt()
+        return self
+
+    def _check_jwt(self) -> None:
+        algorithm = self.jwt_algorithm
+        if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+            raise ConfigurationError(
+                f"jwt_algorithm {algorithm!r} is not supported; use one of "
+                f"{', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
+            )
+        if self.jwt_secret is None or not self.jwt_secret.get_secret_value().strip():
+            raise ConfigurationError(
+                "resolution_strategy 'jwt' needs TENANCY_JWT_SECRET: the HMAC secret for HS* "
+                "algorithms, or the PEM public key for RS*/PS*/ES*/EdDSA"
+            )
+        if algorithm in HMAC_ALGORITHMS:
+            secret = self.jwt_secret.get_secret_value()
+            if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+                raise ConfigurationError(
+                    f"TENANCY_JWT_SECRET is shorter than {MIN_HMAC_SECRET_BYTES} bytes; generate "
+                    "one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+            lowered = secret.strip().lower()
+            if lowered.startswith(PLACEHOLDER_SECRET_PREFIXES) or len(set(secret)) < 8:
+                raise ConfigurationError(
+                    "TENANCY_JWT_SECRET looks like a placeholder; generate a real one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        elif "-----BEGIN" not in self.jwt_secret.get_secret_value():
+            raise ConfigurationError(
+                f"jwt_algorithm {algorithm} verifies with a public key: set TENANCY_JWT_SECRET to "
+                "the PEM-encoded public key"
+            )

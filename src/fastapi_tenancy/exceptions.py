@@ -1,0 +1,100 @@
+"""Errors raised by fastapi-tenancy.
+
+    TenancyError
+    ├── ConfigurationError            invalid settings, detected at start-up
+    ├── TenantNotFound                404: no identifier, malformed, unknown or soft-deleted
+    │   └── InvalidTenantIdentifier   404: the identifier is malformed (same public body)
+    ├── TenantSuspended               403
+    ├── AuthenticationFailed          401: bad, expired or unacceptable token
+    ├── ServiceUnavailable            503: tenant storage unreachable
+    ├── TenantAlreadyExists           lifecycle: identifier taken
+    ├── InvalidTransition             lifecycle: e.g. suspending a deleted tenant
+    ├── TenantContextMissing          code needs a tenant but none is bound
+    └── CrossTenantAccess             a write names another tenant's row (row isolation)
+
+Each error that can end a request carries its HTTP status, its WebSocket close code and the public
+detail sent to the client. The public detail never says which tenants exist or why one was refused.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigurationError",
+    "CrossTenantAccess",
+    "InvalidTenantIdentifier",
+    "InvalidTransition",
+    "ServiceUnavailable",
+    "TenancyError",
+    "TenantAlreadyExists",
+    "TenantContextMissing",
+    "TenantNotFound",
+    "TenantSuspended",
+]
+
+WS_POLICY_VIOLATION = 1008
+WS_INTERNAL_ERROR = 1011
+
+
+class TenancyError(Exception):
+    """Base class of every error this library raises."""
+
+    status_code: ClassVar[int] = 500
+    ws_close_code: ClassVar[int] = WS_INTERNAL_ERROR
+    public_detail: ClassVar[str] = "Internal server error"
+    headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.public_detail)
+
+
+class ConfigurationError(TenancyError):
+    """The settings cannot work together; raised before the app serves anything."""
+
+
+class TenantNotFound(TenancyError):
+    status_code = 404
+    ws_close_code = WS_POLICY_VIOLATION
+    public_detail = "Tenant not found"
+
+
+class InvalidTenantIdentifier(TenantNotFound):
+    """Malformed identifiers answer exactly like unknown ones, so probing reveals nothing."""
+
+
+class TenantSuspended(TenancyError):
+    status_code = 403
+    ws_close_code = WS_POLICY_VIOLATION
+    public_detail = "Forbidden"
+
+
+class AuthenticationFailed(TenancyError):
+    status_code = 401
+    ws_close_code = WS_POLICY_VIOLATION
+    public_detail = "Unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ServiceUnavailable(TenancyError):
+    status_code = 503
+    public_detail = "Service unavailable"
+
+
+class TenantAlreadyExists(TenancyError):
+    status_code = 409
+    public_detail = "Tenant already exists"
+
+
+class InvalidTransition(TenancyError):
+    status_code = 409
+    public_detail = "Invalid tenant status transition"
+
+
+class TenantContextMissing(TenancyError):
+    """Raised when code that needs a tenant runs outside a tenant-bound request or scope."""
+
+
+class CrossTenantAccess(TenancyError):
+    """A statement would write a row that belongs to another tenant."""

@@ -1,0 +1,69 @@
+"""The tenant record: the one value carried along the request path."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fastapi_tenancy.exceptions import InvalidTenantIdentifier
+
+__all__ = ["IDENTIFIER_PATTERN", "Tenant", "TenantStatus", "new_tenant_id", "validate_identifier"]
+
+# One DNS label: lower-case letters, digits and inner hyphens, 1-63 characters. The same shape works
+# as a subdomain, a path segment and a header value, and never needs quoting.
+IDENTIFIER_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def validate_identifier(value: str) -> str:
+    """Return ``value`` if it is a well-formed tenant identifier, else raise.
+
+    Every identifier is checked here before it reaches a cache, a store or SQL.
+    """
+    if not isinstance(value, str) or IDENTIFIER_PATTERN.fullmatch(value) is None:
+        raise InvalidTenantIdentifier()
+    return value
+
+
+def new_tenant_id() -> str:
+    """A fresh, opaque primary key: 32 hex characters."""
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TenantStatus(StrEnum):
+    """Where a tenant is in its life. Only ``active`` tenants serve requests."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+
+
+class Tenant(BaseModel):
+    """An immutable tenant record.
+
+    ``id`` is the stable key stored in tenant data (``tenant_id`` columns); ``identifier`` is what
+    requests name. Changes produce a new value with ``tenant.model_copy(update={...})``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=new_tenant_id, min_length=1, max_length=64)
+    identifier: str = Field(pattern=IDENTIFIER_PATTERN.pattern, max_length=63)
+    name: str = ""
+    status: TenantStatus = TenantStatus.ACTIVE
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+    deleted_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is TenantStatus.ACTIVE

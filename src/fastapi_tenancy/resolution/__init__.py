@@ -1,0 +1,1 @@
+"""① Resolution: ASGI scope -> tenant identifier. Pure, synchronous, no I/O."""

@@ -1,0 +1,49 @@
+"""The tenant store contract: the source of truth for tenant records."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["TenantStore"]
+
+
+class TenantStore(Protocol):
+    """Keeps tenant records. Every implementation passes ``tests/store/test_contract.py``.
+
+    Backend failures (server down, connection refused, timeouts) surface as
+    `fastapi_tenancy.exceptions.ServiceUnavailable`, never as driver exceptions.
+    """
+
+    async def initialize(self) -> None:
+        """Prepare storage (for example create the tenants table); safe to call repeatedly."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the store opened itself; an engine passed in stays open."""
+        ...
+
+    async def get(self, tenant_id: str) -> Tenant | None: ...
+
+    async def get_by_identifier(self, identifier: str) -> Tenant | None: ...
+
+    async def add(self, tenant: Tenant) -> Tenant:
+        """Insert ``tenant``; raises `TenantAlreadyExists` if its id or identifier is taken."""
+        ...
+
+    async def update(self, tenant: Tenant) -> Tenant:
+        """Replace the record with ``tenant.id``, stamping ``updated_at``; returns what was stored.
+
+        Raises `TenantNotFound` when no record has that id, and `TenantAlreadyExists` when the
+        new identifier belongs to another tenant.
+        """
+        ...
+
+    async def delete(self, tenant_id: str) -> None:
+        """Remove the record for good (no error if it is already gone)."""
+        ...
+
+    async def list(self, *, include_deleted: bool = False) -> list[Tenant]:
+        """All tenants ordered by identifier; soft-deleted ones only when asked for."""
+        ...

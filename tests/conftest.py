@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+
+
+@pytest.fixture(autouse=True)
+def _clean_tenancy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TenancyConfig reads TENANCY_* variables and a .env file; tests start from the defaults.
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TENANCY_") and not name.startswith("TENANCY_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TENANCY_DATABASE_URL", "sqlite+aiosqlite:///:memory:")
+
+
+@pytest.fixture
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL for an empty database of the requested kind ("sqlite", "postgres" or "mysql")."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'tenancy.db'}"
+        return
+    url = {"postgres": POSTGRES_URL, "mysql": MYSQL_URL}[kind]
+    require_server(kind, url, 5432 if kind == "postgres" else 3306)
+    await reset_database(url)
+    yield url
+    await reset_database(url)

@@ -1,0 +1,85 @@
+"""Real database and cache servers for the tests: where they are, whether they are up, and resets.
+
+URLs come from TENANCY_TEST_POSTGRES_URL, TENANCY_TEST_MYSQL_URL and TENANCY_TEST_REDIS_URL with
+loopback defaults. A test that needs a server that is down is skipped with the reason, unless
+TENANCY_TEST_REQUIRE_SERVICES=1, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cache
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+POSTGRES_URL = os.environ.get(
+    "TENANCY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("TENANCY_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("TENANCY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_SERVICES = os.environ.get("TENANCY_TEST_REQUIRE_SERVICES") == "1"
+
+
+@cache
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, url: str, default_port: int) -> None:
+    """Skip (or, when services are required, fail) unless the server behind ``url`` answers."""
+    parsed = make_url(url) if "://" in url and not url.startswith("redis") else None
+    if parsed is not None:
+        host, port = parsed.host or "127.0.0.1", parsed.port or default_port
+    else:
+        rest = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        host, _, port_text = rest.partition(":")
+        port = int(port_text or default_port)
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port} (set its TENANCY_TEST_*_URL)"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " and TENANCY_TEST_REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(message)
+
+
+async def reset_database(url: str) -> None:
+    """Drop everything the tests may have created in the database behind ``url``."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            if backend == "postgresql":
+                schemas = await conn.execute(
+                    text(
+                        "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                        "AND nspname NOT IN ('information_schema', 'public')"
+                    )
+                )
+                for (schema,) in schemas:
+                    await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+                await conn.execute(text("CREATE SCHEMA public"))
+            else:
+                tables = await conn.execute(
+                    text(
+                        "SELECT table_name FROM information_schema.tables "
+                        "WHERE table_schema = DATABASE()"
+                    )
+                )
+                await conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
+                for (table,) in tables:
+                    await conn.execute(text(f"DROP TABLE `{table}`"))
+                await conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
+    finally:
+        await engine.dispose()
