@@ -1,0 +1,11 @@
+"""Tenant caches: resolved tenants (and known absences) kept between requests.
+
+`TenantCache` is the interface; `MemoryTenantCache` is the in-process implementation.
+"""
+
+from __future__ import annotations
+
+from fastapi_tenancy.cache.base import CachedLookup, TenantCache
+from fastapi_tenancy.cache.memory import MemoryTenantCache
+
+__all__ = ["CachedLookup", "MemoryTenantCache", "TenantCache"]

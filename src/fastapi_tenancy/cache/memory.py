@@ -1,0 +1,73 @@
+"""`MemoryTenantCache`: an in-process LRU cache with a TTL per entry, the L1 of tenant lookup."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from cachetools import TLRUCache
+
+from fastapi_tenancy.cache.base import CachedLookup
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["MemoryTenantCache"]
+
+
+class _Entry(NamedTuple):
+    lookup: CachedLookup
+    ttl: float
+
+
+def _expires_at(_identifier: str, entry: _Entry, now: float) -> float:
+    return now + entry.ttl
+
+
+class MemoryTenantCache:
+    """A `TenantCache` in process memory, bounded to ``max_size`` entries (least recently used go).
+
+    Each entry expires after the ``ttl`` it was set with; "no such tenant" answers are cached like
+    tenants. ``timer`` is the clock the TTLs are measured on.
+
+    Task-safe on one event loop: no method awaits, so concurrent tasks never see a half-done
+    update. It is not shared between threads or processes; each process has its own.
+
+    Example::
+
+        cache = MemoryTenantCache(max_size=1_000)
+        await cache.set("acme", tenant, ttl=60)
+        await cache.set("nobody", None, ttl=5)
+        assert await cache.get("nobody") == CachedLookup(tenant=None)
+    """
+
+    def __init__(
+        self, max_size: int = 10_000, *, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._entries: TLRUCache[str, _Entry, float] = TLRUCache(max_size, _expires_at, timer)
+
+    async def get(self, identifier: str) -> CachedLookup | None:
+        """The cached lookup, or ``None`` on a miss or after its TTL ran out."""
+        entry = self._entries.get(identifier)
+        return None if entry is None else entry.lookup
+
+    async def set(self, identifier: str, tenant: Tenant | None, *, ttl: float) -> None:
+        """Cache ``tenant`` (or its absence, when ``None``) for ``ttl`` seconds."""
+        if ttl <= 0:
+            # Nothing may be cached for no time; an older entry is now stale, so it goes too.
+            self._entries.pop(identifier, None)
+            return
+        self._entries[identifier] = _Entry(CachedLookup(tenant), ttl)
+
+    async def delete(self, identifier: str) -> None:
+        """Forget ``identifier``; no error if it is not cached."""
+        self._entries.pop(identifier, None)
+
+    async def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+    async def close(self) -> None:
+        """Drop every entry; the cache holds no other resources."""
+        self._entries.clear()

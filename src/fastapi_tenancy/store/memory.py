@@ -1,0 +1,85 @@
+"""`MemoryTenantStore`: tenant records in a dict, for tests, demos and single-process tools."""
+
+from __future__ import annotations
+
+import builtins
+from datetime import UTC, datetime
+
+from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
+from fastapi_tenancy.models import Tenant, TenantStatus
+
+__all__ = ["MemoryTenantStore"]
+
+
+class MemoryTenantStore:
+    """A `TenantStore` that keeps records in process memory; they vanish with the process.
+
+    Task-safe on one event loop: no method awaits between checking and writing, so concurrent
+    tasks never interleave inside an operation. Not for use from several threads.
+
+    Example::
+
+        store = MemoryTenantStore()
+        await store.add(Tenant(identifier="acme"))
+        tenant = await store.get_by_identifier("acme")
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Tenant] = {}
+        self._id_by_identifier: dict[str, str] = {}
+
+    async def initialize(self) -> None:
+        """Nothing to prepare."""
+
+    async def close(self) -> None:
+        """Nothing to release; the records stay until the store is garbage collected."""
+
+    async def get(self, tenant_id: str) -> Tenant | None:
+        """The tenant with ``tenant_id``, or ``None``."""
+        return self._by_id.get(tenant_id)
+
+    async def get_by_identifier(self, identifier: str) -> Tenant | None:
+        """The tenant named ``identifier``, or ``None``."""
+        tenant_id = self._id_by_identifier.get(identifier)
+        return None if tenant_id is None else self._by_id[tenant_id]
+
+    async def add(self, tenant: Tenant) -> Tenant:
+        """Insert ``tenant``; raises `TenantAlreadyExists` if its id or identifier is taken."""
+        if tenant.id in self._by_id:
+            raise TenantAlreadyExists(f"a tenant with id {tenant.id!r} already exists")
+        if tenant.identifier in self._id_by_identifier:
+            raise TenantAlreadyExists(f"identifier {tenant.identifier!r} is taken")
+        self._by_id[tenant.id] = tenant
+        self._id_by_identifier[tenant.identifier] = tenant.id
+        return tenant
+
+    async def update(self, tenant: Tenant) -> Tenant:
+        """Replace the record with the same id, stamping ``updated_at``; returns what was stored."""
+        current = self._by_id.get(tenant.id)
+        if current is None:
+            raise TenantNotFound(f"no tenant with id {tenant.id!r}")
+        owner = self._id_by_identifier.get(tenant.identifier)
+        if owner is not None and owner != tenant.id:
+            raise TenantAlreadyExists(f"identifier {tenant.identifier!r} is taken")
+        stored = tenant.model_copy(update={"updated_at": datetime.now(UTC)})
+        del self._id_by_identifier[current.identifier]
+        self._id_by_identifier[stored.identifier] = stored.id
+        self._by_id[stored.id] = stored
+        return stored
+
+    async def delete(self, tenant_id: str) -> None:
+        """Remove the record for good; no error if it is already gone."""
+        tenant = self._by_id.pop(tenant_id, None)
+        if tenant is not None:
+            del self._id_by_identifier[tenant.identifier]
+
+    async def list(self, *, include_deleted: bool = False) -> builtins.list[Tenant]:
+        """All tenants ordered by identifier; soft-deleted ones only when asked for."""
+        return sorted(
+            (
+                tenant
+                for tenant in self._by_id.values()
+                if include_deleted or tenant.status != TenantStatus.DELETED
+            ),
+            key=lambda tenant: tenant.identifier,
+        )

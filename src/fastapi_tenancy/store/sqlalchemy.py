@@ -1,0 +1,240 @@
+"""`SQLAlchemyTenantStore`: tenant records in the ``tenancy_tenants`` table of any SQL database.
+
+Works on PostgreSQL (asyncpg), MySQL/MariaDB (aiomysql) and SQLite (aiosqlite). Driver errors stop
+at this module: an unreachable database becomes `ServiceUnavailable`, a taken id or identifier
+becomes `TenantAlreadyExists`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Dialect, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import TypeDecorator
+
+from fastapi_tenancy.engines import redact_url
+from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
+from fastapi_tenancy.models import Tenant, TenantStatus
+
+__all__ = ["SQLAlchemyTenantStore", "tenants_metadata", "tenants_table"]
+
+# Failures that mean "the database cannot be reached right now". OSError covers ConnectionError,
+# TimeoutError and asyncio.TimeoutError, which drivers raise unwrapped while connecting.
+UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, OSError)
+
+
+def _utc(value: datetime) -> datetime:
+    # MySQL and SQLite store wall-clock times without an offset; every stored time is UTC, and a
+    # naive value is read as UTC too.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC with microseconds and always read back as an aware UTC value."""
+
+    impl = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = _utc(value)
+        # Only PostgreSQL has a column type that keeps the offset; the others get UTC wall time.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+tenants_metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+    }
+)
+
+tenants_table = Table(
+    "tenancy_tenants",
+    tenants_metadata,
+    Column("id", String(64), primary_key=True),
+    Column("identifier", String(63), nullable=False, unique=True),
+    Column("name", String(255), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime, nullable=True),
+    # The server default may be latin1, which cannot hold every tenant name.
+    mysql_charset="utf8mb4",
+)
+
+_SELECT_BY_ID = select(tenants_table).where(tenants_table.c.id == bindparam("tenant_id"))
+_SELECT_BY_IDENTIFIER = select(tenants_table).where(
+    tenants_table.c.identifier == bindparam("identifier")
+)
+
+
+class SQLAlchemyTenantStore:
+    """A `TenantStore` on an `AsyncEngine`; each call is one short transaction.
+
+    The engine belongs to the caller: `close` leaves it open, dispose it yourself.
+
+    Example::
+
+        engine = create_engine(TenancyConfig())
+        store = SQLAlchemyTenantStore(engine)
+        await store.initialize()
+        tenant = await store.add(Tenant(identifier="acme", name="Acme"))
+        assert await store.get_by_identifier("acme") == tenant
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def initialize(self) -> None:
+        """Create the tenants table if it is missing; safe to call repeatedly and concurrently."""
+        with self._translate_errors():
+            try:
+                await self._create_table()
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                # Another process created the table between the existence check and CREATE
+                # TABLE; the second check sees it. A real failure repeats and propagates.
+                await self._create_table()
+
+    async def close(self) -> None:
+        """Nothing to release: the engine was passed in and stays open."""
+
+    async def get(self, tenant_id: str) -> Tenant | None:
+        """The tenant with ``tenant_id``, or ``None``."""
+        return await self._select_one(_SELECT_BY_ID, {"tenant_id": tenant_id})
+
+    async def get_by_identifier(self, identifier: str) -> Tenant | None:
+        """The tenant named ``identifier``, or ``None``: one indexed SELECT."""
+        return await self._select_one(_SELECT_BY_IDENTIFIER, {"identifier": identifier})
+
+    async def add(self, tenant: Tenant) -> Tenant:
+        """Insert ``tenant``; raises `TenantAlreadyExists` if its id or identifier is taken."""
+        stored = _in_utc(tenant)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                await conn.execute(tenants_table.insert().values(_row_values(stored)))
+        return stored
+
+    async def update(self, tenant: Tenant) -> Tenant:
+        """Replace the record with the same id, stamping ``updated_at``; returns what was stored."""
+        stored = _in_utc(tenant.model_copy(update={"updated_at": datetime.now(UTC)}))
+        values = _row_values(stored)
+        del values["id"]
+        statement = update(tenants_table).where(tenants_table.c.id == stored.id).values(values)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                result = await conn.execute(statement)
+        # SQLAlchemy's MySQL dialects count matched rows, not changed ones, so 0 means "no such id".
+        if result.rowcount == 0:
+            raise TenantNotFound(f"no tenant with id {tenant.id!r}")
+        return stored
+
+    async def delete(self, tenant_id: str) -> None:
+        """Remove the record for good; no error if it is already gone."""
+        statement = delete(tenants_table).where(tenants_table.c.id == tenant_id)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+
+    async def list(self, *, include_deleted: bool = False) -> builtins.list[Tenant]:
+        """All tenants ordered by identifier; soft-deleted ones only when asked for."""
+        statement = select(tenants_table)
+        if not include_deleted:
+            statement = statement.where(tenants_table.c.status != TenantStatus.DELETED.value)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(statement)).all()
+        # Sorted here rather than by ORDER BY: database collations disagree on where '-' sorts, and
+        # every store must return the same order.
+        return sorted((_to_tenant(row) for row in rows), key=lambda tenant: tenant.identifier)
+
+    async def _create_table(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(tenants_metadata.create_all, checkfirst=True)
+
+    async def _select_one(self, statement: Any, params: dict[str, str]) -> Tenant | None:
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                row = (await conn.execute(statement, params)).first()
+        return None if row is None else _to_tenant(row)
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        """Turn driver errors into the library's: unreachable -> 503, duplicate -> 409."""
+        try:
+            yield
+        except IntegrityError as exc:
+            raise TenantAlreadyExists("a tenant with this id or identifier already exists") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable(self._engine.url, exc) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _unavailable(self._engine.url, exc) from exc
+            raise
+
+
+def _unavailable(url: URL, exc: Exception) -> ServiceUnavailable:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = f"tenant store at {redact_url(url)} is unavailable: {type(cause).__name__}: {cause}"
+    # A driver may echo connection parameters; the password never leaves this function.
+    if url.password:
+        message = message.replace(str(url.password), "***")
+    return ServiceUnavailable(message)
+
+
+def _in_utc(tenant: Tenant) -> Tenant:
+    """``tenant`` with its timestamps as the store returns them: aware and in UTC."""
+    times: dict[str, Any] = {
+        "created_at": _utc(tenant.created_at),
+        "updated_at": _utc(tenant.updated_at),
+    }
+    if tenant.deleted_at is not None:
+        times["deleted_at"] = _utc(tenant.deleted_at)
+    return tenant.model_copy(update=times)
+
+
+def _row_values(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "identifier": tenant.identifier,
+        "name": tenant.name,
+        "status": tenant.status.value,
+        "metadata": tenant.metadata,
+        "created_at": tenant.created_at,
+        "updated_at": tenant.updated_at,
+        "deleted_at": tenant.deleted_at,
+    }
+
+
+def _to_tenant(row: Row[Any]) -> Tenant:
+    return Tenant.model_validate(dict(row._mapping))

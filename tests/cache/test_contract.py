@@ -1,0 +1,149 @@
+"""The `TenantCache` contract: one set of tests run over every cache implementation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache, TenantCache
+from fastapi_tenancy.models import Tenant
+
+ACME = Tenant(identifier="acme", name="Acme", metadata={"plan": "pro"})
+GLOBEX = Tenant(identifier="globex")
+
+
+class ManualClock:
+    """A time source that moves only when told to, so TTL tests never sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class CacheBackend:
+    """How the tests drive one implementation: build a cache, let time pass."""
+
+    build: Callable[[int], TenantCache]
+    advance: Callable[[float], Awaitable[None]]
+    opened: list[TenantCache] = field(default_factory=list)
+
+    def new(self, max_size: int = 100) -> TenantCache:
+        cache = self.build(max_size)
+        self.opened.append(cache)
+        return cache
+
+
+def memory_backend() -> CacheBackend:
+    clock = ManualClock()
+
+    async def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    return CacheBackend(lambda max_size: MemoryTenantCache(max_size, timer=clock), advance)
+
+
+BACKENDS: dict[str, Callable[[], CacheBackend]] = {"memory": memory_backend}
+
+
+@pytest.fixture(params=[pytest.param("memory", id="memory")])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
+    backend = BACKENDS[request.param]()
+    yield backend
+    for cache in backend.opened:
+        await cache.close()
+
+
+@pytest.fixture
+def cache(backend: CacheBackend) -> TenantCache:
+    return backend.new()
+
+
+async def test_unknown_identifier_is_a_miss(cache: TenantCache) -> None:
+    assert await cache.get("acme") is None
+
+
+async def test_cached_tenant_is_a_hit(cache: TenantCache) -> None:
+    await cache.set("acme", ACME, ttl=60)
+
+    assert await cache.get("acme") == CachedLookup(ACME)
+    assert await cache.get("globex") is None
+
+
+async def test_cached_absence_is_a_negative_hit(cache: TenantCache) -> None:
+    await cache.set("nobody", None, ttl=5)
+
+    assert await cache.get("nobody") == CachedLookup(tenant=None)
+
+
+async def test_entries_expire_after_their_own_ttl(backend: CacheBackend) -> None:
+    cache = backend.new()
+    await cache.set("acme", ACME, ttl=0.4)
+    await cache.set("nobody", None, ttl=0.2)
+
+    await backend.advance(0.1)
+    assert await cache.get("acme") == CachedLookup(ACME)
+    assert await cache.get("nobody") == CachedLookup(None)
+
+    await backend.advance(0.2)
+    assert await cache.get("acme") == CachedLookup(ACME)
+    assert await cache.get("nobody") is None
+
+    await backend.advance(0.2)
+    assert await cache.get("acme") is None
+
+
+async def test_delete_forgets_one_identifier(cache: TenantCache) -> None:
+    await cache.set("acme", ACME, ttl=60)
+    await cache.set("globex", GLOBEX, ttl=60)
+
+    await cache.delete("acme")
+    await cache.delete("never-cached")
+
+    assert await cache.get("acme") is None
+    assert await cache.get("globex") == CachedLookup(GLOBEX)
+
+
+async def test_clear_forgets_everything(cache: TenantCache) -> None:
+    await cache.set("acme", ACME, ttl=60)
+    await cache.set("nobody", None, ttl=60)
+
+    await cache.clear()
+
+    assert await cache.get("acme") is None
+    assert await cache.get("nobody") is None
+
+
+async def test_least_recently_used_entry_is_evicted_at_max_size(backend: CacheBackend) -> None:
+    cache = backend.new(max_size=2)
+    await cache.set("acme", ACME, ttl=60)
+    await cache.set("globex", GLOBEX, ttl=60)
+    assert await cache.get("acme") is not None  # acme is now the most recently used
+
+    await cache.set("nobody", None, ttl=60)
+
+    assert await cache.get("globex") is None
+    assert await cache.get("acme") == CachedLookup(ACME)
+    assert await cache.get("nobody") == CachedLookup(None)
+
+
+async def test_set_overwrites_the_entry_and_its_ttl(backend: CacheBackend) -> None:
+    cache = backend.new()
+    await cache.set("acme", None, ttl=0.2)
+
+    await cache.set("acme", ACME, ttl=0.6)
+    await backend.advance(0.4)
+
+    assert await cache.get("acme") == CachedLookup(ACME)
+
+
+async def test_zero_ttl_caches_nothing_and_drops_the_old_entry(cache: TenantCache) -> None:
+    await cache.set("acme", ACME, ttl=60)
+
+    await cache.set("acme", None, ttl=0)
+
+    assert await cache.get("acme") is None

@@ -1,0 +1,193 @@
+"""The `TenantStore` contract: one set of tests run over every store and every database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
+from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.store import MemoryTenantStore, SQLAlchemyTenantStore, TenantStore
+from tests.backends import DATABASES
+from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+
+STORES = [pytest.param("memory", id="memory"), *DATABASES]
+SERVERS = {"postgres": (POSTGRES_URL, 5432), "mysql": (MYSQL_URL, 3306)}
+
+PAST = datetime(2021, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+
+async def empty_database(kind: str, tmp_path: Path) -> str:
+    """The URL of an empty database of ``kind`` ("sqlite", "postgres" or "mysql")."""
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'tenants.db'}"
+    url, port = SERVERS[kind]
+    require_server(kind, url, port)
+    await reset_database(url)
+    return url
+
+
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TenantStore]:
+    """An initialized, empty store: in memory, or on a fresh database of each kind."""
+    if request.param == "memory":
+        memory = MemoryTenantStore()
+        await memory.initialize()
+        yield memory
+        await memory.close()
+        return
+    url = await empty_database(request.param, tmp_path)
+    engine = create_engine(TenancyConfig(database_url=url))
+    sql = SQLAlchemyTenantStore(engine)
+    try:
+        await sql.initialize()
+        yield sql
+        await sql.close()
+    finally:
+        await engine.dispose()
+        await reset_database(url)
+
+
+def make_tenant(identifier: str = "acme", **fields: object) -> Tenant:
+    return Tenant.model_validate({"identifier": identifier, **fields})
+
+
+async def test_add_then_get_returns_every_field(store: TenantStore) -> None:
+    tenant = make_tenant(
+        name="Ácme Ünïcode 株式会社 🚀",
+        status=TenantStatus.SUSPENDED,
+        metadata={"plan": "pro", "limits": {"seats": 25, "tags": ["a", "b"]}, "beta": True},
+        created_at=PAST,
+        updated_at=PAST + timedelta(microseconds=1),
+        deleted_at=PAST + timedelta(days=1, microseconds=999_999),
+    )
+    assert await store.add(tenant) == tenant
+
+    by_id = await store.get(tenant.id)
+    by_identifier = await store.get_by_identifier("acme")
+
+    assert by_id == tenant
+    assert by_identifier == tenant
+
+
+async def test_timestamps_in_any_offset_keep_their_instant(store: TenantStore) -> None:
+    india = timezone(timedelta(hours=5, minutes=30))
+    created = datetime(2022, 1, 2, 3, 4, 5, 600_007, tzinfo=india)
+    await store.add(make_tenant(created_at=created, updated_at=created))
+
+    stored = await store.get_by_identifier("acme")
+
+    assert stored is not None
+    assert stored.created_at == created
+    assert stored.created_at.tzinfo is not None
+    assert stored.deleted_at is None
+
+
+async def test_unknown_tenants_are_none(store: TenantStore) -> None:
+    await store.add(make_tenant())
+
+    assert await store.get("0" * 32) is None
+    assert await store.get_by_identifier("nobody") is None
+
+
+async def test_add_rejects_a_taken_id(store: TenantStore) -> None:
+    tenant = await store.add(make_tenant())
+
+    with pytest.raises(TenantAlreadyExists):
+        await store.add(make_tenant("other", id=tenant.id))
+    assert await store.get_by_identifier("other") is None
+
+
+async def test_add_rejects_a_taken_identifier(store: TenantStore) -> None:
+    first = await store.add(make_tenant())
+
+    with pytest.raises(TenantAlreadyExists):
+        await store.add(make_tenant())
+    assert await store.list() == [first]
+
+
+async def test_update_replaces_fields_and_bumps_updated_at(store: TenantStore) -> None:
+    tenant = await store.add(make_tenant(created_at=PAST, updated_at=PAST))
+    changed = tenant.model_copy(
+        update={
+            "identifier": "acme-renamed",
+            "name": "Acme Ltd",
+            "status": TenantStatus.DELETED,
+            "metadata": {"plan": "free"},
+            "deleted_at": PAST + timedelta(hours=1),
+        }
+    )
+    before = datetime.now(UTC)
+
+    stored = await store.update(changed)
+
+    assert stored.updated_at >= before
+    assert stored == changed.model_copy(update={"updated_at": stored.updated_at})
+    assert await store.get(tenant.id) == stored
+    assert await store.get_by_identifier("acme-renamed") == stored
+    assert await store.get_by_identifier("acme") is None
+
+
+async def test_update_of_a_missing_tenant_raises_not_found(store: TenantStore) -> None:
+    with pytest.raises(TenantNotFound):
+        await store.update(make_tenant())
+    assert await store.list(include_deleted=True) == []
+
+
+async def test_update_rejects_another_tenants_identifier(store: TenantStore) -> None:
+    acme = await store.add(make_tenant("acme"))
+    globex = await store.add(make_tenant("globex"))
+
+    with pytest.raises(TenantAlreadyExists):
+        await store.update(globex.model_copy(update={"identifier": "acme"}))
+    assert await store.get_by_identifier("acme") == acme
+    assert await store.get_by_identifier("globex") == globex
+
+
+async def test_delete_removes_the_record_and_is_idempotent(store: TenantStore) -> None:
+    tenant = await store.add(make_tenant())
+    kept = await store.add(make_tenant("kept"))
+
+    await store.delete(tenant.id)
+    await store.delete(tenant.id)
+
+    assert await store.get(tenant.id) is None
+    assert await store.get_by_identifier("acme") is None
+    assert await store.list(include_deleted=True) == [kept]
+
+
+async def test_delete_frees_the_identifier(store: TenantStore) -> None:
+    tenant = await store.add(make_tenant())
+    await store.delete(tenant.id)
+
+    again = await store.add(make_tenant())
+
+    assert await store.get_by_identifier("acme") == again
+
+
+async def test_list_is_ordered_by_identifier_and_hides_soft_deleted(store: TenantStore) -> None:
+    # Code-point order: '-' sorts before digits, digits before letters, whatever the collation.
+    for identifier in ["zeta", "a-c", "ab", "a1", "gone"]:
+        status = TenantStatus.DELETED if identifier == "gone" else TenantStatus.ACTIVE
+        await store.add(make_tenant(identifier, status=status))
+    await store.add(make_tenant("paused", status=TenantStatus.SUSPENDED))
+
+    visible = [tenant.identifier for tenant in await store.list()]
+    everything = [tenant.identifier for tenant in await store.list(include_deleted=True)]
+
+    assert visible == ["a-c", "a1", "ab", "paused", "zeta"]
+    assert everything == ["a-c", "a1", "ab", "gone", "paused", "zeta"]
+
+
+async def test_initialize_twice_is_harmless(store: TenantStore) -> None:
+    tenant = await store.add(make_tenant())
+
+    await store.initialize()
+    await store.initialize()
+
+    assert await store.get(tenant.id) == tenant
