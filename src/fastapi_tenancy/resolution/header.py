@@ -1,0 +1,50 @@
+"""Header strategy: the tenant identifier is the value of one request header."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
+from fastapi_tenancy.models import validate_identifier
+from fastapi_tenancy.resolution.base import Resolution
+from fastapi_tenancy.types import Scope
+
+__all__ = ["HeaderResolver", "header_values"]
+
+# RFC 9110 token characters: anything else can never arrive as a header name.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Optional whitespace around a field value (RFC 9110 section 5.5).
+_OWS = " \t"
+
+
+def header_values(scope: Scope, name: bytes) -> list[str]:
+    """Every value of header ``name`` (lower-case bytes) in ``scope``, decoded as latin-1.
+
+    Latin-1 maps every byte to one character, so decoding never fails and non-ASCII bytes survive
+    as non-ASCII characters that identifier validation then rejects.
+    """
+    return [
+        value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == name
+    ]
+
+
+class HeaderResolver:
+    """Reads the tenant identifier from a request header, matched case-insensitively.
+
+    ``HeaderResolver("X-Tenant-ID")`` resolves ``X-Tenant-ID: acme`` to ``"acme"``.
+    """
+
+    def __init__(self, header_name: str) -> None:
+        if _HEADER_NAME.fullmatch(header_name) is None:
+            raise ConfigurationError(f"{header_name!r} is not a valid HTTP header name")
+        self.header_name = header_name
+        self._key = header_name.lower().encode("ascii")
+
+    def resolve(self, scope: Scope) -> Resolution | None:
+        values = {value.strip(_OWS) for value in header_values(scope, self._key)}
+        if not values:
+            return None
+        if len(values) > 1:
+            # Proxies and the app could each pick a different copy; refuse to guess.
+            raise InvalidTenantIdentifier()
+        return Resolution(validate_identifier(values.pop()))
