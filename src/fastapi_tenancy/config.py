@@ -56,7 +56,7 @@ def _split_csv(value: Any) -> Any:
 
 
 class TenancyConfig(BaseSettings):
-    """Settings for :class:`~fastapi_tenancy.Tenancy` and :class:`~fastapi_tenancy.TenancyMiddleware`.
+    """Settings for `Tenancy` and `TenancyMiddleware`.
 
     ``TenancyConfig()`` reads ``TENANCY_*`` variables (and a ``.env`` file if present); keyword
     arguments override them::

@@ -18,6 +18,8 @@ detail sent to the client. The public detail never says which tenants exist or w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import ClassVar
 
 __all__ = [
@@ -44,7 +46,7 @@ class TenancyError(Exception):
     status_code: ClassVar[int] = 500
     ws_close_code: ClassVar[int] = WS_INTERNAL_ERROR
     public_detail: ClassVar[str] = "Internal server error"
-    headers: ClassVar[dict[str, str]] = {}
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.public_detail)
@@ -55,6 +57,8 @@ class ConfigurationError(TenancyError):
 
 
 class TenantNotFound(TenancyError):
+    """No tenant for this request: no identifier, an unknown one, or a soft-deleted tenant."""
+
     status_code = 404
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Tenant not found"
@@ -65,29 +69,39 @@ class InvalidTenantIdentifier(TenantNotFound):
 
 
 class TenantSuspended(TenancyError):
+    """The tenant exists but is suspended; the response does not say so."""
+
     status_code = 403
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Forbidden"
 
 
 class AuthenticationFailed(TenancyError):
+    """The token naming the tenant is missing a claim, expired, forged or otherwise unacceptable."""
+
     status_code = 401
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
+    headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
 
 
 class ServiceUnavailable(TenancyError):
+    """Tenant storage cannot be reached; the request can be retried later."""
+
     status_code = 503
     public_detail = "Service unavailable"
 
 
 class TenantAlreadyExists(TenancyError):
+    """Another tenant already has this identifier or id."""
+
     status_code = 409
     public_detail = "Tenant already exists"
 
 
 class InvalidTransition(TenancyError):
+    """The tenant's status does not allow this lifecycle operation."""
+
     status_code = 409
     public_detail = "Invalid tenant status transition"
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fastapi_tenancy.exceptions import InvalidTenantIdentifier
 
@@ -64,6 +64,13 @@ class Tenant(BaseModel):
     updated_at: datetime = Field(default_factory=_now)
     deleted_at: datetime | None = None
 
-    @property
-    def is_active(self) -> bool:
-        return self.status is TenantStatus.ACTIVE
+    @field_validator("created_at", "updated_at", "deleted_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # Every store hands back aware UTC times, so tenants compare equal across backends;
+        # a naive time is taken to be UTC already.
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)

@@ -1,0 +1,192 @@
+"""⑤ Row isolation: tenants share tables; every ORM statement is confined to one ``tenant_id``.
+
+A `TenantSession` carries its tenant's id in ``session.info``. Two session events enforce it:
+
+* ``do_orm_execute`` adds ``tenant_id = :tenant`` to every ORM SELECT, UPDATE and DELETE (also
+  relationship and lazy loads) and stamps every ORM INSERT;
+* ``before_flush`` stamps new objects and refuses to flush an object of another tenant.
+
+The binding lives on the session, not on a connection, so it holds across ``commit()`` and no
+pooled connection ever carries a tenant. Raw SQL (``text()``, ``session.connection()``) and Core
+statements on ``Table`` objects are not filtered; PostgreSQL row-level security covers those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Table, delete, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
+from sqlalchemy.sql import Insert
+from sqlalchemy.sql.elements import BindParameter
+
+from fastapi_tenancy.exceptions import CrossTenantAccess, TenantContextMissing
+from fastapi_tenancy.isolation.scoped import TenantScoped
+from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["TENANT_INFO_KEY", "RowIsolation", "TenantSession", "session_tenant_id"]
+
+TENANT_INFO_KEY = "fastapi_tenancy.tenant_id"
+
+
+class TenantSession(Session):
+    """The sync session class behind every tenant-bound `AsyncSession`; see the module docstring."""
+
+
+def session_tenant_id(session: Session) -> str:
+    """The id of the tenant ``session`` is bound to; raises if it is bound to none."""
+    tenant_id = session.info.get(TENANT_INFO_KEY)
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise TenantContextMissing("this session is not bound to a tenant")
+    return tenant_id
+
+
+def _is_tenant_scoped(state: ORMExecuteState) -> bool:
+    mapper = state.bind_mapper
+    return mapper is not None and issubclass(mapper.class_, TenantScoped)
+
+
+@event.listens_for(TenantSession, "do_orm_execute")
+def _confine_statement(state: ORMExecuteState) -> None:
+    if state.is_insert:
+        if _is_tenant_scoped(state):
+            _stamp_insert(state, session_tenant_id(state.session))
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    tenant_id = session_tenant_id(state.session)
+    if (state.is_update or state.is_delete) and isinstance(state.parameters, list):
+        # Bulk UPDATE by primary key ignores loader criteria, so the tenant goes in the WHERE.
+        if _is_tenant_scoped(state):
+            _refuse_foreign_values(state.parameters, tenant_id)
+            model: Any = state.bind_mapper.class_  # type: ignore[union-attr]
+            statement: Any = state.statement
+            state.statement = statement.where(model.tenant_id == tenant_id).execution_options(
+                synchronize_session=None
+            )
+        return
+    if state.is_update and _is_tenant_scoped(state):
+        _refuse_foreign_values([_statement_values(state.statement)], tenant_id)
+    state.statement = state.statement.options(
+        with_loader_criteria(
+            TenantScoped,
+            lambda cls: cls.tenant_id == tenant_id,
+            include_aliases=True,
+        )
+    )
+
+
+def _statement_values(statement: Any) -> dict[str, Any]:
+    return _plain_values(getattr(statement, "_values", None) or {})
+
+
+def _plain_values(values: Mapping[Any, Any]) -> dict[str, Any]:
+    # Statement values are keyed by Column or by name, and hold literals or BindParameters.
+    plain = {}
+    for key, value in values.items():
+        name = key if isinstance(key, str) else getattr(key, "key", str(key))
+        plain[name] = value.value if isinstance(value, BindParameter) else value
+    return plain
+
+
+def _refuse_foreign_values(rows: Iterable[Mapping[str, Any]], tenant_id: str) -> None:
+    for row in rows:
+        if "tenant_id" in row and row["tenant_id"] != tenant_id:
+            raise CrossTenantAccess("a statement sets tenant_id to another tenant")
+
+
+def _stamp_insert(state: ORMExecuteState, tenant_id: str) -> None:
+    params = state.parameters
+    if isinstance(params, list):
+        _refuse_foreign_values(params, tenant_id)
+        state.parameters = [{**row, "tenant_id": tenant_id} for row in params]
+        return
+    if isinstance(params, Mapping) and params:
+        _refuse_foreign_values([params], tenant_id)
+        state.parameters = {**params, "tenant_id": tenant_id}
+        return
+    statement = state.statement
+    assert isinstance(statement, Insert)
+    multi = getattr(statement, "_multi_values", ())
+    if multi:
+        # insert(Model).values([...]): every row must already name this tenant.
+        for rows in multi:
+            for row in rows:
+                if _plain_values(row).get("tenant_id") != tenant_id:
+                    raise CrossTenantAccess(
+                        "a multi-row INSERT must set tenant_id to the current tenant on every row"
+                    )
+        return
+    values = _statement_values(statement)
+    _refuse_foreign_values([values], tenant_id)
+    if "tenant_id" not in values:
+        state.statement = statement.values(tenant_id=tenant_id)
+
+
+@event.listens_for(TenantSession, "before_flush")
+def _guard_flush(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    pending = [obj for obj in session.new if isinstance(obj, TenantScoped)]
+    changed = [obj for obj in session.dirty if isinstance(obj, TenantScoped)]
+    removed = [obj for obj in session.deleted if isinstance(obj, TenantScoped)]
+    if not (pending or changed or removed):
+        return
+    tenant_id = session_tenant_id(session)
+    for obj in pending:
+        if obj.tenant_id is None:
+            obj.tenant_id = tenant_id
+        elif obj.tenant_id != tenant_id:
+            raise CrossTenantAccess(f"cannot add a {type(obj).__name__} of another tenant")
+    for obj in changed + removed:
+        if obj.tenant_id != tenant_id:
+            raise CrossTenantAccess(f"cannot write a {type(obj).__name__} of another tenant")
+
+
+class RowIsolation:
+    """All tenants in the central database's shared tables, kept apart by ``tenant_id``.
+
+    Example::
+
+        isolation = RowIsolation(engine, TenantTables(Base.metadata))
+        async with isolation.session(tenant) as session:
+            items = (await session.scalars(select(Item))).all()   # this tenant's items only
+    """
+
+    def __init__(self, engine: AsyncEngine, tables: TenantTables) -> None:
+        self._engine = engine
+        self._tables = tables
+        self._sessions = async_sessionmaker(
+            engine, sync_session_class=TenantSession, expire_on_commit=False
+        )
+        self._tables_ready = False
+
+    async def start(self) -> None:
+        """Nothing to open: sessions use the central engine, which the runtime owns."""
+
+    async def close(self) -> None:
+        """Nothing to release: the central engine is disposed by its owner."""
+
+    @asynccontextmanager
+    async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+        async with self._sessions(info={TENANT_INFO_KEY: tenant.id}) as session:
+            yield session
+
+    async def provision(self, tenant: Tenant) -> None:
+        # Shared tables are created once per process; each tenant needs no storage of its own.
+        if not self._tables_ready:
+            async with self._engine.begin() as conn:
+                for metadata in self._tables.metadatas():
+                    await conn.run_sync(metadata.create_all, checkfirst=True)
+            self._tables_ready = True
+
+    async def purge(self, tenant: Tenant) -> None:
+        async with self._engine.begin() as conn:
+            for table in self._tables.scoped_tables_children_first():
+                await conn.execute(delete(table).where(_tenant_column(table) == tenant.id))
+
+
+def _tenant_column(table: Table) -> Any:
+    return table.c.tenant_id

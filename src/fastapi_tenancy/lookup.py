@@ -1,0 +1,91 @@
+"""② Lookup: identifier -> active `Tenant`, through the cache, with one store query per miss.
+
+* A cached tenant (or a cached "no such tenant") answers without touching the store.
+* Concurrent misses for one identifier share a single store query (single-flight).
+* The status gate turns unknown and soft-deleted tenants into `TenantNotFound` and suspended
+  ones into `TenantSuspended`.
+* `invalidate` drops the cached entry and discards any load already in flight, so a lifecycle
+  change is never overwritten by a stale read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi_tenancy.cache.base import TenantCache
+from fastapi_tenancy.exceptions import TenantNotFound, TenantSuspended
+from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.store.base import TenantStore
+
+__all__ = ["TenantLookup", "check_status"]
+
+
+def check_status(tenant: Tenant | None) -> Tenant:
+    """Return ``tenant`` if it may serve requests; raise the error the client should see."""
+    if tenant is None or tenant.status is TenantStatus.DELETED:
+        raise TenantNotFound()
+    if tenant.status is not TenantStatus.ACTIVE:
+        raise TenantSuspended()
+    return tenant
+
+
+class TenantLookup:
+    """Finds tenants by identifier for the request path.
+
+    Example::
+
+        lookup = TenantLookup(store, MemoryTenantCache(), ttl=60, negative_ttl=5)
+        tenant = await lookup.resolve("acme")   # raises TenantNotFound / TenantSuspended
+    """
+
+    def __init__(
+        self,
+        store: TenantStore,
+        cache: TenantCache | None,
+        *,
+        ttl: float,
+        negative_ttl: float,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._inflight: dict[str, asyncio.Task[Tenant | None]] = {}
+        self._generation = 0
+
+    async def resolve(self, identifier: str) -> Tenant:
+        """The active tenant named ``identifier``; raises if it may not serve requests."""
+        return check_status(await self.find(identifier))
+
+    async def find(self, identifier: str) -> Tenant | None:
+        """The tenant record (any status) or ``None``, from the cache when possible."""
+        if self._cache is not None:
+            hit = await self._cache.get(identifier)
+            if hit is not None:
+                return hit.tenant
+        task = self._inflight.get(identifier)
+        if task is None:
+            task = asyncio.ensure_future(self._load(identifier, self._generation))
+            self._inflight[identifier] = task
+            task.add_done_callback(lambda done: self._forget(identifier, done))
+        # A cancelled caller must not cancel the load the other callers are waiting for.
+        return await asyncio.shield(task)
+
+    async def invalidate(self, identifier: str) -> None:
+        """Forget what is known about ``identifier``; the next request reads the store."""
+        self._generation += 1
+        self._inflight.pop(identifier, None)
+        if self._cache is not None:
+            await self._cache.delete(identifier)
+
+    async def _load(self, identifier: str, generation: int) -> Tenant | None:
+        tenant = await self._store.get_by_identifier(identifier)
+        if self._cache is not None and generation == self._generation:
+            ttl = self._ttl if tenant is not None else self._negative_ttl
+            if ttl > 0:
+                await self._cache.set(identifier, tenant, ttl=ttl)
+        return tenant
+
+    def _forget(self, identifier: str, done: asyncio.Task[Tenant | None]) -> None:
+        if self._inflight.get(identifier) is done:
+            del self._inflight[identifier]

@@ -1,0 +1,154 @@
+"""`TenancyMiddleware`: the whole integration, as raw ASGI.
+
+Raw ASGI rather than ``BaseHTTPMiddleware``: the tenant ContextVar set here must reach the
+endpoint, its dependencies and its background tasks, and ``BaseHTTPMiddleware`` runs the app in
+another task, where changes to the context are lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.context import _current
+from fastapi_tenancy.exceptions import ConfigurationError, TenancyError, TenantNotFound
+from fastapi_tenancy.tenancy import Tenancy
+from fastapi_tenancy.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["SCOPE_KEY", "TenancyMiddleware"]
+
+# Where each request's scope carries the runtime, for the dependencies.
+SCOPE_KEY = "fastapi_tenancy"
+
+
+class TenancyMiddleware:
+    """Ties every HTTP and WebSocket request to one active tenant.
+
+    ``app.add_middleware(TenancyMiddleware, config=TenancyConfig())`` is all the wiring: the
+    runtime opens on lifespan startup (or on the first request when the server runs no lifespan),
+    closes on shutdown, and is available as ``app.state.tenancy``. Pass ``tenancy=`` instead of
+    ``config=`` to share a runtime you manage; the middleware then closes it only if it opened it.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: TenancyConfig | None = None,
+        *,
+        tenancy: Tenancy | None = None,
+    ) -> None:
+        if config is not None and tenancy is not None:
+            raise ConfigurationError("pass either config= or tenancy= to TenancyMiddleware")
+        self.app = app
+        self.tenancy = tenancy if tenancy is not None else Tenancy(config)
+        self._excluded = self.tenancy.config.excluded_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        tenancy = self.tenancy
+        if self._is_excluded(scope):
+            await self.app({**scope, SCOPE_KEY: tenancy}, receive, send)
+            return
+        try:
+            if not tenancy.started:
+                # No lifespan ran (some test clients and servers skip it): open on first use.
+                await tenancy.start()
+            resolution = tenancy.resolver.resolve(scope)
+            if resolution is None:
+                raise TenantNotFound()
+            tenant = await tenancy.lookup.resolve(resolution.identifier)
+        except TenancyError as exc:
+            await _reject(scope, send, exc)
+            return
+        state = {**scope.get("state", {}), "tenant": tenant}
+        child = {**scope, SCOPE_KEY: tenancy, "state": state}
+        if resolution.mount:
+            child["root_path"] = scope.get("root_path", "") + resolution.mount
+        token = _current.set(tenant)
+        try:
+            await self.app(child, receive, send)
+        finally:
+            _current.reset(token)
+
+    def _is_excluded(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
+        return any(
+            path == excluded or path.startswith(excluded + "/") or excluded == "/"
+            for excluded in self._excluded
+        )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        startup = await receive()
+        if startup["type"] != "lifespan.startup":
+            await self.app(scope, _replay(startup, receive), send)
+            return
+        try:
+            opened_here = await self.tenancy.start()
+        except Exception as exc:
+            # Report and re-raise, as Starlette's router does: servers read the message, test
+            # harnesses such as asgi-lifespan read the exception.
+            await send({"type": "lifespan.startup.failed", "message": f"fastapi-tenancy: {exc}"})
+            raise
+        app = scope.get("app")
+        if app is not None and hasattr(app, "state"):
+            app.state.tenancy = self.tenancy
+        if isinstance(scope.get("state"), dict):
+            scope["state"]["tenancy"] = self.tenancy
+        closed = not opened_here
+
+        async def close_once() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                await self.tenancy.close()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] in (
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+                "lifespan.startup.failed",
+            ):
+                await close_once()
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(startup, receive), send_wrapper)
+        finally:
+            await close_once()
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    pending: list[Message] = [first]
+
+    async def replaying_receive() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replaying_receive
+
+
+async def _reject(scope: Scope, send: Send, exc: TenancyError) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": exc.ws_close_code, "reason": ""})
+        return
+    response = JSONResponse(
+        {"detail": exc.public_detail}, status_code=exc.status_code, headers=exc.headers
+    )
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Any:  # pragma: no cover - a JSONResponse never reads the request
+    raise RuntimeError("the rejection response does not read the request body")

@@ -1,0 +1,185 @@
+"""`Tenancy`: the runtime that owns the store, cache, resolver and isolation of one app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from fastapi_tenancy.cache.base import TenantCache
+from fastapi_tenancy.cache.memory import MemoryTenantCache
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.context import tenant_context
+from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.isolation.base import IsolationStrategy
+from fastapi_tenancy.isolation.row import RowIsolation
+from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.lookup import TenantLookup
+from fastapi_tenancy.models import Tenant, validate_identifier
+from fastapi_tenancy.resolution import build_resolver
+from fastapi_tenancy.resolution.base import TenantResolver
+from fastapi_tenancy.store.base import TenantStore
+from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
+
+if TYPE_CHECKING:
+    from fastapi_tenancy.lifecycle import TenantLifecycle
+
+__all__ = ["Tenancy"]
+
+
+class Tenancy:
+    """Everything one app needs for tenancy, opened and closed together.
+
+    The middleware creates one from its config; scripts and background jobs use it directly::
+
+        async with Tenancy(TenancyConfig()) as tenancy:
+            await tenancy.create_tenant("acme", name="Acme Inc.")
+            async with tenancy.session("acme") as session:
+                session.add(Item(name="first"))
+                await session.commit()
+
+    ``store`` and ``cache`` replace the defaults built from the config (an SQLAlchemy store on
+    ``database_url`` and an in-process cache).
+    """
+
+    def __init__(
+        self,
+        config: TenancyConfig | None = None,
+        *,
+        store: TenantStore | None = None,
+        cache: TenantCache | None = None,
+    ) -> None:
+        self.config = config if config is not None else TenancyConfig()
+        self.engine: AsyncEngine = create_engine(self.config)
+        self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
+        if cache is None and self.config.cache_enabled:
+            cache = MemoryTenantCache(self.config.cache_max_size)
+        self.cache: TenantCache | None = cache
+        self.lookup = TenantLookup(
+            self.store,
+            self.cache,
+            ttl=self.config.cache_ttl,
+            negative_ttl=self.config.cache_negative_ttl,
+        )
+        self.resolver: TenantResolver = build_resolver(self.config)
+        self.isolation: IsolationStrategy = RowIsolation(
+            self.engine, TenantTables(self.config.tenant_metadata)
+        )
+        self._lifecycle: TenantLifecycle | None = None
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def start(self) -> bool:
+        """Open the store and isolation; returns ``False`` if they were already open."""
+        if self._started:
+            return False
+        async with self._lock:
+            if self._started:
+                return False
+            await self.store.initialize()
+            await self.isolation.start()
+            self._started = True
+            return True
+
+    async def close(self) -> None:
+        """Close everything this runtime opened; the store and isolation first, then the engine."""
+        async with self._lock:
+            try:
+                await self.isolation.close()
+                await self.store.close()
+                if self.cache is not None:
+                    await self.cache.close()
+            finally:
+                await self.engine.dispose()
+                self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Sessions and scopes for code outside a request.
+
+    @asynccontextmanager
+    async def tenant_scope(self, identifier: str) -> AsyncIterator[Tenant]:
+        """Bind the active tenant ``identifier`` as the current tenant for the block."""
+        await self.start()
+        tenant = await self.lookup.resolve(validate_identifier(identifier))
+        with tenant_context(tenant):
+            yield tenant
+
+    @asynccontextmanager
+    async def session(self, identifier: str) -> AsyncIterator[AsyncSession]:
+        """A session bound to the active tenant ``identifier``, with that tenant as current."""
+        async with self.tenant_scope(identifier) as tenant, self.isolation.session(tenant) as s:
+            yield s
+
+    # Lifecycle, delegated to a module the request path never imports.
+
+    @property
+    def lifecycle(self) -> TenantLifecycle:
+        if self._lifecycle is None:
+            from fastapi_tenancy.lifecycle import TenantLifecycle
+
+            self._lifecycle = TenantLifecycle(
+                self.store,
+                self.isolation,
+                self.lookup,
+                soft_delete=self.config.enable_soft_delete,
+            )
+        return self._lifecycle
+
+    async def create_tenant(
+        self, identifier: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Tenant:
+        """Create an active tenant with its storage; raises `TenantAlreadyExists` if taken."""
+        await self.start()
+        return await self.lifecycle.create(identifier, name=name, metadata=metadata)
+
+    async def get_tenant(self, identifier: str) -> Tenant | None:
+        """The tenant record in any status, or ``None``."""
+        await self.start()
+        return await self.lifecycle.get(identifier)
+
+    async def list_tenants(self, *, include_deleted: bool = False) -> list[Tenant]:
+        await self.start()
+        return await self.store.list(include_deleted=include_deleted)
+
+    async def suspend_tenant(self, identifier: str) -> Tenant:
+        """Stop serving the tenant (403) without touching its data."""
+        await self.start()
+        return await self.lifecycle.transition(identifier, "suspend")
+
+    async def activate_tenant(self, identifier: str) -> Tenant:
+        await self.start()
+        return await self.lifecycle.transition(identifier, "activate")
+
+    async def delete_tenant(self, identifier: str) -> Tenant:
+        """Soft delete (404 from now on, data kept), or purge when soft delete is disabled."""
+        await self.start()
+        return await self.lifecycle.delete(identifier)
+
+    async def restore_tenant(self, identifier: str) -> Tenant:
+        """Bring a soft-deleted tenant back, with its data."""
+        await self.start()
+        return await self.lifecycle.transition(identifier, "restore")
+
+    async def purge_tenant(self, identifier: str) -> None:
+        """Destroy a deleted tenant's data and record; the only destructive operation."""
+        await self.start()
+        await self.lifecycle.purge(identifier)

@@ -1,0 +1,142 @@
+"""The `Tenancy` runtime: lifecycle basics and sessions for scripts, on every database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select
+
+from fastapi_tenancy import (
+    InvalidTenantIdentifier,
+    InvalidTransition,
+    Tenancy,
+    TenancyConfig,
+    TenantAlreadyExists,
+    TenantNotFound,
+    TenantStatus,
+    TenantSuspended,
+    current_tenant,
+)
+from tests.backends import all_databases
+from tests.models import Base, Item
+
+pytestmark = all_databases
+
+
+@pytest.fixture
+async def tenancy(database_url: str) -> AsyncIterator[Tenancy]:
+    async with Tenancy(make_config(database_url)) as tenancy:
+        yield tenancy
+
+
+def make_config(database_url: str, **overrides: Any) -> TenancyConfig:
+    return TenancyConfig(database_url=database_url, tenant_metadata=Base.metadata, **overrides)
+
+
+async def add_items(tenancy: Tenancy, identifier: str, *names: str) -> None:
+    async with tenancy.session(identifier) as session:
+        session.add_all(Item(name=name) for name in names)
+        await session.commit()
+
+
+async def item_names(tenancy: Tenancy, identifier: str) -> list[str]:
+    async with tenancy.session(identifier) as session:
+        return sorted((await session.scalars(select(Item.name))).all())
+
+
+async def test_create_get_and_list(tenancy: Tenancy) -> None:
+    created = await tenancy.create_tenant("acme", name="Acme Inc.", metadata={"plan": "pro"})
+    assert created.status is TenantStatus.ACTIVE
+    assert await tenancy.get_tenant("acme") == created
+    assert await tenancy.get_tenant("nobody") is None
+    await tenancy.create_tenant("beta")
+    assert [t.identifier for t in await tenancy.list_tenants()] == ["acme", "beta"]
+
+
+async def test_create_refuses_duplicates_and_malformed_identifiers(tenancy: Tenancy) -> None:
+    await tenancy.create_tenant("acme")
+    with pytest.raises(TenantAlreadyExists):
+        await tenancy.create_tenant("acme")
+    with pytest.raises(InvalidTenantIdentifier):
+        await tenancy.create_tenant("Bad Name")
+
+
+async def test_suspend_activate_delete_restore(tenancy: Tenancy) -> None:
+    await tenancy.create_tenant("acme")
+    await add_items(tenancy, "acme", "anvil")
+    assert (await tenancy.suspend_tenant("acme")).status is TenantStatus.SUSPENDED
+    with pytest.raises(TenantSuspended):
+        await item_names(tenancy, "acme")
+    assert (await tenancy.activate_tenant("acme")).status is TenantStatus.ACTIVE
+    deleted = await tenancy.delete_tenant("acme")
+    assert deleted.status is TenantStatus.DELETED
+    assert deleted.deleted_at is not None
+    assert [t.identifier for t in await tenancy.list_tenants()] == []
+    assert [t.identifier for t in await tenancy.list_tenants(include_deleted=True)] == ["acme"]
+    with pytest.raises(TenantNotFound):
+        await item_names(tenancy, "acme")
+    restored = await tenancy.restore_tenant("acme")
+    assert restored.status is TenantStatus.ACTIVE
+    assert restored.deleted_at is None
+    assert await item_names(tenancy, "acme") == ["anvil"]
+
+
+async def test_illegal_transitions_raise_and_repeats_are_no_ops(tenancy: Tenancy) -> None:
+    await tenancy.create_tenant("acme")
+    assert (await tenancy.activate_tenant("acme")).status is TenantStatus.ACTIVE
+    await tenancy.delete_tenant("acme")
+    with pytest.raises(InvalidTransition):
+        await tenancy.suspend_tenant("acme")
+    with pytest.raises(TenantNotFound):
+        await tenancy.suspend_tenant("nobody")
+
+
+async def test_purge_requires_deletion_and_removes_only_that_tenant(tenancy: Tenancy) -> None:
+    await tenancy.create_tenant("acme")
+    await tenancy.create_tenant("beta")
+    await add_items(tenancy, "acme", "anvil")
+    await add_items(tenancy, "beta", "boat")
+    with pytest.raises(InvalidTransition):
+        await tenancy.purge_tenant("acme")
+    await tenancy.delete_tenant("acme")
+    await tenancy.purge_tenant("acme")
+    assert await tenancy.get_tenant("acme") is None
+    assert await item_names(tenancy, "beta") == ["boat"]
+    # The identifier is free again, and the new tenant starts empty.
+    await tenancy.create_tenant("acme")
+    assert await item_names(tenancy, "acme") == []
+
+
+async def test_delete_without_soft_delete_purges(database_url: str) -> None:
+    async with Tenancy(make_config(database_url, enable_soft_delete=False)) as tenancy:
+        await tenancy.create_tenant("acme")
+        await add_items(tenancy, "acme", "anvil")
+        await tenancy.delete_tenant("acme")
+        assert await tenancy.get_tenant("acme") is None
+        await tenancy.create_tenant("acme")
+        assert await item_names(tenancy, "acme") == []
+
+
+async def test_failed_provisioning_leaves_no_tenant_record(database_url: str) -> None:
+    broken = MetaData()
+    Table(
+        "broken",
+        broken,
+        Column("id", Integer, primary_key=True),
+        Column("tenant_id", String(64)),
+        Column("missing_id", ForeignKey("does_not_exist.id")),
+    )
+    async with Tenancy(TenancyConfig(database_url=database_url, tenant_metadata=broken)) as t:
+        with pytest.raises(Exception, match="does_not_exist"):
+            await t.create_tenant("acme")
+        assert await t.get_tenant("acme") is None
+
+
+async def test_tenant_scope_binds_the_current_tenant(tenancy: Tenancy) -> None:
+    await tenancy.create_tenant("acme")
+    async with tenancy.tenant_scope("acme") as tenant:
+        assert current_tenant() == tenant
+    async with tenancy.session("acme"):
+        assert current_tenant().identifier == "acme"
