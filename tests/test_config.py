@@ -79,6 +79,20 @@ def test_database_password_is_not_in_repr() -> None:
             "PEM",
             id="rs256-without-key",
         ),
+        pytest.param(
+            {"resolution_strategy": "jwt", "jwt_secret": STRONG_SECRET, "jwt_algorithm": "HS512"},
+            "minimum for HS512",
+            id="hs512-needs-64-bytes",
+        ),
+        pytest.param(
+            {
+                "resolution_strategy": "jwt",
+                "jwt_algorithm": "RS256",
+                "jwt_secret": "-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----",
+            },
+            "never the private key",
+            id="private-key",
+        ),
         pytest.param({"resolution_strategy": "subdomain"}, "DOMAIN_SUFFIX", id="no-suffix"),
     ],
 )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -243,3 +246,25 @@ def _tenancy_middleware(app: FastAPI) -> TenancyMiddleware:
         stack = getattr(stack, "app", None)
     assert isinstance(stack, TenancyMiddleware)
     return stack
+
+
+async def test_jwt_strategy_answers_generic_401_for_bad_tokens(tmp_path: Path) -> None:
+    secret = secrets.token_urlsafe(48)
+    app = apps.create_app(sqlite_config(tmp_path, resolution_strategy="jwt", jwt_secret=secret))
+    now = int(time.time())
+    good = pyjwt.encode({"tenant": "acme", "exp": now + 60}, secret, "HS256")
+    expired = pyjwt.encode({"tenant": "acme", "exp": now - 60}, secret, "HS256")
+    forged = pyjwt.encode({"tenant": "acme", "exp": now + 60}, "x" * 48, "HS256")
+    async with LifespanManager(app):
+        await seed(app.state.tenancy)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            ok = await client.get("/whoami", headers={"Authorization": f"Bearer {good}"})
+            assert ok.status_code == 200
+            assert ok.json()["identifier"] == "acme"
+            for token in (expired, forged, "not-a-jwt"):
+                bad = await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+                assert bad.status_code == 401
+                assert bad.json() == {"detail": "Unauthorized"}
+                assert bad.headers["www-authenticate"] == "Bearer"
+            assert (await client.get("/whoami")).status_code == 404

@@ -21,11 +21,12 @@ __all__ = ["ResolutionStrategy", "TenancyConfig"]
 ResolutionStrategy = Literal["header", "subdomain", "jwt", "path"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# An HMAC key shorter than the hash output weakens the signature (RFC 7518, section 3.2).
+HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET_BYTES)
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-MIN_HMAC_SECRET_BYTES = 32
 # Values copied from tutorials and .env templates; a token signed with one of them is forgeable.
 PLACEHOLDER_SECRET_PREFIXES = (
     "change-me",
@@ -189,10 +190,12 @@ class TenancyConfig(BaseSettings):
             )
         if algorithm in HMAC_ALGORITHMS:
             secret = self.jwt_secret.get_secret_value()
-            if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+            minimum = HMAC_MIN_SECRET_BYTES[algorithm]
+            if len(secret.encode()) < minimum:
                 raise ConfigurationError(
-                    f"TENANCY_JWT_SECRET is shorter than {MIN_HMAC_SECRET_BYTES} bytes; generate "
-                    "one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                    f"TENANCY_JWT_SECRET is shorter than {minimum} bytes, the minimum for "
+                    f"{algorithm}; generate one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(64))'"
                 )
             lowered = secret.strip().lower()
             if lowered.startswith(PLACEHOLDER_SECRET_PREFIXES) or len(set(secret)) < 8:
@@ -200,8 +203,10 @@ class TenancyConfig(BaseSettings):
                     "TENANCY_JWT_SECRET looks like a placeholder; generate a real one with: "
                     "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
                 )
-        elif "-----BEGIN" not in self.jwt_secret.get_secret_value():
-            raise ConfigurationError(
-                f"jwt_algorithm {algorithm} verifies with a public key: set TENANCY_JWT_SECRET to "
-                "the PEM-encoded public key"
-            )
+        else:
+            key = self.jwt_secret.get_secret_value()
+            if "-----BEGIN" not in key or "PRIVATE KEY" in key:
+                raise ConfigurationError(
+                    f"jwt_algorithm {algorithm} verifies with a public key: set "
+                    "TENANCY_JWT_SECRET to the PEM-encoded public key (never the private key)"
+                )

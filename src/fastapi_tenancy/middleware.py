@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import _current
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError, TenantNotFound
+from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,10 +80,7 @@ class TenancyMiddleware:
             _current.reset(token)
 
     def _is_excluded(self, scope: Scope) -> bool:
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
+        path = route_path(scope)
         # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
         return any(
             path == excluded or path.startswith(excluded + "/") or excluded == "/"

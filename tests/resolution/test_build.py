@@ -7,6 +7,7 @@ import jwt as pyjwt
 import pytest
 
 from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.exceptions import InvalidTenantIdentifier
 from fastapi_tenancy.resolution import (
     ChainResolver,
     HeaderResolver,
@@ -86,7 +87,9 @@ def test_several_strategies_are_chained_in_order(strategies: str) -> None:
     assert ",".join(kinds[type(r)] for r in resolver.resolvers) == strategies
 
 
-def test_chained_strategies_prefer_the_first() -> None:
+def test_chained_strategies_must_agree() -> None:
     resolver = build_resolver(TenancyConfig(resolution_strategy="path,header"))
-    scope = http_scope("/globex/orders", headers=[("X-Tenant-ID", "acme")])
-    assert resolver.resolve(scope) == Resolution("globex", mount="/globex")
+    agreeing = http_scope("/globex/orders", headers=[("X-Tenant-ID", "globex")])
+    assert resolver.resolve(agreeing) == Resolution("globex", mount="/globex")
+    with pytest.raises(InvalidTenantIdentifier):
+        resolver.resolve(http_scope("/globex/orders", headers=[("X-Tenant-ID", "acme")]))

@@ -1,8 +1,12 @@
-"""Several strategies tried in order."""
+"""Several strategies at once: the tenant is whatever they name, and they must agree."""
 
 from __future__ import annotations
 
-from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.exceptions import (
+    AuthenticationFailed,
+    ConfigurationError,
+    InvalidTenantIdentifier,
+)
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
 from fastapi_tenancy.types import Scope
 
@@ -10,11 +14,13 @@ __all__ = ["ChainResolver"]
 
 
 class ChainResolver:
-    """Returns the first resolver's answer that is not ``None``.
+    """Asks every resolver; those that find a tenant must all name the same one.
 
-    ``ChainResolver(HeaderResolver("X-Tenant-ID"), PathResolver("/t"))`` prefers the header.
-    An error from any resolver ends the chain: a malformed or forged identifier is never skipped
-    in favour of a later strategy.
+    ``ChainResolver(HeaderResolver("X-Tenant-ID"), JWTResolver(...))`` accepts a request that
+    names its tenant by header, by token, or by both when they agree. A header naming ``acme``
+    beside a valid token for ``globex`` is refused (``401`` when a token is involved, else
+    ``404``), so one strategy can never override another. An error from any resolver ends the
+    request: a malformed or forged identifier is never skipped in favour of another strategy.
     """
 
     def __init__(self, *resolvers: TenantResolver) -> None:
@@ -23,8 +29,14 @@ class ChainResolver:
         self.resolvers = resolvers
 
     def resolve(self, scope: Scope) -> Resolution | None:
-        for resolver in self.resolvers:
-            resolution = resolver.resolve(scope)
-            if resolution is not None:
-                return resolution
-        return None
+        found = [r for r in (resolver.resolve(scope) for resolver in self.resolvers) if r]
+        if not found:
+            return None
+        identifier = found[0].identifier
+        if any(resolution.identifier != identifier for resolution in found):
+            if any(resolution.claims is not None for resolution in found):
+                raise AuthenticationFailed("the token names another tenant than the request")
+            raise InvalidTenantIdentifier("the request names two different tenants")
+        mount = next((r.mount for r in found if r.mount), "")
+        claims = next((r.claims for r in found if r.claims is not None), None)
+        return Resolution(identifier, mount=mount, claims=claims)
