@@ -1,0 +1,46 @@
+"""Developer and CI sessions: ``nox -s tests lint typecheck docs`` runs what CI runs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+
+
+def run_tests(session: nox.Session, marker: str, env: dict[str, str] | None = None) -> None:
+    """Install the package with its dev extras and run pytest; posargs go last (a later -m wins)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", marker, *session.posargs, env=env)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and service tests, without the slow ones (services are skipped when absent)."""
+    run_tests(session, "not slow")
+
+
+@nox.session
+def tests_integration(session: nox.Session) -> None:
+    """Only the tests that talk to PostgreSQL, MariaDB or Redis; a missing server fails."""
+    run_tests(session, "postgres or mysql or redis", env={"TENANCY_TEST_REQUIRE_SERVICES": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install(".[docs]")
+    session.run("mkdocs", "build", "--strict")
