@@ -15,9 +15,7 @@ from fastapi_tenancy.cache.memory import MemoryTenantCache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.isolation.base import IsolationStrategy
-from fastapi_tenancy.isolation.row import RowIsolation
-from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.resolution import build_resolver
@@ -66,9 +64,7 @@ class Tenancy:
             negative_ttl=self.config.cache_negative_ttl,
         )
         self.resolver: TenantResolver = build_resolver(self.config)
-        self.isolation: IsolationStrategy = RowIsolation(
-            self.engine, TenantTables(self.config.tenant_metadata)
-        )
+        self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
         self._lifecycle: TenantLifecycle | None = None
         self._lock = asyncio.Lock()
         self._started = False

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.row import RowIsolation, TenantSession
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
 
-__all__ = ["IsolationStrategy", "RowIsolation", "TenantScoped", "TenantSession", "TenantTables"]
+__all__ = [
+    "IsolationStrategy",
+    "RowIsolation",
+    "TenantScoped",
+    "TenantSession",
+    "TenantTables",
+    "build_isolation",
+]
+
+
+def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStrategy:
+    """The strategy ``config.isolation_strategy`` names, on the central ``engine``."""
+    match config.isolation_strategy:
+        case "row":
+            return RowIsolation(engine, TenantTables(config.tenant_metadata))
