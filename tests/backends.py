@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+
+from fastapi_tenancy import TenancyConfig
+from tests.models import Base
 
 DATABASES = [
     pytest.param("sqlite", id="sqlite"),
@@ -11,3 +16,29 @@ DATABASES = [
 ]
 
 all_databases = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
+
+# (isolation strategy, database) pairs: the isolation contract runs over every one.
+ISOLATIONS = [
+    pytest.param(("row", "sqlite"), id="row-sqlite"),
+    pytest.param(("row", "postgres"), marks=pytest.mark.postgres, id="row-postgres"),
+    pytest.param(("row", "mysql"), marks=pytest.mark.mysql, id="row-mysql"),
+    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
+    pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
+]
+
+all_isolations = pytest.mark.parametrize("isolation_case", ISOLATIONS, indirect=True)
+
+# Tenant schemas and databases the tests create start with this, so resets find them.
+TEST_STORAGE_PREFIX = "tt_"
+
+
+def isolation_config(case: tuple[str, str], **overrides: Any) -> TenancyConfig:
+    """The config for an ``isolation_case``: its strategy and database, the test models."""
+    strategy, url = case
+    settings: dict[str, Any] = {
+        "database_url": url,
+        "isolation_strategy": strategy,
+        "tenant_metadata": Base.metadata,
+        "schema_prefix": TEST_STORAGE_PREFIX,
+    }
+    return TenancyConfig(**(settings | overrides))

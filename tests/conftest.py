@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,29 @@ def _clean_tenancy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL for an empty database of the requested kind ("sqlite", "postgres" or "mysql")."""
-    kind = getattr(request, "param", "sqlite")
+    async with empty_database(getattr(request, "param", "sqlite"), tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def isolation_case(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """``(strategy, database_url)`` for one row of ``tests.backends.ISOLATIONS``."""
+    strategy, kind = request.param
+    async with empty_database(kind, tmp_path) as url:
+        yield strategy, url
+
+
+@asynccontextmanager
+async def empty_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
     if kind == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'tenancy.db'}"
         return
     url = {"postgres": POSTGRES_URL, "mysql": MYSQL_URL}[kind]
     require_server(kind, url, 5432 if kind == "postgres" else 3306)
     await reset_database(url)
-    yield url
-    await reset_database(url)
+    try:
+        yield url
+    finally:
+        await reset_database(url)

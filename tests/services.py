@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from tests.backends import TEST_STORAGE_PREFIX
+
 POSTGRES_URL = os.environ.get(
     "TENANCY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -71,6 +73,15 @@ async def reset_database(url: str) -> None:
                 await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
                 await conn.execute(text("CREATE SCHEMA public"))
             else:
+                databases = await conn.execute(
+                    text(
+                        "SELECT schema_name FROM information_schema.schemata "
+                        "WHERE schema_name LIKE :prefix"
+                    ),
+                    {"prefix": TEST_STORAGE_PREFIX.replace("_", "\\_") + "%"},
+                )
+                for (database,) in databases:
+                    await conn.execute(text(f"DROP DATABASE `{database}`"))
                 tables = await conn.execute(
                     text(
                         "SELECT table_name FROM information_schema.tables "

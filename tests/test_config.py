@@ -94,6 +94,11 @@ def test_database_password_is_not_in_repr() -> None:
             id="private-key",
         ),
         pytest.param({"resolution_strategy": "subdomain"}, "DOMAIN_SUFFIX", id="no-suffix"),
+        pytest.param(
+            {"isolation_strategy": "schema", "database_url": "sqlite+aiosqlite:///x.db"},
+            "needs PostgreSQL or MariaDB",
+            id="schema-on-sqlite",
+        ),
     ],
 )
 def test_unworkable_combinations_are_refused(settings: dict[str, str], message: str) -> None:
@@ -109,6 +114,7 @@ def test_unworkable_combinations_are_refused(settings: dict[str, str], message: 
         {"excluded_paths": "health"},
         {"tenant_path_prefix": "t"},
         {"isolation_strategy": "table"},
+        {"schema_prefix": "Bad-Prefix"},
         {"cache_ttl": 0},
         {"database_pool_size": 0},
     ],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select
@@ -12,27 +11,22 @@ from fastapi_tenancy import (
     InvalidTenantIdentifier,
     InvalidTransition,
     Tenancy,
-    TenancyConfig,
     TenantAlreadyExists,
     TenantNotFound,
     TenantStatus,
     TenantSuspended,
     current_tenant,
 )
-from tests.backends import all_databases
-from tests.models import Base, Item
+from tests.backends import all_isolations, isolation_config
+from tests.models import Item
 
-pytestmark = all_databases
+pytestmark = all_isolations
 
 
 @pytest.fixture
-async def tenancy(database_url: str) -> AsyncIterator[Tenancy]:
-    async with Tenancy(make_config(database_url)) as tenancy:
+async def tenancy(isolation_case: tuple[str, str]) -> AsyncIterator[Tenancy]:
+    async with Tenancy(isolation_config(isolation_case)) as tenancy:
         yield tenancy
-
-
-def make_config(database_url: str, **overrides: Any) -> TenancyConfig:
-    return TenancyConfig(database_url=database_url, tenant_metadata=Base.metadata, **overrides)
 
 
 async def add_items(tenancy: Tenancy, identifier: str, *names: str) -> None:
@@ -109,8 +103,9 @@ async def test_purge_requires_deletion_and_removes_only_that_tenant(tenancy: Ten
     assert await item_names(tenancy, "acme") == []
 
 
-async def test_delete_without_soft_delete_purges(database_url: str) -> None:
-    async with Tenancy(make_config(database_url, enable_soft_delete=False)) as tenancy:
+async def test_delete_without_soft_delete_purges(isolation_case: tuple[str, str]) -> None:
+    config = isolation_config(isolation_case, enable_soft_delete=False)
+    async with Tenancy(config) as tenancy:
         await tenancy.create_tenant("acme")
         await add_items(tenancy, "acme", "anvil")
         await tenancy.delete_tenant("acme")
@@ -119,7 +114,9 @@ async def test_delete_without_soft_delete_purges(database_url: str) -> None:
         assert await item_names(tenancy, "acme") == []
 
 
-async def test_failed_provisioning_leaves_no_tenant_record(database_url: str) -> None:
+async def test_failed_provisioning_leaves_no_tenant_record(
+    isolation_case: tuple[str, str],
+) -> None:
     broken = MetaData()
     Table(
         "broken",
@@ -128,7 +125,7 @@ async def test_failed_provisioning_leaves_no_tenant_record(database_url: str) ->
         Column("tenant_id", String(64)),
         Column("missing_id", ForeignKey("does_not_exist.id")),
     )
-    async with Tenancy(TenancyConfig(database_url=database_url, tenant_metadata=broken)) as t:
+    async with Tenancy(isolation_config(isolation_case, tenant_metadata=broken)) as t:
         with pytest.raises(Exception, match="does_not_exist"):
             await t.create_tenant("acme")
         assert await t.get_tenant("acme") is None

@@ -108,8 +108,9 @@ class TenancyConfig(BaseSettings):
     cache_max_size: int = Field(default=10_000, ge=1)
 
     # ⑤ Isolation.
-    isolation_strategy: Literal["row"] = "row"
+    isolation_strategy: Literal["row", "schema"] = "row"
     tenant_metadata: str | MetaData | None = None
+    schema_prefix: str = Field(default="tenant_", pattern=r"^[a-z][a-z0-9_]{0,19}$")
 
     # Lifecycle.
     enable_soft_delete: bool = True
@@ -174,7 +175,18 @@ class TenancyConfig(BaseSettings):
             )
         if "jwt" in strategies:
             self._check_jwt()
+        if self.isolation_strategy == "schema" and self.database_backend == "sqlite":
+            raise ConfigurationError(
+                "isolation_strategy 'schema' needs PostgreSQL or MariaDB/MySQL; with SQLite use "
+                "'row' isolation"
+            )
         return self
+
+    @property
+    def database_backend(self) -> str:
+        """The central database's kind: ``postgresql``, ``mysql``, ``mariadb`` or ``sqlite``."""
+        scheme = self.database_url.split(":", 1)[0]
+        return scheme.split("+", 1)[0]
 
     def _check_jwt(self) -> None:
         algorithm = self.jwt_algorithm

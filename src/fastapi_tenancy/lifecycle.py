@@ -54,7 +54,8 @@ class TenantLifecycle:
             name=name if name is not None else identifier,
             metadata=dict(metadata or {}),
         )
-        stored = await self._store.add(tenant)
+        # The physical name is recorded before any DDL, so storage is never orphaned unnamed.
+        stored = await self._store.add(self._isolation.assign_storage(tenant))
         try:
             await self._isolation.provision(stored)
         except BaseException:

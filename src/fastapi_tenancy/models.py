@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from fastapi_tenancy.exceptions import InvalidTenantIdentifier
 
@@ -50,7 +50,9 @@ class Tenant(BaseModel):
     """An immutable tenant record.
 
     ``id`` is the stable key stored in tenant data (``tenant_id`` columns); ``identifier`` is what
-    requests name. Changes produce a new value with ``tenant.model_copy(update={...})``.
+    requests name; ``storage_name`` is the physical schema or database, chosen once at
+    provisioning, so renaming a tenant never re-routes it. Changes produce a new value with
+    ``tenant.model_copy(update={...})``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +65,10 @@ class Tenant(BaseModel):
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
     deleted_at: datetime | None = None
+    # Where the tenant's data lives, fixed when it is provisioned: the schema or database name
+    # under schema/database isolation, and an optional explicit database URL.
+    storage_name: str | None = Field(default=None, max_length=64)
+    database_url: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator("created_at", "updated_at", "deleted_at")
     @classmethod

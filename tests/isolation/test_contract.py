@@ -18,21 +18,21 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from fastapi_tenancy import Tenancy, TenancyConfig
+from fastapi_tenancy import Tenancy
 from tests import apps
-from tests.backends import all_databases
-from tests.models import Base, Item
+from tests.backends import all_isolations, isolation_config
+from tests.models import Item
 
 TENANTS = [f"tenant-{n}" for n in range(6)]
 REQUESTS = 240
 CONCURRENCY = 40
 
-pytestmark = all_databases
+pytestmark = all_isolations
 
 
 @pytest.fixture
-async def app(database_url: str) -> AsyncIterator[FastAPI]:
-    app = apps.create_app(TenancyConfig(database_url=database_url, tenant_metadata=Base.metadata))
+async def app(isolation_case: tuple[str, str]) -> AsyncIterator[FastAPI]:
+    app = apps.create_app(isolation_config(isolation_case))
     async with LifespanManager(app):
         for identifier in TENANTS:
             await app.state.tenancy.create_tenant(identifier)

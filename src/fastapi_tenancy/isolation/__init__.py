@@ -7,12 +7,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.row import RowIsolation, TenantSession
+from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
 
 __all__ = [
     "IsolationStrategy",
     "RowIsolation",
+    "SchemaIsolation",
     "TenantScoped",
     "TenantSession",
     "TenantTables",
@@ -25,3 +27,7 @@ def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStra
     match config.isolation_strategy:
         case "row":
             return RowIsolation(engine, TenantTables(config.tenant_metadata))
+        case "schema":
+            return SchemaIsolation(
+                engine, TenantTables(config.tenant_metadata), prefix=config.schema_prefix
+            )

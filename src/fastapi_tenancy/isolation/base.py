@@ -23,6 +23,10 @@ class IsolationStrategy(Protocol):
         """Release every connection and engine the strategy opened."""
         ...
 
+    def assign_storage(self, tenant: Tenant) -> Tenant:
+        """``tenant`` with the physical storage it will keep for life (its ``storage_name``)."""
+        ...
+
     def session(self, tenant: Tenant) -> AbstractAsyncContextManager[AsyncSession]:
         """A session bound to ``tenant`` for the ``async with`` block; closed on exit."""
         ...

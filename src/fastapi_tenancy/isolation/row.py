@@ -169,6 +169,10 @@ class RowIsolation:
     async def close(self) -> None:
         """Nothing to release: the central engine is disposed by its owner."""
 
+    def assign_storage(self, tenant: Tenant) -> Tenant:
+        """Row isolation keeps every tenant in the shared tables: nothing to assign."""
+        return tenant
+
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
         async with self._sessions(info={TENANT_INFO_KEY: tenant.id}) as session:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     bindparam,
     delete,
     select,
@@ -87,6 +88,8 @@ tenants_table = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("deleted_at", UTCDateTime, nullable=True),
+    Column("storage_name", String(64), nullable=True, unique=True),
+    Column("database_url", Text, nullable=True),
     # The server default may be latin1, which cannot hold every tenant name.
     mysql_charset="utf8mb4",
 )
@@ -233,6 +236,10 @@ def _row_values(tenant: Tenant) -> dict[str, Any]:
         "created_at": tenant.created_at,
         "updated_at": tenant.updated_at,
         "deleted_at": tenant.deleted_at,
+        "storage_name": tenant.storage_name,
+        "database_url": (
+            tenant.database_url.get_secret_value() if tenant.database_url is not None else None
+        ),
     }
 
 

@@ -1,0 +1,141 @@
+"""⑤ Schema isolation: each tenant's tables live in a schema of their own.
+
+PostgreSQL gets one schema per tenant in the central database. On MariaDB/MySQL a schema *is* a
+database, so each tenant gets a database on the central server, reached through the same pool.
+SQLite has no schemas; the configuration refuses the combination.
+
+The binding is per transaction and leaves nothing on the connection:
+
+* MariaDB/MySQL and the default on PostgreSQL: ``schema_translate_map`` qualifies every table that
+  has no explicit schema with the tenant's schema when the statement is executed. A tenant table
+  can never resolve to ``public``, whatever ``public`` holds.
+* PostgreSQL ``search_path`` binding (measured in ``benchmarks/``): ``set_config('search_path',
+  schema, true)`` at every BEGIN, transaction-local; the path holds only the tenant's schema.
+
+Sessions are `TenantSession`s, so the row filter on ``tenant_id`` stays on as a second wall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from cachetools import LRUCache
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.schema import CreateSchema, DropSchema
+
+from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
+from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["SchemaIsolation"]
+
+SEARCH_PATH_INFO_KEY = "fastapi_tenancy.search_path"
+Binding = Literal["translate_map", "search_path"]
+
+
+@event.listens_for(TenantSession, "after_begin")
+def _bind_search_path(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    schema = session.info.get(SEARCH_PATH_INFO_KEY)
+    if schema is not None:
+        # Transaction-local (is_local=true): gone at COMMIT/ROLLBACK, never left on the pool.
+        connection.execute(text("SELECT set_config('search_path', :path, true)"), {"path": schema})
+
+
+class SchemaIsolation:
+    """One schema (PostgreSQL) or database (MariaDB/MySQL) per tenant, on the central server.
+
+    Example::
+
+        isolation = SchemaIsolation(engine, TenantTables(Base.metadata), prefix="tenant_")
+        tenant = isolation.assign_storage(tenant)     # storage_name chosen once
+        await isolation.provision(tenant)             # CREATE SCHEMA + tables inside it
+        async with isolation.session(tenant) as session:
+            ...
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tables: TenantTables,
+        *,
+        prefix: str,
+        binding: Binding = "translate_map",
+    ) -> None:
+        self._engine = engine
+        self._tables = tables
+        self._prefix = prefix
+        self._postgres = engine.dialect.name == "postgresql"
+        self._binding: Binding = binding if self._postgres else "translate_map"
+        # Engines carrying a translate map share the pool; keep recent ones instead of rebuilding.
+        self._binds: LRUCache[str, AsyncEngine] = LRUCache(maxsize=4096)
+
+    async def start(self) -> None:
+        """Nothing to open: tenant schemas are reached through the central engine."""
+
+    async def close(self) -> None:
+        """Nothing to release: the central engine is disposed by its owner."""
+        self._binds.clear()
+
+    def assign_storage(self, tenant: Tenant) -> Tenant:
+        if tenant.storage_name is not None:
+            checked_storage_name(tenant.storage_name)
+            return tenant
+        return tenant.model_copy(update={"storage_name": choose_storage_name(self._prefix, tenant)})
+
+    @asynccontextmanager
+    async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+        schema = checked_storage_name(tenant.storage_name)
+        info: dict[str, Any] = {TENANT_INFO_KEY: tenant.id}
+        if self._binding == "search_path":
+            bind = self._engine
+            info[SEARCH_PATH_INFO_KEY] = f'"{schema}"'
+        else:
+            bind = self._translated(schema)
+        async with AsyncSession(
+            bind=bind, sync_session_class=TenantSession, expire_on_commit=False, info=info
+        ) as session:
+            yield session
+
+    async def provision(self, tenant: Tenant) -> None:
+        schema = checked_storage_name(tenant.storage_name)
+        if self._postgres:
+            # DDL is transactional on PostgreSQL: a failure removes the schema with the tables.
+            async with self._engine.begin() as conn:
+                await conn.execute(CreateSchema(schema))
+                await self._create_tables(conn, schema)
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(CreateSchema(schema))  # fails if it exists: not ours to drop
+        try:
+            async with self._engine.begin() as conn:
+                await self._create_tables(conn, schema)
+        except BaseException:
+            async with self._engine.begin() as conn:
+                await conn.execute(DropSchema(schema))  # created just above by this call
+            raise
+
+    async def purge(self, tenant: Tenant) -> None:
+        schema = checked_storage_name(tenant.storage_name)
+        self._binds.pop(schema, None)
+        async with self._engine.begin() as conn:
+            await conn.execute(DropSchema(schema, cascade=self._postgres, if_exists=True))
+
+    async def _create_tables(self, conn: AsyncConnection, schema: str) -> None:
+        translated = await conn.execution_options(schema_translate_map={None: schema})
+        for metadata in self._tables.metadatas():
+            await translated.run_sync(metadata.create_all)
+
+    def _translated(self, schema: str) -> AsyncEngine:
+        bind = self._binds.get(schema)
+        if bind is None:
+            bind = self._engine.execution_options(schema_translate_map={None: schema})
+            self._binds[schema] = bind
+        return bind
