@@ -82,6 +82,7 @@ class TenancyConfig(BaseSettings):
     database_pool_recycle: int = Field(default=1800, ge=-1)
     database_pool_pre_ping: bool = True
     database_echo: bool = False
+    database_pgbouncer: bool = False
 
     # ① Resolution: one strategy, or several tried in order ("header,jwt").
     resolution_strategy: Annotated[tuple[ResolutionStrategy, ...], NoDecode] = ("header",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import event
@@ -46,6 +47,15 @@ def create_engine(config: TenancyConfig, url: str | None = None) -> AsyncEngine:
     )
     if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    if config.database_pgbouncer and parsed.get_driver_name() == "asyncpg":
+        # PgBouncer in transaction mode hands each transaction to any server connection, so a
+        # prepared statement must never outlive its transaction or reuse a name: no caches, and
+        # a fresh name for every statement.
+        parsed = parsed.update_query_dict({"prepared_statement_cache_size": "0"})
+        options["connect_args"] = {
+            "statement_cache_size": 0,
+            "prepared_statement_name_func": _unique_statement_name,
+        }
     try:
         return create_async_engine(parsed, **options)
     except ImportError as exc:
@@ -53,6 +63,10 @@ def create_engine(config: TenancyConfig, url: str | None = None) -> AsyncEngine:
             f"the driver for {redact_url(parsed)} is not installed: install "
             "fastapi-tenancy[postgres] (asyncpg) or fastapi-tenancy[mysql] (aiomysql)"
         ) from exc
+
+
+def _unique_statement_name() -> str:
+    return f"__fastapi_tenancy_{uuid.uuid4().hex}__"
 
 
 def _sqlite_engine(parsed: URL, options: dict[str, Any], config: TenancyConfig) -> AsyncEngine:
