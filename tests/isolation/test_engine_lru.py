@@ -1,0 +1,457 @@
+"""EngineLRU: bounded per-tenant engines, leases, a global connection budget, clean close.
+
+Connections are counted by the servers themselves (``pg_stat_activity``,
+``information_schema.processlist``) over an admin connection to a database the cache never uses.
+Every tenant database here is named ``h5_...``; the module creates and drops its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
+from fastapi_tenancy.isolation.engine_lru import EngineLRU
+from tests.services import MYSQL_URL, POSTGRES_URL, require_server
+
+FEW = [f"h5_s{i}" for i in range(4)]
+MANY = [f"h5_t{i:03d}" for i in range(200)]
+MARIADB = [f"h5_m{i}" for i in range(3)]
+PG_TENANT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'h5\\_%'"
+
+
+def pg_url(database: str) -> str:
+    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+
+
+def mysql_url(database: str) -> str:
+    return make_url(MYSQL_URL).set(database=database).render_as_string(hide_password=False)
+
+
+def pg_admin() -> AsyncEngine:
+    return create_async_engine(pg_url("postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+
+def factory(
+    url: Callable[[str], str], calls: list[str] | None = None
+) -> Callable[[str], AsyncEngine]:
+    def build(key: str) -> AsyncEngine:
+        if calls is not None:
+            calls.append(key)
+        return create_async_engine(url(key), pool_size=2, max_overflow=0)
+
+    return build
+
+
+async def create_databases(names: list[str], workers: int = 4) -> None:
+    admin = pg_admin()
+
+    async def run(chunk: list[str]) -> None:
+        async with admin.connect() as conn:
+            for name in chunk:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    try:
+        await asyncio.gather(*(run(names[i::workers]) for i in range(workers)))
+    finally:
+        await admin.dispose()
+
+
+async def drop_databases(names: list[str], workers: int = 4) -> None:
+    admin = pg_admin()
+
+    async def run(chunk: list[str]) -> None:
+        async with admin.connect() as conn:
+            for name in chunk:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    try:
+        await asyncio.gather(*(run(names[i::workers]) for i in range(workers)))
+    finally:
+        await admin.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def few_databases() -> AsyncIterator[list[str]]:
+    require_server("postgres", POSTGRES_URL, 5432)
+    await create_databases(FEW)
+    yield FEW
+    await drop_databases(FEW)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def many_databases() -> AsyncIterator[list[str]]:
+    require_server("postgres", POSTGRES_URL, 5432)
+    await create_databases(MANY)
+    yield MANY
+    await drop_databases(MANY)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mariadb_databases() -> AsyncIterator[list[str]]:
+    require_server("mysql", MYSQL_URL, 3306)
+    admin = create_async_engine(mysql_url(""), poolclass=NullPool)
+    async with admin.connect() as conn:
+        for name in MARIADB:
+            await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}`"))
+    yield MARIADB
+    async with admin.connect() as conn:
+        for name in MARIADB:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    await admin.dispose()
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[AsyncConnection]:
+    engine = pg_admin()
+    async with engine.connect() as conn:
+        yield conn
+    await engine.dispose()
+
+
+async def pg_connections(admin: AsyncConnection, database: str | None = None) -> int:
+    if database is None:
+        return int((await admin.execute(text(PG_TENANT_CONNECTIONS))).scalar_one())
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+    return int((await admin.execute(query, {"name": database})).scalar_one())
+
+
+async def eventually_zero(count: Callable[[], Awaitable[int]]) -> None:
+    # Disposal runs in the background: give it a few seconds to close the connections.
+    for _ in range(250):
+        if await count() == 0:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("connections are still open 5 s after the engine was dropped")
+
+
+async def select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+def unconnected(key: str) -> AsyncEngine:
+    # Engines connect lazily: these exercise the cache without a server.
+    return create_async_engine(pg_url(f"h5_unused_{key}"), pool_size=2, max_overflow=0)
+
+
+async def test_least_recently_used_engine_is_evicted() -> None:
+    calls: list[str] = []
+
+    def build(key: str) -> AsyncEngine:
+        calls.append(key)
+        return unconnected(key)
+
+    cache = EngineLRU(build, max_engines=2, connection_budget=4)
+    for key in ["a", "b", "a", "c"]:
+        async with cache.lease(key):
+            pass
+    assert calls == ["a", "b", "c"]
+    assert (cache.size, cache.evictions) == (2, 1)
+    async with cache.lease("a"):  # still cached: "b" was the least recently used
+        pass
+    async with cache.lease("b"):  # comes back as a new engine and evicts "c"
+        pass
+    assert calls == ["a", "b", "c", "b"]
+    assert (cache.size, cache.evictions) == (2, 2)
+    async with cache.lease("a"):
+        pass
+    assert calls == ["a", "b", "c", "b"]
+    await cache.close()
+
+
+async def test_concurrent_first_leases_create_one_engine() -> None:
+    calls: list[str] = []
+
+    def build(key: str) -> AsyncEngine:
+        calls.append(key)
+        return unconnected(key)
+
+    cache = EngineLRU(build, max_engines=4, connection_budget=10)
+    engines: list[AsyncEngine] = []
+
+    async def use() -> None:
+        async with cache.lease("cold") as engine:
+            engines.append(engine)
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(use() for _ in range(50)))
+    assert calls == ["cold"]
+    assert len(engines) == 50
+    assert len({id(engine) for engine in engines}) == 1
+    await cache.close()
+
+
+async def test_failed_disposal_is_recorded_not_raised() -> None:
+    def build(key: str) -> AsyncEngine:
+        engine = unconnected(key)
+
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def fail(_engine: object) -> None:
+            raise RuntimeError("disposal failed")
+
+        return engine
+
+    cache = EngineLRU(build, max_engines=1, connection_budget=2)
+    async with cache.lease("a"):
+        pass
+    async with cache.lease("b"):  # evicts "a"; its disposal fails in the background
+        pass
+    await cache.close()
+    assert cache.disposal_errors == 2
+
+
+async def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        EngineLRU(unconnected, max_engines=0, connection_budget=1)
+    with pytest.raises(ConfigurationError):
+        EngineLRU(unconnected, max_engines=1, connection_budget=0)
+    with pytest.raises(ConfigurationError):
+        EngineLRU(unconnected, max_engines=1, connection_budget=1, budget_timeout=0)
+
+
+@pytest.mark.postgres
+async def test_evicted_idle_engine_is_disposed_in_the_background(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=1, connection_budget=4)
+    async with cache.lease(a) as engine:
+        await select_one(engine)
+    assert await pg_connections(admin, a) == 1  # the idle connection stays pooled
+    async with cache.lease(b) as engine:
+        # The eviction only scheduled the disposal: this lease did not wait for it.
+        assert cache.open_connections == 1
+        await select_one(engine)
+    await eventually_zero(lambda: pg_connections(admin, a))
+    assert cache.evictions == 1
+    await cache.close()
+
+
+@pytest.mark.postgres
+async def test_leased_engine_is_disposed_only_after_its_lease_ends(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=1, connection_budget=4)
+    lease_a = cache.lease(a)
+    engine_a = await lease_a.__aenter__()
+    await select_one(engine_a)
+    async with cache.lease(b) as engine_b:
+        # Every cached engine is leased: the cache grows past max_engines instead of waiting.
+        assert cache.size == 2
+        await select_one(engine_b)
+        await asyncio.sleep(0.05)
+        await select_one(engine_a)  # the engine that must give way still works
+        assert await pg_connections(admin, a) == 1
+        await lease_a.__aexit__(None, None, None)
+        # Its lease over, "a" is the least recently used engine that no lease holds.
+        assert (cache.size, cache.evictions) == (1, 1)
+        await eventually_zero(lambda: pg_connections(admin, a))
+    assert await pg_connections(admin, b) == 1
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_discarded_engine_stays_usable_until_its_lease_ends(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=4)
+    async with cache.lease(a) as engine:
+        await select_one(engine)
+        await cache.discard(a)  # leased: returns at once
+        assert cache.size == 0
+        await select_one(engine)
+        assert await pg_connections(admin, a) == 1
+    await eventually_zero(lambda: pg_connections(admin, a))
+    async with cache.lease(b) as engine:
+        await select_one(engine)
+    await cache.discard(b)  # idle: disposed before discard returns
+    assert await pg_connections(admin, b) == 0
+    assert cache.open_connections == 0
+    await cache.close()
+
+
+@pytest.mark.postgres
+async def test_idle_connections_of_another_engine_make_room(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=2)
+
+    async def use(key: str) -> None:
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(use(a), use(a))
+    assert await pg_connections(admin, a) == 2  # both pooled, idle, and the budget is full
+    async with cache.lease(b) as engine:
+        assert await pg_connections(admin, a) == 0
+        await select_one(engine)
+        assert await pg_connections(admin) == 1
+    async with cache.lease(a) as engine:  # the trimmed pool is reused
+        await select_one(engine)
+    assert cache.size == 2
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_exhausted_budget_raises_service_unavailable_quickly(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=1, budget_timeout=0.2)
+    async with cache.lease(a) as engine:
+        await select_one(engine)
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            async with cache.lease(b):
+                pass
+        assert time.monotonic() - started < 1.0
+    async with cache.lease(b) as engine:  # a's idle connection is closed to make room
+        await select_one(engine)
+    assert await pg_connections(admin) == 1
+    await cache.close()
+
+
+@pytest.mark.postgres
+async def test_idle_connections_of_a_leased_engine_are_not_taken(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b = few_databases[:2]
+    cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=2, budget_timeout=0.2)
+
+    async def use(key: str) -> None:
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(use(a), use(a))
+    async with cache.lease(a):
+        # A permit is free, but the budget is spent on a's connections and a is leased.
+        with pytest.raises(ServiceUnavailable):
+            async with cache.lease(b):
+                pass
+    assert await pg_connections(admin) == 2
+    await cache.close()
+
+
+@pytest.mark.postgres
+async def test_close_waits_for_leases_and_leaves_no_connection(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    cache = EngineLRU(factory(pg_url), max_engines=2, connection_budget=8)
+    for name in few_databases:
+        async with cache.lease(name) as engine:
+            await select_one(engine)
+    lease = cache.lease(few_databases[0])
+    engine = await lease.__aenter__()
+    await select_one(engine)
+    closing = asyncio.create_task(cache.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    await select_one(engine)
+    await lease.__aexit__(None, None, None)
+    await closing
+    assert await pg_connections(admin) == 0
+    assert (cache.size, cache.open_connections) == (0, 0)
+    with pytest.raises(ServiceUnavailable):
+        async with cache.lease(few_databases[0]):
+            pass
+
+
+@pytest.mark.postgres
+async def test_load_stays_within_connection_budget(
+    many_databases: list[str], admin: AsyncConnection
+) -> None:
+    budget = 20
+    calls: list[str] = []
+    at_checkout: list[int] = []
+    build = factory(pg_url, calls)
+
+    def build_watched(key: str) -> AsyncEngine:
+        engine = build(key)
+
+        # Checkout follows connect: the cache's count includes every connection just opened.
+        @event.listens_for(engine.sync_engine, "checkout")
+        def checked_out(*_args: object) -> None:
+            at_checkout.append(cache.open_connections)
+
+        return engine
+
+    cache = EngineLRU(build_watched, max_engines=10, connection_budget=budget, budget_timeout=20)
+    hot, cold = many_databases[:8], many_databases[8:]
+    errors: list[BaseException] = []
+    observed: list[int] = []
+    counted: list[int] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            observed.append(await pg_connections(admin))
+            counted.append(cache.open_connections)
+            await asyncio.sleep(0.02)
+
+    async def work(task: int) -> None:
+        for step in range(10):
+            n = task * 10 + step
+            key = hot[n % len(hot)] if n % 2 else cold[(n * 37) % len(cold)]
+            try:
+                async with cache.lease(key) as engine, engine.connect() as conn:
+                    assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+                    await conn.execute(text("SELECT pg_sleep(0.001)"))
+            except Exception as exc:
+                errors.append(exc)
+
+    sampler = asyncio.create_task(sample())
+    await asyncio.gather(*(work(task) for task in range(100)))
+    stop.set()
+    await sampler
+    observed.append(await pg_connections(admin))
+
+    assert errors == []
+    assert len(observed) > 10
+    assert max(observed) <= budget, f"peak {max(observed)} > budget {budget}"
+    assert max(counted) <= budget
+    assert len(at_checkout) == 1000
+    assert max(at_checkout) <= budget
+    assert cache.size <= 10
+    assert cache.evictions == len(calls) - cache.size > 0
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.mysql
+async def test_mariadb_lease_evict_and_close(mariadb_databases: list[str]) -> None:
+    a, b, c = mariadb_databases
+    admin = create_async_engine(mysql_url(""), poolclass=NullPool)
+
+    async def connections(database: str | None = None) -> int:
+        pattern = database or "h5\\_%"
+        query = text("SELECT count(*) FROM information_schema.processlist WHERE db LIKE :db")
+        async with admin.connect() as conn:
+            return int((await conn.execute(query, {"db": pattern})).scalar_one())
+
+    cache = EngineLRU(factory(mysql_url), max_engines=2, connection_budget=2)
+    for name in (a, b, c):
+        async with cache.lease(name) as engine:
+            await select_one(engine)
+    assert (cache.size, cache.evictions) == (2, 1)
+    await eventually_zero(lambda: connections(a))
+    assert await connections() <= 2
+    await cache.close()
+    assert await connections() == 0
+    await admin.dispose()
