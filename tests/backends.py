@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from fastapi_tenancy import TenancyConfig
 from tests.models import Base
@@ -24,6 +26,9 @@ ISOLATIONS = [
     pytest.param(("row", "mysql"), marks=pytest.mark.mysql, id="row-mysql"),
     pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
     pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
+    pytest.param(("database", "sqlite"), id="database-sqlite"),
+    pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
+    pytest.param(("database", "mysql"), marks=pytest.mark.mysql, id="database-mysql"),
 ]
 
 all_isolations = pytest.mark.parametrize("isolation_case", ISOLATIONS, indirect=True)
@@ -41,4 +46,16 @@ def isolation_config(case: tuple[str, str], **overrides: Any) -> TenancyConfig:
         "tenant_metadata": Base.metadata,
         "schema_prefix": TEST_STORAGE_PREFIX,
     }
+    if strategy == "database":
+        settings["database_url_template"] = database_url_template(url)
     return TenancyConfig(**(settings | overrides))
+
+
+def database_url_template(central_url: str) -> str:
+    """Tenant databases next to the central one: same server, or the same folder for SQLite."""
+    parsed = make_url(central_url)
+    if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database or ".").parent
+        return f"sqlite+aiosqlite:///{folder}/{{database}}.db"
+    rendered = parsed.set(database="DATABASE").render_as_string(hide_password=False)
+    return rendered.replace("/DATABASE", "/{database}")

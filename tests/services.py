@@ -94,3 +94,22 @@ async def reset_database(url: str) -> None:
                 await conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
     finally:
         await engine.dispose()
+    if backend == "postgresql":
+        await _drop_test_databases(url)
+
+
+async def _drop_test_databases(url: str) -> None:
+    # Database-per-tenant tests create whole databases; they live beside the test database.
+    admin = create_async_engine(
+        make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with admin.connect() as conn:
+            names = await conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+                {"prefix": TEST_STORAGE_PREFIX.replace("_", "\\_") + "%"},
+            )
+            for (name,) in names.all():
+                await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()

@@ -109,9 +109,14 @@ class TenancyConfig(BaseSettings):
     cache_max_size: int = Field(default=10_000, ge=1)
 
     # ⑤ Isolation.
-    isolation_strategy: Literal["row", "schema"] = "row"
+    isolation_strategy: Literal["row", "schema", "database"] = "row"
     tenant_metadata: str | MetaData | None = None
     schema_prefix: str = Field(default="tenant_", pattern=r"^[a-z][a-z0-9_]{0,19}$")
+    # Database per tenant: where each tenant's database is, and how many engines stay open.
+    database_url_template: str | None = Field(default=None, repr=False)
+    max_cached_engines: int = Field(default=100, ge=1)
+    tenant_pool_size: int = Field(default=2, ge=1)
+    database_connection_budget: int = Field(default=50, ge=1)
 
     # Lifecycle.
     enable_soft_delete: bool = True
@@ -176,6 +181,18 @@ class TenancyConfig(BaseSettings):
             )
         if "jwt" in strategies:
             self._check_jwt()
+        if self.database_url_template is not None and "{database}" not in (
+            self.database_url_template
+        ):
+            raise ConfigurationError(
+                "database_url_template needs a '{database}' placeholder, e.g. "
+                "'postgresql+asyncpg://app@db:5432/{database}'"
+            )
+        if self.database_connection_budget < self.tenant_pool_size:
+            raise ConfigurationError(
+                "database_connection_budget must be at least tenant_pool_size: one tenant's pool "
+                "could never fill"
+            )
         if self.isolation_strategy == "schema" and self.database_backend == "sqlite":
             raise ConfigurationError(
                 "isolation_strategy 'schema' needs PostgreSQL or MariaDB/MySQL; with SQLite use "

@@ -26,8 +26,17 @@ def redact_url(url: str | URL) -> str:
         return "<unparsable database URL>"
 
 
-def create_engine(config: TenancyConfig, url: str | None = None) -> AsyncEngine:
-    """An AsyncEngine for ``url`` (default: ``config.database_url``) with the configured pool."""
+def create_engine(
+    config: TenancyConfig,
+    url: str | None = None,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+) -> AsyncEngine:
+    """An AsyncEngine for ``url`` (default: ``config.database_url``) with the configured pool.
+
+    ``pool_size`` and ``max_overflow`` override the central pool's sizes (tenant engines are small).
+    """
     try:
         parsed = make_url(url or config.database_url)
     except Exception as exc:
@@ -35,16 +44,17 @@ def create_engine(config: TenancyConfig, url: str | None = None) -> AsyncEngine:
             f"database URL {redact_url(url or config.database_url)} cannot be parsed"
         ) from exc
     options: dict[str, Any] = {"echo": config.database_echo}
+    pool = {
+        "pool_size": config.database_pool_size if pool_size is None else pool_size,
+        "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
+        "pool_timeout": config.database_pool_timeout,
+        "pool_recycle": config.database_pool_recycle,
+        "pool_pre_ping": config.database_pool_pre_ping,
+    }
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options, config)
-    options.update(
-        pool_size=config.database_pool_size,
-        max_overflow=config.database_max_overflow,
-        pool_timeout=config.database_pool_timeout,
-        pool_recycle=config.database_pool_recycle,
-        pool_pre_ping=config.database_pool_pre_ping,
-    )
+        return _sqlite_engine(parsed, options, pool)
+    options.update(pool)
     if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     if config.database_pgbouncer and parsed.get_driver_name() == "asyncpg":
@@ -69,20 +79,13 @@ def _unique_statement_name() -> str:
     return f"__fastapi_tenancy_{uuid.uuid4().hex}__"
 
 
-def _sqlite_engine(parsed: URL, options: dict[str, Any], config: TenancyConfig) -> AsyncEngine:
+def _sqlite_engine(parsed: URL, options: dict[str, Any], pool: dict[str, Any]) -> AsyncEngine:
     database = parsed.database or ""
     if database in ("", ":memory:") or "mode=memory" in str(parsed):
         # Every connection to an in-memory database is a new, empty database: share one.
         options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        options.update(
-            pool_size=config.database_pool_size,
-            max_overflow=config.database_max_overflow,
-            pool_timeout=config.database_pool_timeout,
-            pool_recycle=config.database_pool_recycle,
-            pool_pre_ping=config.database_pool_pre_ping,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
-        )
+        options.update(pool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
     engine = create_async_engine(parsed, **options)
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine

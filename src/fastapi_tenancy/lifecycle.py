@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from fastapi_tenancy.exceptions import InvalidTransition, TenantNotFound
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.lookup import TenantLookup
@@ -47,12 +49,18 @@ class TenantLifecycle:
         self._soft_delete = soft_delete
 
     async def create(
-        self, identifier: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        identifier: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
     ) -> Tenant:
         tenant = Tenant(
             identifier=validate_identifier(identifier),
             name=name if name is not None else identifier,
             metadata=dict(metadata or {}),
+            database_url=SecretStr(database_url) if database_url is not None else None,
         )
         # The physical name is recorded before any DDL, so storage is never orphaned unnamed.
         stored = await self._store.add(self._isolation.assign_storage(tenant))

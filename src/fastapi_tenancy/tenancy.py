@@ -141,11 +141,22 @@ class Tenancy:
         return self._lifecycle
 
     async def create_tenant(
-        self, identifier: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        identifier: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
     ) -> Tenant:
-        """Create an active tenant with its storage; raises `TenantAlreadyExists` if taken."""
+        """Create an active tenant with its storage; raises `TenantAlreadyExists` if taken.
+
+        ``database_url`` (database isolation only) points the tenant at an existing database
+        instead of creating one from ``database_url_template``; it is stored, never logged.
+        """
         await self.start()
-        return await self.lifecycle.create(identifier, name=name, metadata=metadata)
+        return await self.lifecycle.create(
+            identifier, name=name, metadata=metadata, database_url=database_url
+        )
 
     async def get_tenant(self, identifier: str) -> Tenant | None:
         """The tenant record in any status, or ``None``."""

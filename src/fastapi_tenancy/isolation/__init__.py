@@ -6,12 +6,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.isolation.base import IsolationStrategy
+from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.row import RowIsolation, TenantSession
 from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
 
 __all__ = [
+    "DatabaseIsolation",
     "IsolationStrategy",
     "RowIsolation",
     "SchemaIsolation",
@@ -31,3 +33,5 @@ def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStra
             return SchemaIsolation(
                 engine, TenantTables(config.tenant_metadata), prefix=config.schema_prefix
             )
+        case "database":
+            return DatabaseIsolation(config, TenantTables(config.tenant_metadata))

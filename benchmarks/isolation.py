@@ -1,0 +1,263 @@
+"""Isolation overhead: a bare FastAPI + SQLAlchemy app against the same handler under each strategy.
+
+Every app serves ``GET /items`` (one SELECT of the caller's rows) from the same PostgreSQL server.
+Apps are measured in alternating rounds in one run, and each result is reported as a ratio of the
+bare app's throughput measured beside it, plus the SQL statements each request sends to the
+server. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost with no
+network or HTTP server in between.
+
+    python benchmarks/isolation.py --tenants 10,500 --requests 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import Depends, FastAPI
+from sqlalchemy import String, event, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+
+from fastapi_tenancy import (
+    Tenancy,
+    TenancyConfig,
+    TenancyMiddleware,
+    TenantScoped,
+    get_tenant_session,
+)
+from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
+
+ROWS_PER_TENANT = 10
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(TenantScoped, Base):
+    __tablename__ = "bench_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+@dataclass
+class Contender:
+    name: str
+    app: FastAPI
+    engine: Callable[[], AsyncEngine]
+    identifiers: list[str]
+    rates: list[float] = field(default_factory=list)
+    statements: list[float] = field(default_factory=list)
+
+
+def bare_app(url: str) -> tuple[FastAPI, AsyncEngine]:
+    engine = create_async_engine(url, pool_size=10, max_overflow=0)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def session() -> AsyncIterator[AsyncSession]:
+        async with sessions() as s:
+            yield s
+
+    app = FastAPI()
+
+    @app.get("/items")
+    async def items(s: AsyncSession = Depends(session)) -> list[str]:
+        # The single-tenant app's own rows share the table with the row-isolation tenants.
+        return list((await s.scalars(select(Item.name).where(Item.tenant_id == "x"))).all())
+
+    return app, engine
+
+
+def engine_of(tenancy: Tenancy) -> Callable[[], AsyncEngine]:
+    def engine() -> AsyncEngine:
+        return tenancy.engine
+
+    return engine
+
+
+def constant(engine: AsyncEngine) -> Callable[[], AsyncEngine]:
+    def same() -> AsyncEngine:
+        return engine
+
+    return same
+
+
+def tenancy_app(tenancy: Tenancy) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, tenancy=tenancy)
+
+    @app.get("/items")
+    async def items(s: AsyncSession = Depends(get_tenant_session)) -> list[str]:
+        return list((await s.scalars(select(Item.name))).all())
+
+    return app
+
+
+async def reset(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    async with engine.begin() as conn:
+        schemas = await conn.execute(
+            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
+        )
+        for (schema,) in schemas.all():
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await conn.execute(text("DROP TABLE IF EXISTS bench_items, tenancy_tenants CASCADE"))
+    await engine.dispose()
+
+
+async def ensure_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_async_engine(
+        parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    async with admin.connect() as conn:
+        exists = await conn.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
+        )
+        if not exists:
+            await conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    await admin.dispose()
+
+
+def config(url: str, strategy: str) -> TenancyConfig:
+    return TenancyConfig(
+        database_url=url,
+        isolation_strategy=strategy,
+        tenant_metadata=Base.metadata,
+        schema_prefix="bench_",
+        database_pool_size=10,
+        database_max_overflow=0,
+    )
+
+
+async def seed(tenancy: Tenancy, count: int, prefix: str) -> list[str]:
+    identifiers = [f"{prefix}{n:05d}" for n in range(count)]
+    for identifier in identifiers:
+        await tenancy.create_tenant(identifier)
+        async with tenancy.session(identifier) as s:
+            s.add_all(Item(name=f"{identifier}-{k}") for k in range(ROWS_PER_TENANT))
+            await s.commit()
+    return identifiers
+
+
+async def measure(contender: Contender, requests: int, concurrency: int) -> None:
+    counted = {"n": 0}
+
+    def count(*_: Any) -> None:
+        counted["n"] += 1
+
+    sync_engine = contender.engine().sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count)
+    rng = random.Random(7)
+    plan = [rng.choice(contender.identifiers) for _ in range(requests)]
+    gate = asyncio.Semaphore(concurrency)
+    transport = httpx.ASGITransport(app=contender.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+
+        async def one(identifier: str) -> None:
+            async with gate:
+                response = await client.get("/items", headers={"X-Tenant-ID": identifier})
+            assert response.status_code == 200
+            assert len(response.json()) == ROWS_PER_TENANT
+
+        await asyncio.gather(*(one(i) for i in plan[: concurrency * 2]))  # warm up
+        counted["n"] = 0
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in plan))
+        elapsed = time.perf_counter() - started
+    event.remove(sync_engine, "before_cursor_execute", count)
+    contender.rates.append(requests / elapsed)
+    contender.statements.append(counted["n"] / requests)
+
+
+async def run(
+    url: str, tenant_counts: list[int], requests: int, concurrency: int, rounds: int
+) -> None:
+    await ensure_database(url)
+    print(f"{'app':<28}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
+    for count in tenant_counts:
+        await reset(url)
+        bare, bare_engine = bare_app(url)
+        async with bare_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(
+                insert(Item),
+                [{"name": f"x-{k}", "tenant_id": "x"} for k in range(ROWS_PER_TENANT)],
+            )
+        contenders = [Contender("bare FastAPI + SQLAlchemy", bare, constant(bare_engine), ["x"])]
+        runtimes: list[Tenancy] = []
+        for label, strategy, binding in [
+            ("row", "row", None),
+            ("schema (translate map)", "schema", None),
+            ("schema (search_path)", "schema", "search_path"),
+        ]:
+            tenancy = Tenancy(config(url, strategy))
+            if binding == "search_path":
+                assert isinstance(tenancy.isolation, SchemaIsolation)
+                tenancy.isolation = SchemaIsolation(
+                    tenancy.engine,
+                    TenantTables(Base.metadata),
+                    prefix="bench_",
+                    binding="search_path",
+                )
+            await tenancy.start()
+            runtimes.append(tenancy)
+            if binding == "search_path":
+                identifiers = contenders[-1].identifiers  # same tenants as the translate-map app
+            else:
+                identifiers = await seed(tenancy, count, prefix=strategy[0])
+            contenders.append(
+                Contender(label, tenancy_app(tenancy), engine_of(tenancy), identifiers)
+            )
+        for _ in range(rounds):
+            for contender in contenders:
+                async with LifespanManager(contender.app):
+                    await measure(contender, requests, concurrency)
+        base = statistics.median(contenders[0].rates)
+        for contender in contenders:
+            rate = statistics.median(contender.rates)
+            stmts = statistics.median(contender.statements)
+            print(f"{contender.name:<28}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}")
+        for tenancy in runtimes:
+            await tenancy.close()
+        await bare_engine.dispose()
+    await reset(url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(
+            "TENANCY_BENCH_POSTGRES_URL",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/tenancy_bench",
+        ),
+    )
+    parser.add_argument("--tenants", default="10,500", help="tenant counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.tenants.split(",")]
+    asyncio.run(run(args.url, counts, args.requests, args.concurrency, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""⑤ Database isolation: each tenant has a database of its own.
+
+The tenant's URL is its explicit ``database_url`` (a database the operator made, perhaps on
+another server) or ``database_url_template`` with the tenant's database name. Engines live in a
+bounded `EngineLRU`: an engine in use is never disposed, evicted idle engines are disposed in the
+background, and a global budget caps the server connections of all tenant engines together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.isolation.engine_lru import EngineLRU
+from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
+from fastapi_tenancy.isolation.servers import create_database, drop_database
+from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["DatabaseIsolation"]
+
+
+class DatabaseIsolation:
+    """One database per tenant, reached through a bounded cache of small engines.
+
+    Example::
+
+        config = TenancyConfig(
+            isolation_strategy="database",
+            database_url_template="postgresql+asyncpg://app@db:5432/{database}",
+        )
+        isolation = DatabaseIsolation(config, TenantTables(Base.metadata))
+    """
+
+    def __init__(self, config: TenancyConfig, tables: TenantTables) -> None:
+        self._config = config
+        self._tables = tables
+        self._urls: dict[str, str] = {}
+        self._engines = EngineLRU(
+            self._new_engine,
+            max_engines=config.max_cached_engines,
+            connection_budget=config.database_connection_budget,
+            budget_timeout=config.database_pool_timeout,
+        )
+
+    @property
+    def engines(self) -> EngineLRU:
+        return self._engines
+
+    async def start(self) -> None:
+        """Nothing to open: tenant engines are created on first use."""
+
+    async def close(self) -> None:
+        """Dispose every tenant engine; no tenant connection stays open."""
+        await self._engines.close()
+
+    def assign_storage(self, tenant: Tenant) -> Tenant:
+        if tenant.storage_name is not None:
+            checked_storage_name(tenant.storage_name)
+            return tenant
+        return tenant.model_copy(
+            update={"storage_name": choose_storage_name(self._config.schema_prefix, tenant)}
+        )
+
+    @asynccontextmanager
+    async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+        name = checked_storage_name(tenant.storage_name)
+        self._urls[name] = self._url(tenant)
+        async with (
+            self._engines.lease(name) as engine,
+            AsyncSession(
+                bind=engine,
+                sync_session_class=TenantSession,
+                expire_on_commit=False,
+                info={TENANT_INFO_KEY: tenant.id},
+            ) as session,
+        ):
+            yield session
+
+    async def provision(self, tenant: Tenant) -> None:
+        name = checked_storage_name(tenant.storage_name)
+        url = self._url(tenant)
+        # An explicit URL names a database the operator made: use it, never create or drop it.
+        ours = tenant.database_url is None
+        if ours:
+            await create_database(url, name)
+        try:
+            engine = create_async_engine(url, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    for metadata in self._tables.metadatas():
+                        await conn.run_sync(metadata.create_all)
+            finally:
+                await engine.dispose()
+        except BaseException:
+            if ours:
+                await drop_database(url, name)
+            raise
+
+    async def purge(self, tenant: Tenant) -> None:
+        name = checked_storage_name(tenant.storage_name)
+        url = self._url(tenant)
+        await self._engines.discard(name)
+        if tenant.database_url is None:
+            await drop_database(url, name)
+            return
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                for metadata in self._tables.metadatas():
+                    await conn.run_sync(metadata.drop_all)
+        finally:
+            await engine.dispose()
+
+    def _url(self, tenant: Tenant) -> str:
+        if tenant.database_url is not None:
+            return tenant.database_url.get_secret_value()
+        template = self._config.database_url_template
+        if template is None:
+            raise ConfigurationError(
+                f"tenant {tenant.identifier!r} has no database URL and "
+                "TENANCY_DATABASE_URL_TEMPLATE is not set"
+            )
+        return template.format(database=checked_storage_name(tenant.storage_name))
+
+    def _new_engine(self, name: str) -> AsyncEngine:
+        return create_engine(
+            self._config, self._urls[name], pool_size=self._config.tenant_pool_size, max_overflow=0
+        )
