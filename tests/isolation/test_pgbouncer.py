@@ -1,0 +1,156 @@
+"""Schema isolation through PgBouncer in transaction pooling mode.
+
+PgBouncer hands every transaction to whichever of its few server connections is free, so nothing
+may live on a connection between transactions: not the tenant binding, not a prepared statement.
+Concurrent mixed-tenant HTTP traffic runs through it with ``database_pgbouncer=True``; the same
+traffic without that setting is the control that shows the setting is what makes it work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from asyncpg.exceptions import DuplicatePreparedStatementError, InvalidSQLStatementNameError
+from fastapi import FastAPI
+from sqlalchemy import event, select
+
+from fastapi_tenancy import Tenancy, TenancyConfig
+from tests import apps
+from tests.backends import TEST_STORAGE_PREFIX
+from tests.models import Base, Item
+from tests.pgbouncer import PgBouncer, running_pgbouncer, server_connection_sampler
+from tests.services import POSTGRES_URL, require_server, reset_database
+
+pytestmark = pytest.mark.postgres
+
+TENANTS = [f"tenant-{n}" for n in range(6)]
+REQUESTS = 200
+CONCURRENCY = 30
+# What asyncpg raises when PgBouncer runs a statement on a server connection other than the one
+# it was prepared on: "prepared statement ... does not exist" or "... already exists".
+PREPARED_STATEMENT_ERRORS = (InvalidSQLStatementNameError, DuplicatePreparedStatementError)
+
+
+@pytest.fixture
+async def direct_url() -> AsyncIterator[str]:
+    """The central database, reset before and after over a direct connection."""
+    require_server("postgres", POSTGRES_URL, 5432)
+    await reset_database(POSTGRES_URL)
+    yield POSTGRES_URL
+    await reset_database(POSTGRES_URL)
+
+
+@pytest.fixture
+def pgbouncer(direct_url: str) -> Iterator[PgBouncer]:
+    with running_pgbouncer(direct_url) as bouncer:
+        yield bouncer
+
+
+def schema_config(bouncer: PgBouncer, *, pgbouncer_aware: bool) -> TenancyConfig:
+    return TenancyConfig(
+        database_url=bouncer.url,
+        database_pgbouncer=pgbouncer_aware,
+        isolation_strategy="schema",
+        tenant_metadata=Base.metadata,
+        schema_prefix=TEST_STORAGE_PREFIX,
+    )
+
+
+async def mixed_traffic(
+    app: FastAPI, ids: dict[str, str]
+) -> tuple[Counter[str], list[BaseException]]:
+    """Run the requests; return the rows each tenant wrote and every request's failure."""
+    rng = random.Random(20261123)
+    plan = [(rng.choice(TENANTS), rng.random() < 0.5, n) for n in range(REQUESTS)]
+    gate = asyncio.Semaphore(CONCURRENCY)
+    writes: Counter[str] = Counter()
+
+    async def call(client: httpx.AsyncClient, identifier: str, write: bool, n: int) -> None:
+        headers = {"X-Tenant-ID": identifier}
+        async with gate:
+            if write:
+                # The handler commits twice and reads after the commits (tests/apps.py).
+                response = await client.post(
+                    "/items", params={"name": f"{identifier}:{n}"}, headers=headers
+                )
+            else:
+                response = await client.get("/items", headers=headers)
+        assert response.status_code == 200, response.text
+        if write:
+            writes[identifier] += 2
+        for row in response.json():
+            assert row["tenant_id"] == ids[identifier], (identifier, row)
+            assert row["name"].startswith(identifier + ":"), (identifier, row)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+        outcomes = await asyncio.gather(
+            *(call(client, *step) for step in plan), return_exceptions=True
+        )
+    return writes, [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+
+
+def caused_by_prepared_statement(error: BaseException) -> bool:
+    """Whether an asyncpg prepared-statement error is behind ``error`` (SQLAlchemy wraps it)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, PREPARED_STATEMENT_ERRORS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+async def test_schema_isolation_holds_through_pgbouncer_in_transaction_mode(
+    pgbouncer: PgBouncer,
+) -> None:
+    app = apps.create_app(schema_config(pgbouncer, pgbouncer_aware=True))
+    async with server_connection_sampler(pgbouncer.server_url, pgbouncer.database) as server:
+        async with LifespanManager(app):
+            tenancy: Tenancy = app.state.tenancy
+            client_connections = Counter[str]()
+            event.listen(
+                tenancy.engine.sync_engine,
+                "connect",
+                lambda *_: client_connections.update(["opened"]),
+            )
+            ids = {
+                identifier: (await tenancy.create_tenant(identifier)).id for identifier in TENANTS
+            }
+
+            writes, failures = await mixed_traffic(app, ids)
+
+            assert [repr(failure) for failure in failures] == []
+            for identifier in TENANTS:
+                async with tenancy.session(identifier) as session:
+                    rows = (await session.scalars(select(Item))).all()
+                assert len(rows) == writes[identifier]
+                assert {row.tenant_id for row in rows} <= {ids[identifier]}
+    # The app opened many client connections; the server only ever saw PgBouncer's small pool.
+    assert client_connections["opened"] > pgbouncer.pool_size
+    assert 0 < server.peak <= pgbouncer.pool_size, server.samples
+
+
+async def test_without_the_pgbouncer_setting_prepared_statements_break(
+    pgbouncer: PgBouncer,
+) -> None:
+    # Tenants are provisioned with the setting on, so only the request traffic runs without it.
+    async with Tenancy(schema_config(pgbouncer, pgbouncer_aware=True)) as tenancy:
+        ids = {identifier: (await tenancy.create_tenant(identifier)).id for identifier in TENANTS}
+    app = apps.create_app(schema_config(pgbouncer, pgbouncer_aware=False))
+    async with LifespanManager(app):
+        _, failures = await mixed_traffic(app, ids)
+
+    # asyncpg prepares a statement once per client connection and reuses it in later
+    # transactions; PgBouncer runs those on whichever server connection is free, where the
+    # statement was never prepared.
+    unexplained = [
+        repr(failure) for failure in failures if not caused_by_prepared_statement(failure)
+    ]
+    assert failures, "the traffic succeeded without database_pgbouncer"
+    assert unexplained == []
