@@ -1,6 +1,7 @@
 """Isolation overhead: a bare FastAPI + SQLAlchemy app against the same handler under each strategy.
 
-Every app serves ``GET /items`` (one SELECT of the caller's rows) from the same PostgreSQL server.
+Every app serves ``GET /items`` (one SELECT of the caller's rows) from the same PostgreSQL server:
+the bare app, then row, schema (both bindings) and database isolation.
 Apps are measured in alternating rounds in one run, and each result is reported as a ratio of the
 bare app's throughput measured beside it, plus the SQL statements each request sends to the
 server. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost with no
@@ -17,7 +18,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI
 from sqlalchemy import String, event, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -45,6 +46,7 @@ from fastapi_tenancy import (
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 
 ROWS_PER_TENANT = 10
+DATABASE_MAX_TENANTS = 100  # CREATE DATABASE is slow; larger runs skip database isolation
 
 
 class Base(DeclarativeBase):
@@ -61,7 +63,6 @@ class Item(TenantScoped, Base):
 class Contender:
     name: str
     app: FastAPI
-    engine: Callable[[], AsyncEngine]
     identifiers: list[str]
     rates: list[float] = field(default_factory=list)
     statements: list[float] = field(default_factory=list)
@@ -85,20 +86,6 @@ def bare_app(url: str) -> tuple[FastAPI, AsyncEngine]:
     return app, engine
 
 
-def engine_of(tenancy: Tenancy) -> Callable[[], AsyncEngine]:
-    def engine() -> AsyncEngine:
-        return tenancy.engine
-
-    return engine
-
-
-def constant(engine: AsyncEngine) -> Callable[[], AsyncEngine]:
-    def same() -> AsyncEngine:
-        return engine
-
-    return same
-
-
 def tenancy_app(tenancy: Tenancy) -> FastAPI:
     app = FastAPI()
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)
@@ -120,6 +107,16 @@ async def reset(url: str) -> None:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await conn.execute(text("DROP TABLE IF EXISTS bench_items, tenancy_tenants CASCADE"))
     await engine.dispose()
+    admin = create_async_engine(
+        make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    async with admin.connect() as conn:
+        names = await conn.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%'")
+        )
+        for (name,) in names.all():
+            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    await admin.dispose()
 
 
 async def ensure_database(url: str) -> None:
@@ -137,6 +134,7 @@ async def ensure_database(url: str) -> None:
 
 
 def config(url: str, strategy: str) -> TenancyConfig:
+    template = make_url(url).set(database="DB").render_as_string(hide_password=False)
     return TenancyConfig(
         database_url=url,
         isolation_strategy=strategy,
@@ -144,6 +142,9 @@ def config(url: str, strategy: str) -> TenancyConfig:
         schema_prefix="bench_",
         database_pool_size=10,
         database_max_overflow=0,
+        database_url_template=template.replace("/DB", "/{database}"),
+        tenant_pool_size=2,
+        database_connection_budget=20,
     )
 
 
@@ -157,14 +158,14 @@ async def seed(tenancy: Tenancy, count: int, prefix: str) -> list[str]:
     return identifiers
 
 
-async def measure(contender: Contender, requests: int, concurrency: int) -> None:
+async def measure(contender: Contender, requests: int, concurrency: int, warmup: int) -> None:
     counted = {"n": 0}
 
     def count(*_: Any) -> None:
         counted["n"] += 1
 
-    sync_engine = contender.engine().sync_engine
-    event.listen(sync_engine, "before_cursor_execute", count)
+    # Listening on the Engine class counts tenant engines too (database isolation).
+    event.listen(Engine, "before_cursor_execute", count)
     rng = random.Random(7)
     plan = [rng.choice(contender.identifiers) for _ in range(requests)]
     gate = asyncio.Semaphore(concurrency)
@@ -177,18 +178,19 @@ async def measure(contender: Contender, requests: int, concurrency: int) -> None
             assert response.status_code == 200
             assert len(response.json()) == ROWS_PER_TENANT
 
-        await asyncio.gather(*(one(i) for i in plan[: concurrency * 2]))  # warm up
+        # Warm up every app alike: pools filled, statements prepared, tenants cached.
+        await asyncio.gather(*(one(rng.choice(contender.identifiers)) for _ in range(warmup)))
         counted["n"] = 0
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in plan))
         elapsed = time.perf_counter() - started
-    event.remove(sync_engine, "before_cursor_execute", count)
+    event.remove(Engine, "before_cursor_execute", count)
     contender.rates.append(requests / elapsed)
     contender.statements.append(counted["n"] / requests)
 
 
 async def run(
-    url: str, tenant_counts: list[int], requests: int, concurrency: int, rounds: int
+    url: str, tenant_counts: list[int], requests: int, concurrency: int, rounds: int, warmup: int
 ) -> None:
     await ensure_database(url)
     print(f"{'app':<28}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
@@ -201,13 +203,16 @@ async def run(
                 insert(Item),
                 [{"name": f"x-{k}", "tenant_id": "x"} for k in range(ROWS_PER_TENANT)],
             )
-        contenders = [Contender("bare FastAPI + SQLAlchemy", bare, constant(bare_engine), ["x"])]
+        contenders = [Contender("bare FastAPI + SQLAlchemy", bare, ["x"])]
         runtimes: list[Tenancy] = []
-        for label, strategy, binding in [
+        variants = [
             ("row", "row", None),
             ("schema (translate map)", "schema", None),
             ("schema (search_path)", "schema", "search_path"),
-        ]:
+        ]
+        if count <= DATABASE_MAX_TENANTS:
+            variants.append(("database", "database", None))
+        for label, strategy, binding in variants:
             tenancy = Tenancy(config(url, strategy))
             if binding == "search_path":
                 assert isinstance(tenancy.isolation, SchemaIsolation)
@@ -223,13 +228,11 @@ async def run(
                 identifiers = contenders[-1].identifiers  # same tenants as the translate-map app
             else:
                 identifiers = await seed(tenancy, count, prefix=strategy[0])
-            contenders.append(
-                Contender(label, tenancy_app(tenancy), engine_of(tenancy), identifiers)
-            )
+            contenders.append(Contender(label, tenancy_app(tenancy), identifiers))
         for _ in range(rounds):
             for contender in contenders:
                 async with LifespanManager(contender.app):
-                    await measure(contender, requests, concurrency)
+                    await measure(contender, requests, concurrency, warmup)
         base = statistics.median(contenders[0].rates)
         for contender in contenders:
             rate = statistics.median(contender.rates)
@@ -254,9 +257,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="requests per app before each measurement"
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.tenants.split(",")]
-    asyncio.run(run(args.url, counts, args.requests, args.concurrency, args.rounds))
+    asyncio.run(run(args.url, counts, args.requests, args.concurrency, args.rounds, args.warmup))
 
 
 if __name__ == "__main__":

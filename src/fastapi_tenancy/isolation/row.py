@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Table, delete, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
+from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import Insert
 from sqlalchemy.sql.elements import BindParameter
 
@@ -71,12 +73,17 @@ def _confine_statement(state: ORMExecuteState) -> None:
         return
     if state.is_update and _is_tenant_scoped(state):
         _refuse_foreign_values([_statement_values(state.statement)], tenant_id)
-    state.statement = state.statement.options(
-        with_loader_criteria(
-            TenantScoped,
-            lambda cls: cls.tenant_id == tenant_id,
-            include_aliases=True,
-        )
+    state.statement = state.statement.options(_tenant_criteria(tenant_id))
+
+
+@lru_cache(maxsize=4096)
+def _tenant_criteria(tenant_id: str) -> LoaderCriteriaOption:
+    # Building the option analyses the lambda's closure on every call; the option is immutable,
+    # so one per tenant serves every statement.
+    return with_loader_criteria(
+        TenantScoped,
+        lambda cls: cls.tenant_id == tenant_id,
+        include_aliases=True,
     )
 
 
