@@ -8,24 +8,21 @@ traffic without that setting is the control that shows the setting is what makes
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from asyncpg.exceptions import DuplicatePreparedStatementError, InvalidSQLStatementNameError
-from fastapi import FastAPI
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests import apps
 from tests.backends import TEST_STORAGE_PREFIX
-from tests.models import Base, Item
+from tests.models import Base
 from tests.pgbouncer import PgBouncer, running_pgbouncer, server_connection_sampler
 from tests.services import POSTGRES_URL, require_server, reset_database
+from tests.traffic import assert_each_tenant_owns_exactly, mixed_traffic
 
 pytestmark = pytest.mark.postgres
 
@@ -62,40 +59,6 @@ def schema_config(bouncer: PgBouncer, *, pgbouncer_aware: bool) -> TenancyConfig
     )
 
 
-async def mixed_traffic(
-    app: FastAPI, ids: dict[str, str]
-) -> tuple[Counter[str], list[BaseException]]:
-    """Run the requests; return the rows each tenant wrote and every request's failure."""
-    rng = random.Random(20261123)
-    plan = [(rng.choice(TENANTS), rng.random() < 0.5, n) for n in range(REQUESTS)]
-    gate = asyncio.Semaphore(CONCURRENCY)
-    writes: Counter[str] = Counter()
-
-    async def call(client: httpx.AsyncClient, identifier: str, write: bool, n: int) -> None:
-        headers = {"X-Tenant-ID": identifier}
-        async with gate:
-            if write:
-                # The handler commits twice and reads after the commits (tests/apps.py).
-                response = await client.post(
-                    "/items", params={"name": f"{identifier}:{n}"}, headers=headers
-                )
-            else:
-                response = await client.get("/items", headers=headers)
-        assert response.status_code == 200, response.text
-        if write:
-            writes[identifier] += 2
-        for row in response.json():
-            assert row["tenant_id"] == ids[identifier], (identifier, row)
-            assert row["name"].startswith(identifier + ":"), (identifier, row)
-
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
-        outcomes = await asyncio.gather(
-            *(call(client, *step) for step in plan), return_exceptions=True
-        )
-    return writes, [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-
-
 def caused_by_prepared_statement(error: BaseException) -> bool:
     """Whether an asyncpg prepared-statement error is behind ``error`` (SQLAlchemy wraps it)."""
     cause: BaseException | None = error
@@ -123,14 +86,12 @@ async def test_schema_isolation_holds_through_pgbouncer_in_transaction_mode(
                 identifier: (await tenancy.create_tenant(identifier)).id for identifier in TENANTS
             }
 
-            writes, failures = await mixed_traffic(app, ids)
+            writes, failures = await mixed_traffic(
+                app, ids, requests=REQUESTS, concurrency=CONCURRENCY
+            )
 
             assert [repr(failure) for failure in failures] == []
-            for identifier in TENANTS:
-                async with tenancy.session(identifier) as session:
-                    rows = (await session.scalars(select(Item))).all()
-                assert len(rows) == writes[identifier]
-                assert {row.tenant_id for row in rows} <= {ids[identifier]}
+            await assert_each_tenant_owns_exactly(tenancy, ids, writes)
     # The app opened many client connections; the server only ever saw PgBouncer's small pool.
     assert client_connections["opened"] > pgbouncer.pool_size
     assert 0 < server.peak <= pgbouncer.pool_size, server.samples
@@ -144,7 +105,7 @@ async def test_without_the_pgbouncer_setting_prepared_statements_break(
         ids = {identifier: (await tenancy.create_tenant(identifier)).id for identifier in TENANTS}
     app = apps.create_app(schema_config(pgbouncer, pgbouncer_aware=False))
     async with LifespanManager(app):
-        _, failures = await mixed_traffic(app, ids)
+        _, failures = await mixed_traffic(app, ids, requests=REQUESTS, concurrency=CONCURRENCY)
 
     # asyncpg prepares a statement once per client connection and reuses it in later
     # transactions; PgBouncer runs those on whichever server connection is free, where the

@@ -92,13 +92,7 @@ class DatabaseIsolation:
         if ours:
             await create_database(url, name)
         try:
-            engine = create_async_engine(url, poolclass=NullPool)
-            try:
-                async with engine.begin() as conn:
-                    for metadata in self._tables.metadatas():
-                        await conn.run_sync(metadata.create_all)
-            finally:
-                await engine.dispose()
+            await self._on_tables(url, create=True)
         except BaseException:
             if ours:
                 await drop_database(url, name)
@@ -110,12 +104,16 @@ class DatabaseIsolation:
         await self._engines.discard(name)
         if tenant.database_url is None:
             await drop_database(url, name)
-            return
+        else:
+            await self._on_tables(url, create=False)
+
+    async def _on_tables(self, url: str, *, create: bool) -> None:
+        # A one-off connection: provisioning and purging never touch the engine cache.
         engine = create_async_engine(url, poolclass=NullPool)
         try:
             async with engine.begin() as conn:
                 for metadata in self._tables.metadatas():
-                    await conn.run_sync(metadata.drop_all)
+                    await conn.run_sync(metadata.create_all if create else metadata.drop_all)
         finally:
             await engine.dispose()
 
