@@ -43,7 +43,6 @@ from fastapi_tenancy import (
     TenantScoped,
     get_tenant_session,
 )
-from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 
 ROWS_PER_TENANT = 10
 DATABASE_MAX_TENANTS = 100  # CREATE DATABASE is slow; larger runs skip database isolation
@@ -133,7 +132,7 @@ async def ensure_database(url: str) -> None:
     await admin.dispose()
 
 
-def config(url: str, strategy: str) -> TenancyConfig:
+def config(url: str, strategy: str, binding: str = "auto") -> TenancyConfig:
     template = make_url(url).set(database="DB").render_as_string(hide_password=False)
     return TenancyConfig(
         database_url=url,
@@ -145,6 +144,7 @@ def config(url: str, strategy: str) -> TenancyConfig:
         database_url_template=template.replace("/DB", "/{database}"),
         tenant_pool_size=2,
         database_connection_budget=20,
+        schema_binding=binding,
     )
 
 
@@ -206,26 +206,18 @@ async def run(
         contenders = [Contender("bare FastAPI + SQLAlchemy", bare, ["x"])]
         runtimes: list[Tenancy] = []
         variants = [
-            ("row", "row", None),
-            ("schema (translate map)", "schema", None),
+            ("row", "row", "auto"),
             ("schema (search_path)", "schema", "search_path"),
+            ("schema (translate map)", "schema", "translate_map"),
         ]
         if count <= DATABASE_MAX_TENANTS:
-            variants.append(("database", "database", None))
+            variants.append(("database", "database", "auto"))
         for label, strategy, binding in variants:
-            tenancy = Tenancy(config(url, strategy))
-            if binding == "search_path":
-                assert isinstance(tenancy.isolation, SchemaIsolation)
-                tenancy.isolation = SchemaIsolation(
-                    tenancy.engine,
-                    TenantTables(Base.metadata),
-                    prefix="bench_",
-                    binding="search_path",
-                )
+            tenancy = Tenancy(config(url, strategy, binding))
             await tenancy.start()
             runtimes.append(tenancy)
-            if binding == "search_path":
-                identifiers = contenders[-1].identifiers  # same tenants as the translate-map app
+            if binding == "translate_map":
+                identifiers = contenders[-1].identifiers  # the same tenants as search_path
             else:
                 identifiers = await seed(tenancy, count, prefix=strategy[0])
             contenders.append(Contender(label, tenancy_app(tenancy), identifiers))

@@ -112,6 +112,7 @@ class TenancyConfig(BaseSettings):
     isolation_strategy: Literal["row", "schema", "database"] = "row"
     tenant_metadata: str | MetaData | None = None
     schema_prefix: str = Field(default="tenant_", pattern=r"^[a-z][a-z0-9_]{0,19}$")
+    schema_binding: Literal["auto", "search_path", "translate_map"] = "auto"
     # Database per tenant: where each tenant's database is, and how many engines stay open.
     database_url_template: str | None = Field(default=None, repr=False)
     max_cached_engines: int = Field(default=100, ge=1)
@@ -192,6 +193,11 @@ class TenancyConfig(BaseSettings):
             raise ConfigurationError(
                 "database_connection_budget must be at least tenant_pool_size: one tenant's pool "
                 "could never fill"
+            )
+        if self.schema_binding == "search_path" and self.database_backend != "postgresql":
+            raise ConfigurationError(
+                "schema_binding 'search_path' exists on PostgreSQL only; MariaDB/MySQL use "
+                "'translate_map' (or leave it 'auto')"
             )
         if self.isolation_strategy == "schema" and self.database_backend == "sqlite":
             raise ConfigurationError(

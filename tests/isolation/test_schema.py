@@ -12,20 +12,29 @@ from fastapi_tenancy import ConfigurationError, Tenancy, Tenant
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.schema import Binding
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.models import Base, Item
 
-SCHEMA_DATABASES = [
-    pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),
-    pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
+SCHEMA_CASES = [
+    pytest.param("postgres", "search_path", marks=pytest.mark.postgres, id="postgres-search_path"),
+    pytest.param(
+        "postgres", "translate_map", marks=pytest.mark.postgres, id="postgres-translate_map"
+    ),
+    pytest.param("mysql", "translate_map", marks=pytest.mark.mysql, id="mysql-translate_map"),
 ]
-schema_databases = pytest.mark.parametrize("database_url", SCHEMA_DATABASES, indirect=True)
-postgres_only = pytest.mark.parametrize("database_url", SCHEMA_DATABASES[:1], indirect=True)
+schema_databases = pytest.mark.parametrize(
+    ("database_url", "binding"), SCHEMA_CASES, indirect=["database_url"]
+)
+postgres_only = pytest.mark.parametrize(
+    ("database_url", "binding"), SCHEMA_CASES[:2], indirect=["database_url"]
+)
 
 
 @pytest.fixture
-async def tenancy(database_url: str) -> AsyncIterator[Tenancy]:
-    async with Tenancy(isolation_config(("schema", database_url))) as tenancy:
+async def tenancy(database_url: str, binding: Binding) -> AsyncIterator[Tenancy]:
+    config = isolation_config(("schema", database_url), schema_binding=binding)
+    async with Tenancy(config) as tenancy:
         yield tenancy
 
 
@@ -91,9 +100,11 @@ async def test_commit_then_read_stays_in_the_tenant_schema(tenancy: Tenancy) -> 
 
 @schema_databases
 async def test_existing_schema_is_refused_and_left_alone(
-    database_url: str, engine: AsyncEngine
+    database_url: str, binding: Binding, engine: AsyncEngine
 ) -> None:
-    isolation = SchemaIsolation(engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX)
+    isolation = SchemaIsolation(
+        engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX, binding=binding
+    )
     tenant = isolation.assign_storage(Tenant(identifier="squatter"))
     schema = tenant.storage_name
     assert schema is not None
@@ -108,15 +119,19 @@ async def test_existing_schema_is_refused_and_left_alone(
 
 @schema_databases
 async def test_failed_provisioning_drops_only_what_it_created(
-    database_url: str, engine: AsyncEngine
+    database_url: str, binding: Binding, engine: AsyncEngine
 ) -> None:
-    isolation = SchemaIsolation(engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX)
+    isolation = SchemaIsolation(
+        engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX, binding=binding
+    )
     tenant = isolation.assign_storage(Tenant(identifier="doomed"))
     async with engine.begin() as conn:
         exists_before = await _schema_exists(conn, tenant.storage_name)
     assert not exists_before
     # The schema is created, then the tables cannot be: their metadata does not import.
-    broken = SchemaIsolation(engine, TenantTables("tests.nowhere:metadata"), prefix="tt_")
+    broken = SchemaIsolation(
+        engine, TenantTables("tests.nowhere:metadata"), prefix="tt_", binding=binding
+    )
     with pytest.raises(ConfigurationError):
         await broken.provision(tenant)
     async with engine.begin() as conn:
@@ -134,7 +149,8 @@ async def test_purge_drops_only_that_tenants_schema(tenancy: Tenancy, engine: As
         assert await _schema_exists(conn, kept.storage_name)
 
 
-@postgres_only
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.postgres
 async def test_search_path_binding_confines_raw_sql_and_leaves_no_trace(
     database_url: str, engine: AsyncEngine
 ) -> None:

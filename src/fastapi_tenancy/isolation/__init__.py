@@ -30,8 +30,14 @@ def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStra
         case "row":
             return RowIsolation(engine, TenantTables(config.tenant_metadata))
         case "schema":
+            binding = config.schema_binding
+            if binding == "auto":
+                binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
             return SchemaIsolation(
-                engine, TenantTables(config.tenant_metadata), prefix=config.schema_prefix
+                engine,
+                TenantTables(config.tenant_metadata),
+                prefix=config.schema_prefix,
+                binding=binding,
             )
         case "database":
             return DatabaseIsolation(config, TenantTables(config.tenant_metadata))

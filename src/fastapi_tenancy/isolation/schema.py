@@ -4,13 +4,16 @@ PostgreSQL gets one schema per tenant in the central database. On MariaDB/MySQL 
 database, so each tenant gets a database on the central server, reached through the same pool.
 SQLite has no schemas; the configuration refuses the combination.
 
-The binding is per transaction and leaves nothing on the connection:
+The binding is per transaction and leaves nothing on the connection (``schema_binding``):
 
-* MariaDB/MySQL and the default on PostgreSQL: ``schema_translate_map`` qualifies every table that
-  has no explicit schema with the tenant's schema when the statement is executed. A tenant table
-  can never resolve to ``public``, whatever ``public`` holds.
-* PostgreSQL ``search_path`` binding (measured in ``benchmarks/``): ``set_config('search_path',
-  schema, true)`` at every BEGIN, transaction-local; the path holds only the tenant's schema.
+* ``search_path`` (PostgreSQL's default): ``set_config('search_path', schema, true)`` at every
+  BEGIN, transaction-local; the path holds only the tenant's schema, so neither ORM statements nor
+  raw SQL can reach ``public``. One statement per transaction, and every tenant shares the same
+  SQL text, so prepared statements and plans are reused across tenants.
+* ``translate_map`` (MariaDB/MySQL, where schema and database are one): ``schema_translate_map``
+  qualifies every table without an explicit schema with the tenant's schema at execution time.
+  No extra statement, but each tenant has its own SQL text (see ``benchmarks/isolation.py`` and
+  docs/isolation.md for the measurements that chose the defaults).
 
 Sessions are `TenantSession`s, so the row filter on ``tenant_id`` stays on as a second wall.
 """
@@ -28,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.schema import CreateSchema, DropSchema
 
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -67,13 +71,15 @@ class SchemaIsolation:
         tables: TenantTables,
         *,
         prefix: str,
-        binding: Binding = "translate_map",
+        binding: Binding,
     ) -> None:
         self._engine = engine
         self._tables = tables
         self._prefix = prefix
         self._postgres = engine.dialect.name == "postgresql"
-        self._binding: Binding = binding if self._postgres else "translate_map"
+        if binding == "search_path" and not self._postgres:
+            raise ConfigurationError("the search_path binding exists on PostgreSQL only")
+        self._binding: Binding = binding
         # Engines carrying a translate map share the pool; keep recent ones instead of rebuilding.
         self._binds: LRUCache[str, AsyncEngine] = LRUCache(maxsize=4096)
 
