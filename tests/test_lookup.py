@@ -33,6 +33,8 @@ async def store() -> CountingStore:
     await store.add(Tenant(identifier="acme"))
     await store.add(Tenant(identifier="paused", status=TenantStatus.SUSPENDED))
     await store.add(Tenant(identifier="gone", status=TenantStatus.DELETED))
+    await store.add(Tenant(identifier="new", status=TenantStatus.PENDING))
+    await store.add(Tenant(identifier="building", status=TenantStatus.PROVISIONING))
     return store
 
 
@@ -67,9 +69,10 @@ async def test_status_gate(store: CountingStore) -> None:
     lookup = make_lookup(store)
     with pytest.raises(TenantSuspended):
         await lookup.resolve("paused")
-    with pytest.raises(TenantNotFound) as deleted:
-        await lookup.resolve("gone")
-    assert type(deleted.value) is TenantNotFound
+    for identifier in ("gone", "new", "building"):
+        with pytest.raises(TenantNotFound) as refused:
+            await lookup.resolve(identifier)
+        assert type(refused.value) is TenantNotFound
 
 
 async def test_concurrent_misses_share_one_store_query(store: CountingStore) -> None:

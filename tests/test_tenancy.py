@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, sel
 from fastapi_tenancy import (
     InvalidTenantIdentifier,
     InvalidTransition,
+    ServiceUnavailable,
     Tenancy,
     TenantAlreadyExists,
     TenantNotFound,
@@ -137,3 +139,34 @@ async def test_tenant_scope_binds_the_current_tenant(tenancy: Tenancy) -> None:
         assert current_tenant() == tenant
     async with tenancy.session("acme"):
         assert current_tenant().identifier == "acme"
+
+
+async def test_purge_waits_for_in_flight_work_then_destroys(
+    isolation_case: tuple[str, str],
+) -> None:
+    async with Tenancy(isolation_config(isolation_case)) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        await add_items(tenancy, "acme", "anvil")
+        async with tenancy.tenant_session(tenant) as session:
+            await tenancy.delete_tenant("acme")
+            purge = asyncio.create_task(tenancy.purge_tenant("acme"))
+            await asyncio.sleep(0.2)
+            assert not purge.done()  # drained only once this session ends
+            assert (await session.scalars(select(Item.name))).all() == ["anvil"]
+        await purge
+        assert await tenancy.get_tenant("acme") is None
+
+
+async def test_purge_refuses_when_work_does_not_drain_in_time(
+    isolation_case: tuple[str, str],
+) -> None:
+    config = isolation_config(isolation_case, database_pool_timeout=0.2)
+    async with Tenancy(config) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        await add_items(tenancy, "acme", "anvil")
+        await tenancy.delete_tenant("acme")
+        async with tenancy.tenant_session(tenant):
+            with pytest.raises(ServiceUnavailable, match="nothing was purged"):
+                await tenancy.purge_tenant("acme")
+        await tenancy.restore_tenant("acme")
+        assert await item_names(tenancy, "acme") == ["anvil"]

@@ -38,5 +38,5 @@ async def get_tenant_session(connection: HTTPConnection) -> AsyncIterator[AsyncS
     is rolled back when the session closes.
     """
     tenancy = await get_tenancy(connection)
-    async with tenancy.isolation.session(current_tenant()) as session:
+    async with tenancy.tenant_session(current_tenant()) as session:
         yield session

@@ -22,11 +22,14 @@ __all__ = ["TenantLookup", "check_status"]
 
 def check_status(tenant: Tenant | None) -> Tenant:
     """Return ``tenant`` if it may serve requests; raise the error the client should see."""
-    if tenant is None or tenant.status is TenantStatus.DELETED:
+    if tenant is None:
         raise TenantNotFound()
-    if tenant.status is not TenantStatus.ACTIVE:
+    if tenant.status is TenantStatus.ACTIVE:
+        return tenant
+    if tenant.status is TenantStatus.SUSPENDED:
         raise TenantSuspended()
-    return tenant
+    # Deleted, and not yet provisioned: the same answer as an unknown tenant.
+    raise TenantNotFound()
 
 
 class TenantLookup:

@@ -39,8 +39,14 @@ def _now() -> datetime:
 
 
 class TenantStatus(StrEnum):
-    """Where a tenant is in its life. Only ``active`` tenants serve requests."""
+    """Where a tenant is in its life. Only ``active`` tenants serve requests.
 
+    ``pending -> provisioning -> active <-> suspended -> deleted``; ``restore`` brings a deleted
+    tenant back to ``active``, and ``purge`` removes a deleted tenant for good.
+    """
+
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETED = "deleted"

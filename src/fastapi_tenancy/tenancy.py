@@ -15,6 +15,8 @@ from fastapi_tenancy.cache.memory import MemoryTenantCache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.events import Hooks
+from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
@@ -65,6 +67,8 @@ class Tenancy:
         )
         self.resolver: TenantResolver = build_resolver(self.config)
         self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
+        self.hooks = Hooks()
+        self.inflight = InFlight()
         self._lifecycle: TenantLifecycle | None = None
         self._lock = asyncio.Lock()
         self._started = False
@@ -122,8 +126,15 @@ class Tenancy:
     @asynccontextmanager
     async def session(self, identifier: str) -> AsyncIterator[AsyncSession]:
         """A session bound to the active tenant ``identifier``, with that tenant as current."""
-        async with self.tenant_scope(identifier) as tenant, self.isolation.session(tenant) as s:
+        async with self.tenant_scope(identifier) as tenant, self.tenant_session(tenant) as s:
             yield s
+
+    @asynccontextmanager
+    async def tenant_session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+        """A session bound to ``tenant``, counted as in-flight work so a purge waits for it."""
+        with self.inflight.track(tenant.id):
+            async with self.isolation.session(tenant) as session:
+                yield session
 
     # Lifecycle, delegated to a module the request path never imports.
 
@@ -136,7 +147,10 @@ class Tenancy:
                 self.store,
                 self.isolation,
                 self.lookup,
+                hooks=self.hooks,
+                inflight=self.inflight,
                 soft_delete=self.config.enable_soft_delete,
+                drain_timeout=self.config.database_pool_timeout,
             )
         return self._lifecycle
 
