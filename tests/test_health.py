@@ -1,0 +1,43 @@
+"""Health endpoints: liveness always, readiness only when the central database answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware
+from fastapi_tenancy.health import health_router
+
+
+async def get(config: TenancyConfig, *paths: str) -> list[httpx.Response]:
+    tenancy = Tenancy(config)
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, tenancy=tenancy)
+    app.include_router(health_router())
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            return [await client.get(path) for path in paths]
+    finally:
+        await tenancy.close()
+
+
+async def test_liveness_and_readiness_need_no_tenant(tmp_path: Path) -> None:
+    config = TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+    live, ready = await get(config, "/health/live", "/health/ready")
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"database": "ok"}}
+
+
+async def test_readiness_fails_without_revealing_why() -> None:
+    config = TenancyConfig(
+        database_url="postgresql+asyncpg://u:hunter2@127.0.0.1:1/x", database_pool_timeout=2
+    )
+    live, ready = await get(config, "/health/live", "/health/ready")
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
+    assert "hunter2" not in ready.text
