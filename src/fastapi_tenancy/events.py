@@ -25,6 +25,8 @@ LifecycleAction = Literal[
     "create",
     "start_provisioning",
     "provision",
+    "retry",
+    "fail",
     "suspend",
     "activate",
     "delete",

@@ -30,6 +30,8 @@ _S = TenantStatus
 TRANSITIONS: dict[LifecycleAction, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "start_provisioning": (frozenset({_S.PENDING}), _S.PROVISIONING),
     "provision": (frozenset({_S.PROVISIONING}), _S.ACTIVE),
+    "retry": (frozenset({_S.PROVISIONING}), _S.PENDING),
+    "fail": (frozenset({_S.PROVISIONING}), _S.FAILED),
     "suspend": (frozenset({_S.ACTIVE}), _S.SUSPENDED),
     "activate": (frozenset({_S.SUSPENDED}), _S.ACTIVE),
     "delete": (frozenset({_S.ACTIVE, _S.SUSPENDED}), _S.DELETED),
@@ -66,6 +68,7 @@ class TenantLifecycle:
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         database_url: str | None = None,
+        provision: bool = True,
     ) -> Tenant:
         tenant = Tenant(
             identifier=validate_identifier(identifier),
@@ -78,6 +81,8 @@ class TenantLifecycle:
         pending = await self._store.add(self._isolation.assign_storage(tenant))
         await self._lookup.invalidate(identifier)
         await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
+        if not provision:
+            return pending  # a provisioning worker takes it from here
         provisioning = await self._move(pending, "start_provisioning")
         try:
             await self._isolation.provision(provisioning)
@@ -87,6 +92,21 @@ class TenantLifecycle:
             await self._lookup.invalidate(identifier)
             raise
         return await self._move(provisioning, "provision")
+
+    async def provision_claimed(self, tenant: Tenant, *, max_attempts: int) -> Tenant:
+        """Provision a tenant a worker claimed; on failure retry later, or give up for good.
+
+        The isolation strategy leaves no half-made storage behind a failed attempt, so a retry
+        starts clean.
+        """
+        try:
+            await self._isolation.provision(tenant)
+        except Exception:
+            action: LifecycleAction = (
+                "fail" if tenant.provisioning_attempts >= max_attempts else "retry"
+            )
+            return await self._move(tenant, action)
+        return await self._move(tenant, "provision")
 
     async def get(self, identifier: str) -> Tenant | None:
         return await self._store.get_by_identifier(validate_identifier(identifier))

@@ -42,11 +42,13 @@ class TenantStatus(StrEnum):
     """Where a tenant is in its life. Only ``active`` tenants serve requests.
 
     ``pending -> provisioning -> active <-> suspended -> deleted``; ``restore`` brings a deleted
-    tenant back to ``active``, and ``purge`` removes a deleted tenant for good.
+    tenant back to ``active``, and ``purge`` removes a deleted tenant for good. Provisioning that
+    keeps failing ends in ``failed``.
     """
 
     PENDING = "pending"
     PROVISIONING = "provisioning"
+    FAILED = "failed"
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETED = "deleted"
@@ -74,6 +76,8 @@ class Tenant(BaseModel):
     # Where the tenant's data lives, fixed when it is provisioned: the schema or database name
     # under schema/database isolation, and an optional explicit database URL.
     storage_name: str | None = Field(default=None, max_length=64)
+    # How many times a worker has claimed this tenant for provisioning.
+    provisioning_attempts: int = Field(default=0, ge=0)
     database_url: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator("created_at", "updated_at", "deleted_at")

@@ -161,15 +161,22 @@ class Tenancy:
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         database_url: str | None = None,
+        provision: bool = True,
     ) -> Tenant:
         """Create an active tenant with its storage; raises `TenantAlreadyExists` if taken.
 
         ``database_url`` (database isolation only) points the tenant at an existing database
         instead of creating one from ``database_url_template``; it is stored, never logged.
+        ``provision=False`` records the tenant as ``pending`` and leaves its storage to a
+        `ProvisioningWorker` (``fastapi_tenancy.worker``).
         """
         await self.start()
         return await self.lifecycle.create(
-            identifier, name=name, metadata=metadata, database_url=database_url
+            identifier,
+            name=name,
+            metadata=metadata,
+            database_url=database_url,
+            provision=provision,
         )
 
     async def get_tenant(self, identifier: str) -> Tenant | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,22 +15,11 @@ from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.store import MemoryTenantStore, SQLAlchemyTenantStore, TenantStore
 from tests.backends import DATABASES
-from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+from tests.conftest import empty_database
 
 STORES = [pytest.param("memory", id="memory"), *DATABASES]
-SERVERS = {"postgres": (POSTGRES_URL, 5432), "mysql": (MYSQL_URL, 3306)}
 
 PAST = datetime(2021, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
-
-
-async def empty_database(kind: str, tmp_path: Path) -> str:
-    """The URL of an empty database of ``kind`` ("sqlite", "postgres" or "mysql")."""
-    if kind == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'tenants.db'}"
-    url, port = SERVERS[kind]
-    require_server(kind, url, port)
-    await reset_database(url)
-    return url
 
 
 @pytest.fixture(params=STORES)
@@ -41,16 +31,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield memory
         await memory.close()
         return
-    url = await empty_database(request.param, tmp_path)
-    engine = create_engine(TenancyConfig(database_url=url))
-    sql = SQLAlchemyTenantStore(engine)
-    try:
-        await sql.initialize()
-        yield sql
-        await sql.close()
-    finally:
-        await engine.dispose()
-        await reset_database(url)
+    async with empty_database(request.param, tmp_path) as url:
+        engine = create_engine(TenancyConfig(database_url=url))
+        sql = SQLAlchemyTenantStore(engine)
+        try:
+            await sql.initialize()
+            yield sql
+            await sql.close()
+        finally:
+            await engine.dispose()
 
 
 def make_tenant(identifier: str = "acme", **fields: object) -> Tenant:
@@ -191,3 +180,43 @@ async def test_initialize_twice_is_harmless(store: TenantStore) -> None:
     await store.initialize()
 
     assert await store.get(tenant.id) == tenant
+
+
+async def test_claiming_takes_pending_tenants_oldest_first_and_counts_attempts(
+    store: TenantStore,
+) -> None:
+    for n in range(4):
+        created = PAST + timedelta(minutes=n)
+        await store.add(make_tenant(f"p{n}", status=TenantStatus.PENDING, created_at=created))
+    await store.add(make_tenant("live", status=TenantStatus.ACTIVE))
+    first = await store.claim_for_provisioning(limit=3, stale_before=PAST)
+    assert [t.identifier for t in first] == ["p0", "p1", "p2"]
+    assert {(t.status, t.provisioning_attempts) for t in first} == {(TenantStatus.PROVISIONING, 1)}
+    stored = await store.get_by_identifier("p0")
+    assert stored is not None
+    assert (stored.status, stored.provisioning_attempts) == (TenantStatus.PROVISIONING, 1)
+    rest = await store.claim_for_provisioning(limit=3, stale_before=PAST)
+    assert [t.identifier for t in rest] == ["p3"]
+
+
+async def test_concurrent_claims_never_share_a_tenant(store: TenantStore) -> None:
+    for n in range(20):
+        await store.add(make_tenant(f"c{n:02d}", status=TenantStatus.PENDING))
+    claimed: list[str] = []
+    for _ in range(20):  # losers of a race come back empty-handed and try again
+        batches = await asyncio.gather(
+            *(store.claim_for_provisioning(limit=7, stale_before=PAST) for _ in range(4))
+        )
+        claimed += [tenant.identifier for batch in batches for tenant in batch]
+        if len(claimed) >= 20:
+            break
+    assert len(claimed) == len(set(claimed)) == 20
+
+
+async def test_stale_provisioning_is_claimed_again_only_when_stale(store: TenantStore) -> None:
+    await store.add(make_tenant("orphan", status=TenantStatus.PENDING))
+    [claimed] = await store.claim_for_provisioning(limit=5, stale_before=PAST)
+    assert await store.claim_for_provisioning(limit=5, stale_before=claimed.updated_at) == []
+    later = claimed.updated_at + timedelta(seconds=1)
+    [again] = await store.claim_for_provisioning(limit=5, stale_before=later)
+    assert again.provisioning_attempts == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from fastapi_tenancy.models import Tenant
@@ -42,6 +43,15 @@ class TenantStore(Protocol):
 
     async def delete(self, tenant_id: str) -> None:
         """Remove the record for good (no error if it is already gone)."""
+        ...
+
+    async def claim_for_provisioning(self, *, limit: int, stale_before: datetime) -> list[Tenant]:
+        """Move up to ``limit`` tenants to ``provisioning`` and return them, oldest first.
+
+        Candidates are ``pending`` tenants and ``provisioning`` ones last touched before
+        ``stale_before`` (their worker died). Each claim bumps ``provisioning_attempts`` and
+        ``updated_at`` in one conditional write, so concurrent workers never claim one tenant twice.
+        """
         ...
 
     async def list(self, *, include_deleted: bool = False) -> list[Tenant]:

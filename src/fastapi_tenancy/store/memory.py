@@ -73,6 +73,27 @@ class MemoryTenantStore:
         if tenant is not None:
             del self._id_by_identifier[tenant.identifier]
 
+    async def claim_for_provisioning(
+        self, *, limit: int, stale_before: datetime
+    ) -> builtins.list[Tenant]:
+        """Claim up to ``limit`` pending (or stale provisioning) tenants, oldest first."""
+        candidates = sorted(
+            (t for t in self._by_id.values() if _claimable(t, stale_before)),
+            key=lambda tenant: tenant.created_at,
+        )[:limit]
+        claimed = []
+        for tenant in candidates:
+            stored = tenant.model_copy(
+                update={
+                    "status": TenantStatus.PROVISIONING,
+                    "provisioning_attempts": tenant.provisioning_attempts + 1,
+                    "updated_at": datetime.now(UTC),
+                }
+            )
+            self._by_id[stored.id] = stored
+            claimed.append(stored)
+        return claimed
+
     async def list(self, *, include_deleted: bool = False) -> builtins.list[Tenant]:
         """All tenants ordered by identifier; soft-deleted ones only when asked for."""
         return sorted(
@@ -83,3 +104,9 @@ class MemoryTenantStore:
             ),
             key=lambda tenant: tenant.identifier,
         )
+
+
+def _claimable(tenant: Tenant, stale_before: datetime) -> bool:
+    return tenant.status is TenantStatus.PENDING or (
+        tenant.status is TenantStatus.PROVISIONING and tenant.updated_at < stale_before
+    )

@@ -17,12 +17,15 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
+    and_,
     bindparam,
     delete,
+    or_,
     select,
     update,
 )
@@ -30,7 +33,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Dialect, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
 from fastapi_tenancy.engines import redact_url
@@ -90,6 +93,7 @@ tenants_table = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     Column("storage_name", String(64), nullable=True, unique=True),
     Column("database_url", Text, nullable=True),
+    Column("provisioning_attempts", Integer, nullable=False, server_default="0"),
     # The server default may be latin1, which cannot hold every tenant name.
     mysql_charset="utf8mb4",
 )
@@ -169,6 +173,47 @@ class SQLAlchemyTenantStore:
             async with self._engine.begin() as conn:
                 await conn.execute(statement)
 
+    async def claim_for_provisioning(
+        self, *, limit: int, stale_before: datetime
+    ) -> builtins.list[Tenant]:
+        """Claim up to ``limit`` pending (or stale provisioning) tenants, oldest first.
+
+        Each claim is a conditional UPDATE on the attempt count it read, so of two workers that
+        read the same tenant exactly one wins, on every database. PostgreSQL and MariaDB/MySQL
+        also lock the candidates with ``FOR UPDATE SKIP LOCKED``, so concurrent workers take
+        different tenants instead of competing for the same ones. SQLite writers are serialised
+        anyway; there each claim is its own short transaction.
+        """
+        t = tenants_table
+        candidates = (
+            select(t)
+            .where(
+                or_(
+                    t.c.status == TenantStatus.PENDING.value,
+                    and_(
+                        t.c.status == TenantStatus.PROVISIONING.value,
+                        t.c.updated_at < stale_before,
+                    ),
+                )
+            )
+            .order_by(t.c.created_at)
+            .limit(limit)
+        )
+        claimed: builtins.list[Tenant] = []
+        with self._translate_errors():
+            if self._engine.dialect.name == "sqlite":
+                async with self._engine.begin() as conn:
+                    rows = (await conn.execute(candidates)).all()
+                for row in rows:
+                    async with self._engine.begin() as conn:
+                        await _claim(conn, _to_tenant(row), claimed)
+            else:
+                async with self._engine.begin() as conn:
+                    locked = candidates.with_for_update(skip_locked=True)
+                    for row in (await conn.execute(locked)).all():
+                        await _claim(conn, _to_tenant(row), claimed)
+        return claimed
+
     async def list(self, *, include_deleted: bool = False) -> builtins.list[Tenant]:
         """All tenants ordered by identifier; soft-deleted ones only when asked for."""
         statement = select(tenants_table)
@@ -206,6 +251,32 @@ class SQLAlchemyTenantStore:
             raise
 
 
+async def _claim(conn: AsyncConnection, seen: Tenant, claimed: builtins.list[Tenant]) -> None:
+    stored = seen.model_copy(
+        update={
+            "status": TenantStatus.PROVISIONING,
+            "provisioning_attempts": seen.provisioning_attempts + 1,
+            "updated_at": datetime.now(UTC),
+        }
+    )
+    t = tenants_table
+    claim = (
+        update(t)
+        .where(
+            t.c.id == seen.id,
+            t.c.status == seen.status.value,
+            t.c.provisioning_attempts == seen.provisioning_attempts,
+        )
+        .values(
+            status=stored.status.value,
+            provisioning_attempts=stored.provisioning_attempts,
+            updated_at=stored.updated_at,
+        )
+    )
+    if (await conn.execute(claim)).rowcount == 1:
+        claimed.append(stored)
+
+
 def _unavailable(url: URL, exc: Exception) -> ServiceUnavailable:
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     message = f"tenant store at {redact_url(url)} is unavailable: {type(cause).__name__}: {cause}"
@@ -237,6 +308,7 @@ def _row_values(tenant: Tenant) -> dict[str, Any]:
         "updated_at": tenant.updated_at,
         "deleted_at": tenant.deleted_at,
         "storage_name": tenant.storage_name,
+        "provisioning_attempts": tenant.provisioning_attempts,
         "database_url": (
             tenant.database_url.get_secret_value() if tenant.database_url is not None else None
         ),
