@@ -119,8 +119,9 @@ class TenancyConfig(BaseSettings):
     tenant_pool_size: int = Field(default=2, ge=1)
     database_connection_budget: int = Field(default=50, ge=1)
 
-    # Lifecycle.
+    # Lifecycle and audit.
     enable_soft_delete: bool = True
+    enable_audit_logging: bool = False
 
     @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
     @classmethod

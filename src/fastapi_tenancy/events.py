@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 
 from fastapi_tenancy.models import Tenant, TenantStatus
 
-__all__ = ["Event", "Hooks", "LifecycleAction", "TenantChanged"]
+__all__ = ["Event", "Hooks", "LifecycleAction", "RequestCompleted", "TenantChanged"]
 
 logger = logging.getLogger("fastapi_tenancy")
 
@@ -59,6 +59,19 @@ class TenantChanged(Event):
     previous: TenantStatus | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestCompleted(Event):
+    """A tenant request finished. ``subject`` is the JWT ``sub`` claim when a token named the
+    tenant; ``status`` is the HTTP status sent (500 if the app failed before responding)."""
+
+    tenant: Tenant
+    method: str
+    path: str
+    status: int
+    subject: str | None
+    duration_ms: float
+
+
 E = TypeVar("E", bound=Event)
 Handler = Callable[[E], Awaitable[None] | None]
 
@@ -88,6 +101,10 @@ class Hooks:
                 self._handlers.remove(entry)
 
         return unsubscribe
+
+    def wants(self, event_type: type[Event]) -> bool:
+        """Whether any handler would receive an ``event_type`` event (to skip building one)."""
+        return any(issubclass(event_type, subscribed) for subscribed, _ in self._handlers)
 
     async def emit(self, event: Event) -> None:
         """Deliver ``event`` to its handlers in subscription order; failures are logged only."""

@@ -7,13 +7,17 @@ another task, where changes to the context are lost.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.responses import JSONResponse
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import _current
+from fastapi_tenancy.events import RequestCompleted
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError, TenantNotFound
+from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.resolution.base import Resolution
 from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,9 +79,39 @@ class TenancyMiddleware:
             child["root_path"] = scope.get("root_path", "") + resolution.mount
         token = _current.set(tenant)
         try:
-            await self.app(child, receive, send)
+            if scope["type"] == "http" and tenancy.hooks.wants(RequestCompleted):
+                await self._call_observed(child, receive, send, tenant, resolution)
+            else:
+                await self.app(child, receive, send)
         finally:
             _current.reset(token)
+
+    async def _call_observed(
+        self, scope: Scope, receive: Receive, send: Send, tenant: Tenant, resolution: Resolution
+    ) -> None:
+        started = time.perf_counter()
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            subject = (resolution.claims or {}).get("sub")
+            await self.tenancy.hooks.emit(
+                RequestCompleted(
+                    tenant=tenant,
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    subject=subject if isinstance(subject, str) else None,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+            )
 
     def _is_excluded(self, scope: Scope) -> bool:
         path = route_path(scope)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from fastapi_tenancy.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
 from fastapi_tenancy.cache.base import TenantCache
 from fastapi_tenancy.cache.memory import MemoryTenantCache
 from fastapi_tenancy.config import TenancyConfig
@@ -69,6 +70,10 @@ class Tenancy:
         self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
         self.hooks = Hooks()
         self.inflight = InFlight()
+        self.audit: AuditTrail | None = None
+        if self.config.enable_audit_logging:
+            self.audit = AuditTrail([LoggingAuditSink(), DatabaseAuditSink(self.engine)])
+            self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
         self._lock = asyncio.Lock()
         self._started = False
@@ -86,6 +91,8 @@ class Tenancy:
                 return False
             await self.store.initialize()
             await self.isolation.start()
+            if self.audit is not None:
+                await self.audit.start()
             self._started = True
             return True
 
@@ -93,6 +100,8 @@ class Tenancy:
         """Close everything this runtime opened; the store and isolation first, then the engine."""
         async with self._lock:
             try:
+                if self.audit is not None:
+                    await self.audit.close()
                 await self.isolation.close()
                 await self.store.close()
                 if self.cache is not None:
