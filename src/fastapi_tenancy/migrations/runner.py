@@ -1,0 +1,185 @@
+"""`upgrade`: bring every tenant's tables (or row isolation's shared tables) to a revision."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
+from fastapi_tenancy.migrations.errors import describe_error, url_passwords
+from fastapi_tenancy.migrations.invoke import run_alembic_upgrade
+from fastapi_tenancy.migrations.locks import migration_transaction
+from fastapi_tenancy.migrations.report import MigrationReport, TenantMigration
+from fastapi_tenancy.migrations.targets import connect, target_for
+from fastapi_tenancy.migrations.versions import format_revisions, read_revisions, target_revisions
+from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "MIGRATED_STATUSES", "upgrade"]
+
+# Tenants whose storage exists: pending, provisioning and failed tenants have no tables yet
+# (provisioning creates them), and deleted ones are never touched.
+MIGRATED_STATUSES = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
+DEFAULT_LOCK_TIMEOUT = 300.0
+
+ProgressCallback = Callable[[TenantMigration], None]
+
+
+async def upgrade(
+    tenancy: Tenancy,
+    alembic_config: Config,
+    *,
+    identifiers: Sequence[str] | None = None,
+    revision: str = "head",
+    concurrency: int = 4,
+    on_progress: ProgressCallback | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> MigrationReport:
+    """Upgrade tenants to ``revision`` with Alembic, and report what happened to each.
+
+    Under row isolation the shared tables are migrated once. Under schema and database isolation
+    every active and suspended tenant is (or only ``identifiers``), at most ``concurrency`` at a
+    time, each in its own transaction under a lock no other runner can hold at the same time.
+    A tenant already at ``revision`` is skipped without running Alembic, so re-running is cheap
+    and safe. A failing tenant is recorded and the others continue; ``on_progress`` is called
+    as each tenant finishes.
+    """
+    if concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+    started = time.perf_counter()
+    script = ScriptDirectory.from_config(alembic_config)
+    wanted = target_revisions(script, revision)
+    runs = await _planned(tenancy, identifiers)
+    secrets = url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def run(planned: Tenant | TenantMigration | None) -> TenantMigration:
+        if isinstance(planned, TenantMigration):
+            result = planned
+        else:
+            async with semaphore:
+                result = await _migrate(
+                    tenancy, alembic_config, planned, revision, wanted, lock_timeout, secrets
+                )
+        if on_progress is not None:
+            on_progress(result)
+        return result
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(run(planned)) for planned in runs]
+    return MigrationReport(
+        migrations=tuple(task.result() for task in tasks),
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def _planned(
+    tenancy: Tenancy, identifiers: Sequence[str] | None
+) -> list[Tenant | TenantMigration | None]:
+    """What to migrate: tenants, ``None`` for shared tables, or a ready-made failure."""
+    if tenancy.config.isolation_strategy == "row":
+        if identifiers is not None:
+            raise ConfigurationError(
+                "row isolation keeps every tenant in the shared tables: they are migrated once, "
+                "so identifiers do not apply"
+            )
+        return [None]
+    if identifiers is None:
+        tenants = await tenancy.list_tenants(include_deleted=False)
+        return [tenant for tenant in tenants if tenant.status in MIGRATED_STATUSES]
+    planned: list[Tenant | TenantMigration | None] = []
+    for identifier in dict.fromkeys(identifiers):
+        planned.append(await _named(tenancy, identifier))
+    return planned
+
+
+async def _named(tenancy: Tenancy, identifier: str) -> Tenant | TenantMigration:
+    try:
+        tenant = await tenancy.get_tenant(identifier)
+    except TenantNotFound as exc:  # a malformed identifier
+        return _refused(identifier, describe_error(exc, ()))
+    if tenant is None or tenant.status is TenantStatus.DELETED:
+        return _refused(identifier, f"TenantNotFound: no tenant {identifier!r} to migrate")
+    if tenant.status not in MIGRATED_STATUSES:
+        return _refused(
+            identifier,
+            f"MigrationError: tenant {identifier!r} is {tenant.status.value}: it has no tables "
+            "until it is provisioned",
+        )
+    return tenant
+
+
+def _refused(identifier: str, error: str) -> TenantMigration:
+    return TenantMigration(
+        identifier=identifier,
+        outcome="failed",
+        from_revision=None,
+        to_revision=None,
+        error=error,
+        seconds=0.0,
+    )
+
+
+async def _migrate(
+    tenancy: Tenancy,
+    config: Config,
+    tenant: Tenant | None,
+    revision: str,
+    wanted: frozenset[str] | None,
+    lock_timeout: float,
+    secrets: set[str],
+) -> TenantMigration:
+    started = time.perf_counter()
+    identifier = tenant.identifier if tenant is not None else None
+    before: frozenset[str] = frozenset()
+    try:
+        target = target_for(tenancy, tenant)
+        async with connect(tenancy, target) as conn:
+            # The cheap check: a tenant already at the target needs neither lock nor Alembic.
+            async with conn.begin():
+                before = await read_revisions(conn, target.schema)
+            if before == wanted:
+                return _done(identifier, "skipped", before, before, started)
+            async with migration_transaction(conn, target.lock_key, wait_seconds=lock_timeout):
+                # Another runner may have finished this tenant while we waited for the lock.
+                before = await read_revisions(conn, target.schema)
+                if before == wanted:
+                    return _done(identifier, "skipped", before, before, started)
+                await run_alembic_upgrade(conn, config, target, revision)
+                after = await read_revisions(conn, target.schema)
+        if after == before:
+            return _done(identifier, "skipped", before, after, started)
+        return _done(identifier, "upgraded", before, after, started)
+    except Exception as exc:
+        if tenant is not None and tenant.database_url is not None:
+            secrets = secrets | url_passwords([tenant.database_url.get_secret_value()])
+        return TenantMigration(
+            identifier=identifier,
+            outcome="failed",
+            from_revision=format_revisions(before),
+            to_revision=None,
+            error=describe_error(exc, secrets),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _done(
+    identifier: str | None,
+    outcome: Literal["upgraded", "skipped"],
+    before: frozenset[str],
+    after: frozenset[str],
+    started: float,
+) -> TenantMigration:
+    return TenantMigration(
+        identifier=identifier,
+        outcome=outcome,
+        from_revision=format_revisions(before),
+        to_revision=format_revisions(after),
+        error=None,
+        seconds=time.perf_counter() - started,
+    )

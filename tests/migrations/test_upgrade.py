@@ -1,0 +1,227 @@
+"""`upgrade` with real Alembic over every isolation strategy and real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from sqlalchemy import MetaData, text
+
+from fastapi_tenancy import Tenancy, TenancyConfig
+from fastapi_tenancy.migrations import MigrationReport, TenantMigration, upgrade
+from fastapi_tenancy.migrations.locks import advisory_key, named_lock
+from tests.backends import isolation_config
+from tests.migrations.scripts import FIRST, SECOND, alembic_config
+from tests.migrations.storage import add_note_column, item_columns, revision, tenant_tables
+
+PER_TENANT = [
+    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
+    pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
+    pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
+]
+per_tenant = pytest.mark.parametrize("isolation_case", PER_TENANT, indirect=True)
+TENANTS = ["acme", "globex", "initech", "umbrella", "hooli"]
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Config:
+    return alembic_config(tmp_path / "alembic")
+
+
+def empty_config(case: tuple[str, str]) -> TenancyConfig:
+    # Alembic owns the tables: provisioning creates the schema or database and nothing in it.
+    return isolation_config(case, tenant_metadata=MetaData())
+
+
+def outcomes(report: MigrationReport) -> dict[str | None, str]:
+    return {migration.identifier: migration.outcome for migration in report.migrations}
+
+
+@per_tenant
+async def test_upgrade_migrates_every_tenant_then_skips_them(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    progress: list[TenantMigration] = []
+    async with Tenancy(config) as tenancy:
+        tenants = [await tenancy.create_tenant(identifier) for identifier in TENANTS]
+
+        first = await upgrade(tenancy, script, on_progress=progress.append)
+
+        assert outcomes(first) == dict.fromkeys(TENANTS, "upgraded")
+        assert first.upgraded == len(TENANTS)
+        assert first.ok
+        assert sorted(m.identifier or "" for m in progress) == sorted(TENANTS)
+        for migration in first.migrations:
+            assert (migration.from_revision, migration.to_revision) == (None, SECOND)
+        for tenant in tenants:
+            assert await item_columns(config, tenant) == ["id", "tenant_id", "name", "note"]
+            assert await revision(config, tenant) == SECOND
+        assert await item_columns(config, None) == []  # the central database has no tenant table
+
+        started = time.perf_counter()
+        again = await upgrade(tenancy, script)
+        elapsed = time.perf_counter() - started
+
+        assert outcomes(again) == dict.fromkeys(TENANTS, "skipped")
+        assert all(m.from_revision == m.to_revision == SECOND for m in again.migrations)
+        assert elapsed < 5, f"a no-op re-run over {len(TENANTS)} tenants took {elapsed:.2f}s"
+
+
+@per_tenant
+async def test_a_failing_tenant_is_recorded_and_the_others_are_upgraded(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy:
+        tenants = [await tenancy.create_tenant(identifier) for identifier in TENANTS]
+        assert outcomes(await upgrade(tenancy, script, revision=FIRST)) == dict.fromkeys(
+            TENANTS, "upgraded"
+        )
+        broken = tenants[2]
+        await add_note_column(config, broken)
+
+        report = await upgrade(tenancy, script)
+
+        assert outcomes(report) == dict.fromkeys(TENANTS, "upgraded") | {
+            broken.identifier: "failed"
+        }
+        failure = next(m for m in report.migrations if m.outcome == "failed")
+        assert failure.from_revision == FIRST
+        assert failure.to_revision is None
+        assert failure.error is not None
+        assert "note" in failure.error
+        assert (report.failed, report.upgraded, report.ok) == (1, len(TENANTS) - 1, False)
+        assert await revision(config, broken) == FIRST
+        for tenant in tenants:
+            if tenant is not broken:
+                assert await revision(config, tenant) == SECOND
+
+        rerun = await upgrade(tenancy, script)
+
+        assert outcomes(rerun) == dict.fromkeys(TENANTS, "skipped") | {broken.identifier: "failed"}
+
+
+@per_tenant
+async def test_concurrent_runners_migrate_each_tenant_exactly_once(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy, Tenancy(config) as other:
+        for identifier in TENANTS:
+            await tenancy.create_tenant(identifier)
+
+        reports = await asyncio.gather(
+            upgrade(tenancy, script, concurrency=2), upgrade(other, script, concurrency=3)
+        )
+
+        for identifier in TENANTS:
+            results = sorted(outcomes(report)[identifier] for report in reports)
+            assert results == ["skipped", "upgraded"], (identifier, reports)
+        for tenant in await tenancy.list_tenants():
+            assert await revision(config, tenant) == SECOND
+
+
+@per_tenant
+async def test_suspended_tenants_are_migrated_and_deleted_ones_are_not(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy:
+        for identifier in TENANTS:
+            await tenancy.create_tenant(identifier)
+        await tenancy.suspend_tenant("acme")
+        deleted = await tenancy.delete_tenant("globex")
+
+        report = await upgrade(tenancy, script)
+
+        assert outcomes(report) == dict.fromkeys(set(TENANTS) - {"globex"}, "upgraded")
+        assert await revision(config, deleted) is None
+
+
+@per_tenant
+async def test_identifiers_choose_the_tenants(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy:
+        for identifier in TENANTS:
+            await tenancy.create_tenant(identifier)
+        await tenancy.delete_tenant("hooli")
+
+        report = await upgrade(tenancy, script, identifiers=["acme", "globex", "nobody", "hooli"])
+
+        assert outcomes(report) == {
+            "acme": "upgraded",
+            "globex": "upgraded",
+            "nobody": "failed",
+            "hooli": "failed",
+        }
+        initech = await tenancy.get_tenant("initech")
+        assert await revision(config, initech) is None
+
+
+@pytest.mark.parametrize("isolation_case", [("row", "sqlite")], indirect=True)
+async def test_row_isolation_migrates_the_shared_tables_once(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy, Tenancy(config) as other:
+        for identifier in TENANTS:
+            await tenancy.create_tenant(identifier)
+
+        reports = await asyncio.gather(upgrade(tenancy, script), upgrade(other, script))
+
+        assert sorted(m.outcome for r in reports for m in r.migrations) == ["skipped", "upgraded"]
+        assert all(m.identifier is None for r in reports for m in r.migrations)
+        assert await item_columns(config, None) == ["id", "tenant_id", "name", "note"]
+        assert outcomes(await upgrade(tenancy, script)) == {None: "skipped"}
+
+
+@per_tenant
+async def test_a_held_tenant_lock_keeps_the_runner_out(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        async with tenant_tables(config, tenant) as (conn, _schema):
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(tenant.id)}
+                )
+            else:
+                await conn.execute(
+                    text("SELECT GET_LOCK(:name, 0)"), {"name": named_lock(tenant.id)}
+                )
+
+            blocked = await upgrade(tenancy, script, lock_timeout=0.5)
+
+        assert outcomes(blocked) == {"acme": "failed"}
+        assert blocked.migrations[0].error is not None
+        assert blocked.migrations[0].error.startswith("MigrationLockTimeout")
+        assert await revision(config, tenant) is None
+        assert outcomes(await upgrade(tenancy, script)) == {"acme": "upgraded"}
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres")],
+    indirect=True,
+)
+async def test_postgres_schema_migrations_stay_in_the_tenant_schema(
+    isolation_case: tuple[str, str], script: Config
+) -> None:
+    config = empty_config(isolation_case)
+    async with Tenancy(config) as tenancy:
+        await tenancy.create_tenant("acme")
+        await upgrade(tenancy, script, concurrency=1)
+
+        assert await item_columns(config, None) == []  # nothing in public
+        async with tenancy.engine.connect() as conn:
+            # The pool's connection carries no tenant search path after the migration.
+            path = (await conn.execute(text("SHOW search_path"))).scalar_one()
+        assert path == '"$user", public'
