@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from fastapi_tenancy import TenancyConfig
 from tests.models import Base
+from tests.services import TEST_STORAGE_PREFIX as TEST_STORAGE_PREFIX
 
 DATABASES = [
     pytest.param("sqlite", id="sqlite"),
@@ -32,9 +33,6 @@ ISOLATIONS = [
 ]
 
 all_isolations = pytest.mark.parametrize("isolation_case", ISOLATIONS, indirect=True)
-
-# Tenant schemas and databases the tests create start with this, so resets find them.
-TEST_STORAGE_PREFIX = "tt_"
 
 
 def isolation_config(case: tuple[str, str], **overrides: Any) -> TenancyConfig:

@@ -8,6 +8,7 @@ TENANCY_TEST_REQUIRE_SERVICES=1, where it fails.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import cache
 
@@ -17,14 +18,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.backends import TEST_STORAGE_PREFIX
-
 POSTGRES_URL = os.environ.get(
     "TENANCY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get("TENANCY_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("TENANCY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("TENANCY_TEST_REQUIRE_SERVICES") == "1"
+
+
+def _storage_prefix() -> str:
+    # Tenant schemas and databases the tests create start with this, so resets find them; runs
+    # against differently named test databases (test, test_h8, ...) never drop each other's.
+    name = make_url(POSTGRES_URL).database or "test"
+    suffix = re.sub(r"[^a-z0-9]", "", name.lower().removeprefix("test"))[:8]
+    return f"tt_{suffix}_" if suffix else "tt_"
+
+
+TEST_STORAGE_PREFIX = _storage_prefix()
 
 
 @cache
