@@ -1,0 +1,253 @@
+"""The production checklist behind ``fastapi-tenancy doctor``: one small function per check.
+
+Each check takes the loaded config (and, where it needs them, facts read from the server) and
+returns a `CheckResult`; none does I/O, so each can be called on its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+from importlib.util import find_spec
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+
+from fastapi_tenancy.config import HMAC_ALGORITHMS, TenancyConfig
+
+__all__ = [
+    "CheckResult",
+    "ServerFacts",
+    "Status",
+    "check_config",
+    "check_database",
+    "check_echo",
+    "check_engine_cache",
+    "check_health_path",
+    "check_jwt",
+    "check_pool",
+    "check_sqlite_workers",
+    "check_ssl",
+    "run_checks",
+]
+
+Status = Literal["ok", "warn", "fail"]
+
+SERVER_BACKENDS = frozenset({"postgresql", "mysql", "mariadb"})
+SSL_PARAMETERS = ("sslmode", "ssl", "ssl_mode", "ssl_ca")
+# Values that leave TLS off or optional: an attacker on the path can still downgrade the link.
+WEAK_SSL_VALUES = frozenset({"disable", "disabled", "allow", "prefer", "preferred", "false", "0"})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    message: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the doctor read from the central database; ``None`` where it could not tell."""
+
+    reachable: bool
+    error: str | None = None
+    max_connections: int | None = None
+    tenant_count: int | None = None
+
+
+def check_config(error: str | None) -> CheckResult:
+    """The config loads; ``error`` is the message it failed with, if it did."""
+    if error is None:
+        return CheckResult("config", "ok", "TENANCY_* settings load")
+    return CheckResult("config", "fail", error, "correct the setting named above")
+
+
+def check_jwt(config: TenancyConfig) -> CheckResult:
+    """JWT resolution has a secret and the library to verify with it."""
+    if "jwt" not in config.resolution_strategy:
+        return CheckResult("jwt", "ok", "jwt resolution is off; no secret needed")
+    if find_spec("jwt") is None:
+        return CheckResult(
+            "jwt",
+            "fail",
+            "jwt resolution is on but PyJWT is not installed",
+            "pip install 'fastapi-tenancy[jwt]'",
+        )
+    # TenancyConfig refuses a missing, short or placeholder secret, so a loaded one is sound.
+    kind = "secret" if config.jwt_algorithm in HMAC_ALGORITHMS else "public key"
+    return CheckResult("jwt", "ok", f"{config.jwt_algorithm} {kind} is set and strong enough")
+
+
+def check_ssl(config: TenancyConfig) -> CheckResult:
+    """Server URLs that leave the machine ask for TLS."""
+    urls = {"database_url": config.database_url}
+    if config.isolation_strategy == "database" and config.database_url_template:
+        urls["database_url_template"] = config.database_url_template
+    plain = [name for name, url in urls.items() if not _tls_or_local(url)]
+    if not plain:
+        return CheckResult("ssl", "ok", "remote server connections require TLS (or stay local)")
+    return CheckResult(
+        "ssl",
+        "warn",
+        f"{' and '.join(plain)} {'reaches' if len(plain) == 1 else 'reach'} a remote server "
+        "without requiring TLS",
+        "add ?ssl=require (asyncpg) or ?sslmode=require to PostgreSQL URLs, "
+        "?ssl_ca=/path/to/ca.pem to MariaDB/MySQL URLs",
+    )
+
+
+def _tls_or_local(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except Exception:  # the template's placeholder or a typo: judged by the config check
+        return True
+    if parsed.get_backend_name() not in SERVER_BACKENDS or _is_local(parsed):
+        return True
+    values = [str(parsed.query[name]).lower() for name in SSL_PARAMETERS if name in parsed.query]
+    return bool(values) and not any(value in WEAK_SSL_VALUES for value in values)
+
+
+def _is_local(url: URL) -> bool:
+    host = url.host
+    if not host or host == "localhost" or host.startswith("/"):
+        return True  # no host or a socket path: a Unix socket on this machine
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connections_per_worker(config: TenancyConfig) -> int:
+    """The most server connections one process can open."""
+    total = config.database_pool_size + config.database_max_overflow
+    if config.isolation_strategy == "database":
+        total += config.database_connection_budget
+    return total
+
+
+def check_pool(config: TenancyConfig, workers: int, max_connections: int | None) -> CheckResult:
+    """All workers' pools together fit in the server's ``max_connections``."""
+    if config.database_backend not in SERVER_BACKENDS:
+        return CheckResult("pool", "ok", f"{config.database_backend} has no connection limit")
+    per_worker = connections_per_worker(config)
+    needed = workers * per_worker
+    parts = f"{config.database_pool_size} pool + {config.database_max_overflow} overflow"
+    if config.isolation_strategy == "database":
+        parts += f" + {config.database_connection_budget} tenant budget"
+    sizing = f"{workers} worker(s) x ({parts}) = {needed} connections"
+    if max_connections is None:
+        return CheckResult(
+            "pool",
+            "warn",
+            f"{sizing}; the server's max_connections could not be read",
+            "make the database reachable and rerun",
+        )
+    if needed > max_connections:
+        return CheckResult(
+            "pool",
+            "fail",
+            f"{sizing} > max_connections {max_connections}",
+            "lower TENANCY_DATABASE_POOL_SIZE / TENANCY_DATABASE_MAX_OVERFLOW"
+            + (
+                " / TENANCY_DATABASE_CONNECTION_BUDGET"
+                if config.isolation_strategy == "database"
+                else ""
+            )
+            + ", run fewer workers, raise max_connections, or pool with PgBouncer",
+        )
+    return CheckResult("pool", "ok", f"{sizing} <= max_connections {max_connections}")
+
+
+def check_sqlite_workers(config: TenancyConfig, workers: int) -> CheckResult:
+    """SQLite serialises writers across processes; several workers queue on one file lock."""
+    if config.database_backend != "sqlite":
+        return CheckResult("sqlite", "ok", f"central database is {config.database_backend}")
+    if workers > 1:
+        return CheckResult(
+            "sqlite",
+            "warn",
+            f"SQLite with {workers} workers: writes from every process wait on one file lock",
+            "use PostgreSQL or MariaDB/MySQL in production, or run one worker",
+        )
+    return CheckResult("sqlite", "ok", "SQLite with one worker")
+
+
+def check_health_path(config: TenancyConfig) -> CheckResult:
+    """Probes reach ``/health`` without naming a tenant."""
+    if "/health" in config.excluded_paths:
+        return CheckResult("health", "ok", "/health is served without a tenant")
+    return CheckResult(
+        "health",
+        "warn",
+        "/health is not in excluded_paths: liveness and readiness probes get 404",
+        "add /health to TENANCY_EXCLUDED_PATHS",
+    )
+
+
+def check_echo(config: TenancyConfig) -> CheckResult:
+    """Echo logs every statement, slowly, with tenant data in it."""
+    if not config.database_echo:
+        return CheckResult("echo", "ok", "SQL echo is off")
+    return CheckResult(
+        "echo",
+        "warn",
+        "database_echo is on: every SQL statement is logged",
+        "set TENANCY_DATABASE_ECHO=false",
+    )
+
+
+def check_engine_cache(config: TenancyConfig, tenant_count: int | None) -> CheckResult:
+    """Under database isolation, the engine cache holds every tenant's engine."""
+    if config.isolation_strategy != "database":
+        return CheckResult(
+            "engines", "ok", f"{config.isolation_strategy} isolation keeps no tenant engines"
+        )
+    limit = config.max_cached_engines
+    if tenant_count is None:
+        return CheckResult(
+            "engines",
+            "warn",
+            f"max_cached_engines {limit}; the tenant count could not be read",
+            "make the database reachable and rerun",
+        )
+    if limit < tenant_count:
+        return CheckResult(
+            "engines",
+            "warn",
+            f"max_cached_engines {limit} < {tenant_count} tenants: engines are evicted and "
+            "reopened under load",
+            f"raise TENANCY_MAX_CACHED_ENGINES to at least {tenant_count} if the connection "
+            "budget allows",
+        )
+    return CheckResult("engines", "ok", f"max_cached_engines {limit} >= {tenant_count} tenants")
+
+
+def check_database(facts: ServerFacts) -> CheckResult:
+    if facts.reachable:
+        return CheckResult("database", "ok", "central database answers")
+    return CheckResult(
+        "database",
+        "fail",
+        facts.error or "central database is unreachable",
+        "check TENANCY_DATABASE_URL, the server, the network and the credentials",
+    )
+
+
+def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[CheckResult]:
+    """Every check, in the order ``doctor`` prints them; the config has already loaded."""
+    return [
+        check_config(None),
+        check_database(facts),
+        check_jwt(config),
+        check_ssl(config),
+        check_pool(config, workers, facts.max_connections),
+        check_sqlite_workers(config, workers),
+        check_health_path(config),
+        check_echo(config),
+        check_engine_cache(config, facts.tenant_count),
+    ]

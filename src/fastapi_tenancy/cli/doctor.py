@@ -1,0 +1,143 @@
+"""``fastapi-tenancy doctor``: the running configuration against a production checklist.
+
+Read-only: the doctor connects once to the central database, reads its connection limit and the
+tenant count, and creates nothing (not even the tenants table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fastapi_tenancy.cli.checks import CheckResult, ServerFacts, check_config, run_checks
+from fastapi_tenancy.cli.output import print_json
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config, scrub
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.engines import redact_url
+from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
+from fastapi_tenancy.store.sqlalchemy import tenants_table
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["probe", "register"]
+
+PROBE_TIMEOUT_SECONDS = 5.0
+
+
+def _workers(value: str) -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1")
+    return workers
+
+
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the configuration against a production checklist",
+        description="Check the running configuration (TENANCY_* variables, .env) and the central "
+        "database against a production checklist. Exits 1 if any check fails.",
+        parents=[common],
+    )
+    doctor.add_argument(
+        "--workers",
+        type=_workers,
+        default=_workers(os.environ.get("WEB_CONCURRENCY", "1") or "1"),
+        metavar="N",
+        help="app processes that share the database (default: $WEB_CONCURRENCY or 1)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    results = diagnose(getattr(args, "database_url", None), args.workers)
+    if args.json:
+        print_json(
+            {
+                "ok": not any(result.status == "fail" for result in results),
+                "checks": [result.as_dict() for result in results],
+            }
+        )
+    else:
+        for result in results:
+            print(_line(result))
+        counts = {
+            status: sum(r.status == status for r in results) for status in ("ok", "warn", "fail")
+        }
+        print(f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
+    return EXIT_FAILURE if any(result.status == "fail" for result in results) else EXIT_OK
+
+
+def _line(result: CheckResult) -> str:
+    line = f"{result.status:<4}  {result.name:<8}  {result.message}"
+    if result.hint and result.status != "ok":
+        line += f" (fix: {result.hint})"
+    return line
+
+
+def diagnose(database_url: str | None, workers: int) -> list[CheckResult]:
+    """Load the config, probe its database, and run every check."""
+    try:
+        config = load_config(database_url)
+    except ConfigurationError as exc:
+        return [check_config(scrub(str(exc), [database_url]))]
+    facts = asyncio.run(probe(config))
+    return run_checks(config, workers, facts)
+
+
+async def probe(config: TenancyConfig) -> ServerFacts:
+    """Connect once: is the database up, what is its ``max_connections``, how many tenants."""
+    # Echo would print the probe's statements into the report, and into --json output.
+    quiet = config.model_copy(update={"database_echo": False})
+    try:
+        tenancy = Tenancy(quiet)
+    except ConfigurationError as exc:
+        return ServerFacts(reachable=False, error=scrub(str(exc), [config.database_url]))
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            async with tenancy.engine.connect() as conn:
+                max_connections = await _max_connections(conn, config.database_backend)
+                has_table = await conn.run_sync(
+                    lambda sync: inspect(sync).has_table(tenants_table.name)
+                )
+            # The store reads without initialize(): the doctor never creates the table.
+            tenant_count = len(await tenancy.store.list()) if has_table else 0
+    except Exception as exc:
+        return ServerFacts(reachable=False, error=_unreachable(config.database_url, exc))
+    finally:
+        await tenancy.close()
+    return ServerFacts(reachable=True, max_connections=max_connections, tenant_count=tenant_count)
+
+
+async def _max_connections(conn: AsyncConnection, backend: str) -> int | None:
+    if backend == "postgresql":
+        value: Any = await conn.scalar(text("SHOW max_connections"))
+    elif backend in ("mysql", "mariadb"):
+        value = await conn.scalar(text("SELECT @@max_connections"))
+    else:
+        return None
+    return int(value)
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        reason = f"no answer within {PROBE_TIMEOUT_SECONDS:g}s"
+    elif isinstance(exc, TenancyError):
+        return scrub(str(exc), [url])
+    else:
+        # The driver's own error; SQLAlchemy's wrapper would add the statement and parameters.
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = f"{type(cause).__name__}: {cause}"
+    return scrub(f"{redact_url(url)} is unreachable: {reason}", [url])

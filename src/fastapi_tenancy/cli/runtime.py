@@ -1,0 +1,121 @@
+"""What every command shares: exit codes, loading the config, and turning errors into exit codes.
+
+Expected failures (an unknown tenant, an unreachable database, a bad setting) end in a one-line
+message on stderr and a documented exit code, never a traceback. Messages pass through `scrub`,
+so a password that a driver echoes never reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from fastapi_tenancy.cli.output import print_error
+from fastapi_tenancy.config import TenancyConfig
+from fastapi_tenancy.exceptions import (
+    ConfigurationError,
+    InvalidTenantIdentifier,
+    ServiceUnavailable,
+    TenancyError,
+)
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "describe_config_error",
+    "load_config",
+    "run_with_tenancy",
+    "scrub",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def load_config(database_url: str | None = None, **overrides: Any) -> TenancyConfig:
+    """`TenancyConfig()` from the environment, with ``--database-url`` and ``overrides`` on top.
+
+    Raises `ConfigurationError` for every kind of bad setting, with a message naming the setting.
+    """
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    try:
+        return TenancyConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_config_error(exc)) from None
+
+
+def describe_config_error(exc: ValidationError) -> str:
+    """The failing settings and why, without their values (a value may be a secret)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "config"
+        parts.append(f"{location}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def scrub(message: str, urls: Iterable[str | None]) -> str:
+    """``message`` with the password of every URL in ``urls`` replaced by ``***``."""
+    for url in urls:
+        if not url:
+            continue
+        try:
+            password = make_url(url).password
+        except Exception:  # an unparsable URL has no password we could find
+            continue
+        if password:
+            message = message.replace(str(password), "***")
+    return message
+
+
+def run_with_tenancy(
+    args: argparse.Namespace,
+    operation: Callable[[Tenancy], Awaitable[int]],
+    *,
+    secrets: Iterable[str | None] = (),
+    **overrides: Any,
+) -> int:
+    """Open a `Tenancy` on the command's config, run ``operation`` on it, map errors to codes."""
+    urls = [getattr(args, "database_url", None), *secrets]
+    try:
+        config = load_config(getattr(args, "database_url", None), **overrides)
+        urls += [config.database_url, config.database_url_template]
+        return asyncio.run(_run(config, operation))
+    except InvalidTenantIdentifier:
+        print_error("malformed tenant identifier: use 1-63 lower-case letters, digits and hyphens")
+        return EXIT_USAGE
+    except ServiceUnavailable as exc:
+        print_error(scrub(str(exc), urls))
+        return EXIT_UNAVAILABLE
+    except TenancyError as exc:
+        print_error(scrub(str(exc), urls))
+        return EXIT_FAILURE
+    except DBAPIError as exc:
+        # The driver's own message; SQLAlchemy's wrapper would add the statement's parameters.
+        cause = exc.orig if exc.orig is not None else exc
+        print_error(scrub(f"database error: {type(cause).__name__}: {cause}", urls))
+        return EXIT_UNAVAILABLE if exc.connection_invalidated else EXIT_FAILURE
+    except SQLAlchemyError as exc:
+        print_error(scrub(f"database error: {type(exc).__name__}: {exc}", urls))
+        return EXIT_FAILURE
+    except OSError as exc:
+        # Drivers raise connection failures unwrapped (refused, timed out, unresolvable host),
+        # e.g. while provisioning a tenant database on another server.
+        print_error(scrub(f"database unreachable: {type(exc).__name__}: {exc}", urls))
+        return EXIT_UNAVAILABLE
+
+
+async def _run(config: TenancyConfig, operation: Callable[[Tenancy], Awaitable[int]]) -> int:
+    async with Tenancy(config) as tenancy:
+        return await operation(tenancy)

@@ -1,0 +1,219 @@
+"""``fastapi-tenancy tenants ...``: create, list, show and move tenants through their lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi_tenancy.cli.output import (
+    TABLE_HEADERS,
+    print_error,
+    print_json,
+    render_table,
+    tenant_record,
+    tenant_rows,
+)
+from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, run_with_tenancy
+from fastapi_tenancy.exceptions import (
+    InvalidTenantIdentifier,
+    TenantAlreadyExists,
+    TenantNotFound,
+)
+from fastapi_tenancy.models import Tenant, validate_identifier
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["register"]
+
+# command -> (Tenancy method, past tense for the confirmation line, help text)
+TRANSITIONS: dict[str, tuple[str, str, str]] = {
+    "suspend": ("suspend_tenant", "suspended", "stop serving a tenant (403); its data is kept"),
+    "activate": ("activate_tenant", "activated", "serve a suspended tenant again"),
+    "delete": (
+        "delete_tenant",
+        "deleted",
+        "soft-delete a tenant (404, data kept; purged at once when soft delete is off)",
+    ),
+    "restore": ("restore_tenant", "restored", "bring a soft-deleted tenant back with its data"),
+}
+
+
+def identifier(value: str) -> str:
+    """An argparse type: malformed identifiers are usage errors, reported before any I/O."""
+    try:
+        return validate_identifier(value)
+    except InvalidTenantIdentifier:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a tenant identifier: use 1-63 lower-case letters, digits and "
+            "inner hyphens"
+        ) from None
+
+
+def metadata(value: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--metadata is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError('--metadata must be a JSON object, e.g. {"plan": "pro"}')
+    return parsed
+
+
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    group = commands.add_parser(
+        "tenants",
+        help="create, list, show and change tenants",
+        description="Manage the tenants in the central database.",
+        parents=[common],
+    )
+    group.set_defaults(handler=lambda _args: _group_help(group))
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    create = sub.add_parser(
+        "create",
+        help="create an active tenant with its storage",
+        description="Create a tenant: its record, its schema or database, and its tables.",
+        parents=[common],
+    )
+    create.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    create.add_argument("--name", help="display name (default: the identifier)")
+    create.add_argument(
+        "--metadata", type=metadata, metavar="JSON", help='a JSON object, e.g. \'{"plan": "pro"}\''
+    )
+    create.add_argument(
+        "--tenant-database-url",
+        metavar="URL",
+        help="database isolation: an existing database for this tenant instead of one from "
+        "database_url_template (stored, never printed)",
+    )
+    create.set_defaults(handler=_create)
+
+    listing = sub.add_parser(
+        "list",
+        help="list tenants",
+        description="List tenants, ordered by identifier.",
+        parents=[common],
+    )
+    listing.add_argument("--all", action="store_true", help="include soft-deleted tenants")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=_list)
+
+    show = sub.add_parser(
+        "show", help="show one tenant", description="Show one tenant's record.", parents=[common]
+    )
+    show.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    show.set_defaults(handler=_show)
+
+    for command, (method, done, text) in TRANSITIONS.items():
+        parser = sub.add_parser(
+            command, help=text, description=text.capitalize() + ".", parents=[common]
+        )
+        parser.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+        parser.set_defaults(handler=_transition(method, done))
+
+    purge = sub.add_parser(
+        "purge",
+        help="destroy a deleted tenant's data and record (needs --yes)",
+        description="Destroy a soft-deleted tenant's data and record. This cannot be undone.",
+        parents=[common],
+    )
+    purge.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    purge.add_argument("--yes", action="store_true", help="confirm that the data is destroyed")
+    purge.set_defaults(handler=_purge)
+
+
+def _group_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _create(args: argparse.Namespace) -> int:
+    async def create(tenancy: Tenancy) -> int:
+        try:
+            tenant = await tenancy.create_tenant(
+                args.identifier,
+                name=args.name,
+                metadata=args.metadata,
+                database_url=args.tenant_database_url,
+            )
+        except TenantAlreadyExists:
+            raise TenantAlreadyExists(f"tenant {args.identifier!r} already exists") from None
+        print(f"created tenant {tenant.identifier} ({tenant.status.value})")
+        return EXIT_OK
+
+    return run_with_tenancy(args, create, secrets=[args.tenant_database_url])
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def list_tenants(tenancy: Tenancy) -> int:
+        tenants = await tenancy.list_tenants(include_deleted=args.all)
+        if args.json:
+            print_json([tenant_record(tenant) for tenant in tenants])
+        else:
+            print(render_table(TABLE_HEADERS, tenant_rows(tenants)))
+        return EXIT_OK
+
+    # SQLAlchemy's echo writes to stdout, which must stay parseable for --json.
+    return run_with_tenancy(args, list_tenants, **_quiet(args))
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def show(tenancy: Tenancy) -> int:
+        tenant = await _require(tenancy, args.identifier)
+        record = tenant_record(tenant)
+        if args.json:
+            print_json(record)
+        else:
+            width = max(len(key) for key in record)
+            for key, value in record.items():
+                text = json.dumps(value) if key == "metadata" else ("-" if value is None else value)
+                print(f"{key.ljust(width)}  {text}")
+        return EXIT_OK
+
+    return run_with_tenancy(args, show, **_quiet(args))
+
+
+def _transition(method: str, done: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        async def move(tenancy: Tenancy) -> int:
+            call: Callable[[str], Awaitable[Tenant]] = getattr(tenancy, method)
+            tenant = await call(args.identifier)
+            print(f"{done} tenant {tenant.identifier} ({tenant.status.value})")
+            return EXIT_OK
+
+        return run_with_tenancy(args, move)
+
+    return handler
+
+
+def _purge(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print_error(
+            f"purge destroys the data and record of tenant {args.identifier!r} for good; "
+            "repeat with --yes to confirm"
+        )
+        return EXIT_USAGE
+
+    async def purge(tenancy: Tenancy) -> int:
+        await tenancy.purge_tenant(args.identifier)
+        print(f"purged tenant {args.identifier}")
+        return EXIT_OK
+
+    return run_with_tenancy(args, purge)
+
+
+async def _require(tenancy: Tenancy, identifier: str) -> Tenant:
+    tenant = await tenancy.get_tenant(identifier)
+    if tenant is None:
+        raise TenantNotFound(f"no tenant {identifier!r}")
+    return tenant
+
+
+def _quiet(args: argparse.Namespace) -> dict[str, Any]:
+    return {"database_echo": False} if args.json else {}
