@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, inspect
 from fastapi_tenancy import Tenancy, TenantStatus
 from fastapi_tenancy.worker import ProvisioningWorker
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.cli.helpers import CLI
 
 ROOT = Path(__file__).parent.parent
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -92,12 +92,12 @@ async def test_two_worker_processes_provision_each_tenant_exactly_once(database_
         "TENANCY_ISOLATION_STRATEGY": "schema",
         "TENANCY_SCHEMA_PREFIX": TEST_STORAGE_PREFIX,
         "TENANCY_TENANT_METADATA": "tests.models:Base.metadata",
+        "PYTHONPATH": str(ROOT),  # so the workers can import tests.models
     }
     workers = [
         await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fastapi_tenancy.worker",
+            str(CLI),
+            "worker",
             "--exit-when-idle",
             "--batch-size",
             "3",

@@ -4,17 +4,15 @@ Several workers may run at once, in one process or many: each claim is a conditi
 store, so every tenant is provisioned by exactly one of them. A tenant whose worker died while
 provisioning it is claimed again once ``stale_after`` seconds have passed.
 
-    python -m fastapi_tenancy.worker --exit-when-idle     # reads TENANCY_* like the app
+    fastapi-tenancy worker --batch-size 10      # reads TENANCY_* like the app
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -99,34 +97,3 @@ class ProvisioningWorker:
             except TimeoutError:
                 pass
         return total
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fastapi_tenancy.worker", description="Provision pending tenants."
-    )
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--poll-timeout-seconds", type=float, default=5.0)
-    parser.add_argument("--max-attempts", type=int, default=3)
-    parser.add_argument("--stale-after-seconds", type=float, default=600.0)
-    parser.add_argument("--exit-when-idle", action="store_true")
-    args = parser.parse_args(argv)
-
-    async def work() -> BatchResult:
-        async with Tenancy(TenancyConfig()) as tenancy:
-            worker = ProvisioningWorker(
-                tenancy,
-                batch_size=args.batch_size,
-                poll_timeout=args.poll_timeout_seconds,
-                max_attempts=args.max_attempts,
-                stale_after=args.stale_after_seconds,
-            )
-            return await worker.run(exit_when_idle=args.exit_when_idle)
-
-    result = asyncio.run(work())
-    print(f"provisioned={result.provisioned} retried={result.retried} failed={result.failed}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""``fastapi-tenancy worker``: provision pending tenants until stopped (SIGTERM or Ctrl-C)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from fastapi_tenancy.cli.runtime import EXIT_OK, run_with_tenancy
+from fastapi_tenancy.tenancy import Tenancy
+from fastapi_tenancy.worker import ProvisioningWorker
+
+__all__ = ["register"]
+
+
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="provision pending tenants",
+        description="Claim pending tenants in batches, create their storage and mark them "
+        "active. Any number of workers may run at once; each tenant is provisioned by one.",
+        parents=[common],
+    )
+    worker.add_argument("--batch-size", type=_positive_int, default=10, metavar="N")
+    worker.add_argument(
+        "--poll-timeout-seconds",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="how long to wait before looking again when nothing is pending",
+    )
+    worker.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="attempts before a tenant is marked failed",
+    )
+    worker.add_argument(
+        "--stale-after-seconds",
+        type=_positive_float,
+        default=600.0,
+        metavar="S",
+        help="reclaim a tenant left provisioning this long by a worker that died",
+    )
+    worker.add_argument(
+        "--exit-when-idle", action="store_true", help="stop once nothing is pending"
+    )
+    worker.set_defaults(handler=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    async def work(tenancy: Tenancy) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        worker = ProvisioningWorker(
+            tenancy,
+            batch_size=args.batch_size,
+            poll_timeout=args.poll_timeout_seconds,
+            max_attempts=args.max_attempts,
+            stale_after=args.stale_after_seconds,
+        )
+        result = await worker.run(stop=stop, exit_when_idle=args.exit_when_idle)
+        print(f"provisioned={result.provisioned} retried={result.retried} failed={result.failed}")
+        return EXIT_OK
+
+    return run_with_tenancy(args, work)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
