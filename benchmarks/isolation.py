@@ -7,7 +7,7 @@ bare app's throughput measured beside it, plus the SQL statements each request s
 server. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost with no
 network or HTTP server in between.
 
-    python benchmarks/isolation.py --tenants 10,500 --requests 1500
+    python -m benchmarks.isolation --tenants 10,1000 --warmup 3000
 """
 
 from __future__ import annotations
