@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -36,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
+from benchmarks.common import add_url_argument, ensure_database
 from fastapi_tenancy import (
     Tenancy,
     TenancyConfig,
@@ -115,20 +115,6 @@ async def reset(url: str) -> None:
         )
         for (name,) in names.all():
             await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    await admin.dispose()
-
-
-async def ensure_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_async_engine(
-        parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    async with admin.connect() as conn:
-        exists = await conn.scalar(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-        )
-        if not exists:
-            await conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
     await admin.dispose()
 
 
@@ -238,19 +224,13 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--url",
-        default=os.environ.get(
-            "TENANCY_BENCH_POSTGRES_URL",
-            "postgresql+asyncpg://postgres@127.0.0.1:5432/tenancy_bench",
-        ),
-    )
-    parser.add_argument("--tenants", default="10,500", help="tenant counts, comma-separated")
-    parser.add_argument("--requests", type=int, default=1500)
+    add_url_argument(parser)
+    parser.add_argument("--tenants", default="10,1000", help="tenant counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--warmup", type=int, default=500, help="requests per app before each measurement"
+        "--warmup", type=int, default=3000, help="requests per app before each measurement"
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.tenants.split(",")]

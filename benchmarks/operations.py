@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from benchmarks.isolation import ensure_database
+from benchmarks.common import add_url_argument, ensure_database
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.migrations import upgrade
 
@@ -108,13 +107,7 @@ async def run(url: str, tenants: int, concurrency: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--url",
-        default=os.environ.get(
-            "TENANCY_BENCH_POSTGRES_URL",
-            "postgresql+asyncpg://postgres@127.0.0.1:5432/tenancy_bench",
-        ),
-    )
+    add_url_argument(parser)
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()

@@ -1,0 +1,36 @@
+"""What the benchmarks share: the PostgreSQL database they run in."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenancy_bench"
+
+
+def add_url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TENANCY_BENCH_POSTGRES_URL", DEFAULT_URL),
+        help="PostgreSQL database to run in (created if missing; its bench tables are dropped)",
+    )
+
+
+async def ensure_database(url: str) -> None:
+    """Create the benchmark database if the server does not have it yet."""
+    parsed = make_url(url)
+    admin = create_async_engine(
+        parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    async with admin.connect() as conn:
+        exists = await conn.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
+        )
+        if not exists:
+            await conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    await admin.dispose()
