@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_tenancy import ConfigurationError, Tenancy, TenancyConfig
+from fastapi_tenancy import ConfigurationError, ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy.isolation import DatabaseIsolation
 from tests import apps
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
@@ -156,3 +156,18 @@ async def test_eviction_under_load_with_200_tenants_and_10_engines(
     database_url: str, admin: AsyncEngine
 ) -> None:
     await eviction_under_load(database_url, admin, tenants=200, cache=10, budget=20)
+
+
+@postgres
+async def test_unreachable_tenant_server_is_a_clear_503_and_leaves_no_record(
+    database_url: str,
+) -> None:
+    config = isolation_config(
+        ("database", database_url),
+        database_url_template="postgresql+asyncpg://u:hunter2@127.0.0.1:1/{database}",
+    )
+    async with Tenancy(config) as tenancy:
+        with pytest.raises(ServiceUnavailable) as failure:
+            await tenancy.create_tenant("acme")
+        assert "hunter2" not in str(failure.value)
+        assert await tenancy.get_tenant("acme") is None

@@ -8,15 +8,15 @@ background, and a global budget caps the server connections of all tenant engine
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.engines import create_engine, redact_url
+from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
@@ -89,23 +89,25 @@ class DatabaseIsolation:
         url = self._url(tenant)
         # An explicit URL names a database the operator made: use it, never create or drop it.
         ours = tenant.database_url is None
-        if ours:
-            await create_database(url, name)
-        try:
-            await self._on_tables(url, create=True)
-        except BaseException:
+        with _reachable(url):
             if ours:
-                await drop_database(url, name)
-            raise
+                await create_database(url, name)
+            try:
+                await self._on_tables(url, create=True)
+            except BaseException:
+                if ours:
+                    await drop_database(url, name)
+                raise
 
     async def purge(self, tenant: Tenant) -> None:
         name = checked_storage_name(tenant.storage_name)
         url = self._url(tenant)
         await self._engines.discard(name)
-        if tenant.database_url is None:
-            await drop_database(url, name)
-        else:
-            await self._on_tables(url, create=False)
+        with _reachable(url):
+            if tenant.database_url is None:
+                await drop_database(url, name)
+            else:
+                await self._on_tables(url, create=False)
 
     async def _on_tables(self, url: str, *, create: bool) -> None:
         # A one-off connection: provisioning and purging never touch the engine cache.
@@ -132,3 +134,15 @@ class DatabaseIsolation:
         return create_engine(
             self._config, self._urls[name], pool_size=self._config.tenant_pool_size, max_overflow=0
         )
+
+
+@contextmanager
+def _reachable(url: str) -> Iterator[None]:
+    # Drivers raise connection failures unwrapped (refused, timed out, unresolvable host); the
+    # tenant's server being down is a 503-kind failure, reported without the URL's password.
+    try:
+        yield
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"tenant database server at {redact_url(url)} is unreachable: {type(exc).__name__}"
+        ) from exc
