@@ -108,6 +108,13 @@ class TenancyConfig(BaseSettings):
     cache_negative_ttl: float = Field(default=5.0, ge=0)
     cache_max_size: int = Field(default=10_000, ge=1)
 
+    # ③ Rate limiting, and the Redis server that shares it between processes.
+    redis_url: SecretStr | None = Field(default=None, repr=False)
+    enable_rate_limiting: bool = False
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    rate_limit_plans: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    rate_limit_fail_closed: bool = True
+
     # ⑤ Isolation.
     isolation_strategy: Literal["row", "schema", "database"] = "row"
     tenant_metadata: str | MetaData | None = None
@@ -161,6 +168,15 @@ class TenancyConfig(BaseSettings):
         value = value.rstrip("/")
         if value and not value.startswith("/"):
             raise ValueError("tenant_path_prefix must be empty or start with '/'")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("domain_suffix")

@@ -6,6 +6,7 @@
     │   └── InvalidTenantIdentifier   404: the identifier is malformed (same public body)
     ├── TenantSuspended               403
     ├── AuthenticationFailed          401: bad, expired or unacceptable token
+    ├── RateLimitExceeded             429: the tenant used its requests for now
     ├── ServiceUnavailable            503: tenant storage unreachable
     ├── TenantAlreadyExists           lifecycle: identifier taken
     ├── InvalidTransition             lifecycle: e.g. suspending a deleted tenant
@@ -28,6 +29,7 @@ __all__ = [
     "CrossTenantAccess",
     "InvalidTenantIdentifier",
     "InvalidTransition",
+    "RateLimitExceeded",
     "ServiceUnavailable",
     "TenancyError",
     "TenantAlreadyExists",
@@ -50,6 +52,10 @@ class TenancyError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.public_detail)
+
+    def response_headers(self) -> Mapping[str, str]:
+        """Headers the error response carries (e.g. ``Retry-After``)."""
+        return self.headers
 
 
 class ConfigurationError(TenancyError):
@@ -83,6 +89,27 @@ class AuthenticationFailed(TenancyError):
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Unauthorized"
     headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
+
+
+class RateLimitExceeded(TenancyError):
+    """The tenant sent more requests than its limit allows in the current window."""
+
+    status_code = 429
+    ws_close_code = WS_POLICY_VIOLATION
+    public_detail = "Too many requests"
+
+    def __init__(self, *, limit: int, retry_after: int) -> None:
+        super().__init__(f"rate limit of {limit} requests per minute reached")
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def response_headers(self) -> Mapping[str, str]:
+        return {
+            "Retry-After": str(self.retry_after),
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(self.retry_after),
+        }
 
 
 class ServiceUnavailable(TenancyError):

@@ -70,9 +70,14 @@ class TenancyMiddleware:
             if resolution is None:
                 raise TenantNotFound()
             tenant = await tenancy.lookup.resolve(resolution.identifier)
+            decision = None
+            if tenancy.limiter is not None and scope["type"] == "http":
+                decision = await tenancy.limiter.check(tenant)
         except TenancyError as exc:
             await _reject(scope, send, exc)
             return
+        if decision is not None:
+            send = _with_headers(send, decision.headers())
         state = {**scope.get("state", {}), "tenant": tenant}
         child = {**scope, SCOPE_KEY: tenancy, "state": state}
         if resolution.mount:
@@ -161,6 +166,15 @@ class TenancyMiddleware:
             await close_once()
 
 
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return send_with_headers
+
+
 def _replay(first: Message, receive: Receive) -> Receive:
     pending: list[Message] = [first]
 
@@ -177,7 +191,9 @@ async def _reject(scope: Scope, send: Send, exc: TenancyError) -> None:
         await send({"type": "websocket.close", "code": exc.ws_close_code, "reason": ""})
         return
     response = JSONResponse(
-        {"detail": exc.public_detail}, status_code=exc.status_code, headers=exc.headers
+        {"detail": exc.public_detail},
+        status_code=exc.status_code,
+        headers=dict(exc.response_headers()),
     )
     await response(scope, _no_receive, send)
 

@@ -21,6 +21,7 @@ from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
+from fastapi_tenancy.ratelimit import TenantRateLimiter
 from fastapi_tenancy.resolution import build_resolver
 from fastapi_tenancy.resolution.base import TenantResolver
 from fastapi_tenancy.store.base import TenantStore
@@ -67,6 +68,9 @@ class Tenancy:
             negative_ttl=self.config.cache_negative_ttl,
         )
         self.resolver: TenantResolver = build_resolver(self.config)
+        self.limiter: TenantRateLimiter | None = None
+        if self.config.enable_rate_limiting:
+            self.limiter = TenantRateLimiter.from_config(self.config)
         self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
         self.hooks = Hooks()
         self.inflight = InFlight()
@@ -102,6 +106,8 @@ class Tenancy:
             try:
                 if self.audit is not None:
                     await self.audit.close()
+                if self.limiter is not None:
+                    await self.limiter.close()
                 await self.isolation.close()
                 await self.store.close()
                 if self.cache is not None:

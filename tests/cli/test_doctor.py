@@ -18,6 +18,7 @@ from fastapi_tenancy.cli.checks import (
     check_engine_cache,
     check_health_path,
     check_pool,
+    check_shared_state,
     check_sqlite_workers,
     check_ssl,
 )
@@ -56,7 +57,7 @@ def test_text_report_has_one_line_per_check_with_a_fix(tmp_path: Path) -> None:
     echo = next(line for line in lines if line.split()[1] == "echo")
     assert echo.startswith("warn")
     assert "TENANCY_DATABASE_ECHO=false" in echo
-    assert lines[-1] == "7 ok, 2 warn, 0 fail"
+    assert lines[-1] == "8 ok, 2 warn, 0 fail"
 
 
 def test_echo_on_warns_without_failing(tmp_path: Path) -> None:
@@ -150,3 +151,11 @@ def test_database_check_reports_the_probe_error() -> None:
     assert check_database(ServerFacts(reachable=True)).status == "ok"
     failed = check_database(ServerFacts(reachable=False, error="db:5432 is unreachable"))
     assert (failed.status, failed.message) == ("fail", "db:5432 is unreachable")
+
+
+def test_rate_limits_without_redis_warn_when_several_workers_run() -> None:
+    limited = TenancyConfig(enable_rate_limiting=True)
+    assert check_shared_state(limited, workers=4).status == "warn"
+    assert check_shared_state(limited, workers=1).status == "ok"
+    shared = TenancyConfig(enable_rate_limiting=True, redis_url="redis://127.0.0.1:6379/0")
+    assert check_shared_state(shared, workers=4).status == "ok"

@@ -22,6 +22,7 @@ __all__ = [
     "check_config",
     "check_database",
     "check_echo",
+    "check_shared_state",
     "check_engine_cache",
     "check_health_path",
     "check_jwt",
@@ -201,6 +202,18 @@ def check_echo(config: TenancyConfig) -> CheckResult:
     )
 
 
+def check_shared_state(config: TenancyConfig, workers: int) -> CheckResult:
+    """Rate limits kept in each process's memory multiply by the number of processes."""
+    if not config.enable_rate_limiting or workers <= 1 or config.redis_url is not None:
+        return CheckResult("redis", "ok", "no state needs sharing between workers")
+    return CheckResult(
+        "redis",
+        "warn",
+        f"rate limits are counted per process: {workers} workers admit {workers}x the limit",
+        "set TENANCY_REDIS_URL so every worker shares one count",
+    )
+
+
 def check_engine_cache(config: TenancyConfig, tenant_count: int | None) -> CheckResult:
     """Under database isolation, the engine cache holds every tenant's engine."""
     if config.isolation_strategy != "database":
@@ -249,5 +262,6 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
         check_sqlite_workers(config, workers),
         check_health_path(config),
         check_echo(config),
+        check_shared_state(config, workers),
         check_engine_cache(config, facts.tenant_count),
     ]
