@@ -34,3 +34,19 @@ async def ensure_database(url: str) -> None:
         if not exists:
             await conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
     await admin.dispose()
+
+
+async def drop_schemas(url: str, prefix: str) -> None:
+    """Drop every schema whose name starts with ``prefix``.
+
+    One transaction per schema: dropping a thousand in one exhausts the server's lock table.
+    """
+    pattern = prefix.replace("_", "\\_") + "%"
+    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        names = await conn.execute(
+            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"), {"p": pattern}
+        )
+        for (name,) in names.all():
+            await conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+    await engine.dispose()

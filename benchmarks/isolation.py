@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from benchmarks.common import add_url_argument, ensure_database
+from benchmarks.common import add_url_argument, drop_schemas, ensure_database
 from fastapi_tenancy import (
     Tenancy,
     TenancyConfig,
@@ -97,13 +97,9 @@ def tenancy_app(tenancy: Tenancy) -> FastAPI:
 
 
 async def reset(url: str) -> None:
+    await drop_schemas(url, "bench_")
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.begin() as conn:
-        schemas = await conn.execute(
-            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
-        )
-        for (schema,) in schemas.all():
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await conn.execute(text("DROP TABLE IF EXISTS bench_items, tenancy_tenants CASCADE"))
     await engine.dispose()
     admin = create_async_engine(

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from benchmarks.common import add_url_argument, ensure_database
+from benchmarks.common import add_url_argument, drop_schemas, ensure_database
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.migrations import upgrade
 
@@ -55,22 +55,17 @@ def script_directory(folder: Path) -> Config:
     return config
 
 
-async def drop_schemas(url: str) -> None:
-    # One transaction per schema: dropping a thousand in one exhausts the server's lock table.
-    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        names = await conn.execute(
-            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ops\\_%'")
-        )
-        for (name,) in names.all():
-            await conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+async def reset(url: str) -> None:
+    await drop_schemas(url, "ops_")
+    engine = create_async_engine(url, poolclass=NullPool)
+    async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS tenancy_tenants, tenancy_audit"))
     await engine.dispose()
 
 
 async def run(url: str, tenants: int, concurrency: int) -> None:
     await ensure_database(url)
-    await drop_schemas(url)
+    await reset(url)
     config = TenancyConfig(
         database_url=url,
         isolation_strategy="schema",
@@ -102,7 +97,7 @@ async def run(url: str, tenants: int, concurrency: int) -> None:
         print(f"{label:<34}{count:>8}{seconds:>10.2f}{seconds / count * 1000:>10.1f}ms")
     assert first.failed == again.failed == 0
     print(f"no-op re-run under 10 s: {'yes' if again.seconds < 10 else 'NO'}")
-    await drop_schemas(url)
+    await reset(url)
 
 
 def main() -> None:

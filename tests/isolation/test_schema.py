@@ -45,6 +45,12 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+def schema_isolation(engine: AsyncEngine, binding: Binding) -> SchemaIsolation:
+    return SchemaIsolation(
+        engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX, binding=binding
+    )
+
+
 async def names(tenancy: Tenancy, identifier: str) -> list[str]:
     async with tenancy.session(identifier) as session:
         return sorted((await session.scalars(select(Item.name))).all())
@@ -102,9 +108,7 @@ async def test_commit_then_read_stays_in_the_tenant_schema(tenancy: Tenancy) -> 
 async def test_existing_schema_is_refused_and_left_alone(
     database_url: str, binding: Binding, engine: AsyncEngine
 ) -> None:
-    isolation = SchemaIsolation(
-        engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX, binding=binding
-    )
+    isolation = schema_isolation(engine, binding)
     tenant = isolation.assign_storage(Tenant(identifier="squatter"))
     schema = tenant.storage_name
     assert schema is not None
@@ -121,9 +125,7 @@ async def test_existing_schema_is_refused_and_left_alone(
 async def test_failed_provisioning_drops_only_what_it_created(
     database_url: str, binding: Binding, engine: AsyncEngine
 ) -> None:
-    isolation = SchemaIsolation(
-        engine, TenantTables(Base.metadata), prefix=TEST_STORAGE_PREFIX, binding=binding
-    )
+    isolation = schema_isolation(engine, binding)
     tenant = isolation.assign_storage(Tenant(identifier="doomed"))
     async with engine.begin() as conn:
         exists_before = await _schema_exists(conn, tenant.storage_name)

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, delete, event
+from sqlalchemy import delete, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
 from sqlalchemy.orm.util import LoaderCriteriaOption
@@ -196,8 +196,4 @@ class RowIsolation:
     async def purge(self, tenant: Tenant) -> None:
         async with self._engine.begin() as conn:
             for table in self._tables.scoped_tables_children_first():
-                await conn.execute(delete(table).where(_tenant_column(table) == tenant.id))
-
-
-def _tenant_column(table: Table) -> Any:
-    return table.c.tenant_id
+                await conn.execute(delete(table).where(table.c.tenant_id == tenant.id))
