@@ -7,7 +7,7 @@ from typing import Protocol
 
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["CachedLookup", "TenantCache"]
+__all__ = ["CacheObserver", "CachedLookup", "TenantCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +36,17 @@ class TenantCache(Protocol):
     async def clear(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class CacheObserver(Protocol):
+    """Told about every cache lookup and backend failure; the metrics implement it.
+
+    ``layer`` is ``"memory"`` or ``"redis"``; ``result`` is ``"hit"``, ``"miss"`` or
+    ``"negative_hit"`` (a cached "no such tenant").
+    """
+
+    def cache_lookup(self, layer: str, result: str) -> None: ...
+
+    def cache_backend_error(self, layer: str) -> None: ...
+
+    def cache_backend_up(self, layer: str, up: bool) -> None: ...
