@@ -17,6 +17,7 @@ from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.events import Hooks
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
 from fastapi_tenancy.lookup import TenantLookup
@@ -29,6 +30,7 @@ from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 
 if TYPE_CHECKING:
     from fastapi_tenancy.lifecycle import TenantLifecycle
+    from fastapi_tenancy.metrics import TenancyMetrics
 
 __all__ = ["Tenancy"]
 
@@ -56,6 +58,9 @@ class Tenancy:
         cache: TenantCache | None = None,
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
+        self.metrics: TenancyMetrics | None = None
+        if self.config.enable_metrics:
+            self.metrics = _build_metrics(self.config)
         self.engine: AsyncEngine = create_engine(self.config)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
         if cache is None and self.config.cache_enabled:
@@ -226,3 +231,16 @@ class Tenancy:
         """Destroy a deleted tenant's data and record; the only destructive operation."""
         await self.start()
         await self.lifecycle.purge(identifier)
+
+
+def _build_metrics(config: TenancyConfig) -> TenancyMetrics:
+    # prometheus-client is an optional extra: imported only when metrics are enabled.
+    try:
+        from fastapi_tenancy.metrics import TenancyMetrics
+    except ModuleNotFoundError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ConfigurationError(
+            "enable_metrics needs prometheus-client: install fastapi-tenancy[metrics]"
+        ) from exc
+    return TenancyMetrics.from_config(config)

@@ -1,0 +1,69 @@
+"""The ``/metrics`` endpoint: a mountable ASGI app serving the Prometheus exposition."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.middleware import SCOPE_KEY
+from fastapi_tenancy.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi_tenancy.metrics.core import TenancyMetrics
+    from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["metrics_app"]
+
+DISABLED_BODY = b"fastapi-tenancy metrics are disabled: set TENANCY_ENABLE_METRICS=true\n"
+
+
+def metrics_app(tenancy: Tenancy | None = None) -> ASGIApp:
+    """An ASGI app that serves the runtime's metrics in the Prometheus text format.
+
+    Mount it under a path the middleware excludes, so scrapers need no tenant::
+
+        config = TenancyConfig(enable_metrics=True, excluded_paths="/health,/metrics")
+        app.add_middleware(TenancyMiddleware, config=config)
+        app.mount("/metrics", metrics_app())
+
+    Without ``tenancy`` it serves the runtime of the `TenancyMiddleware` in front of it. With
+    ``PROMETHEUS_MULTIPROC_DIR`` set it serves the sum over every worker process.
+    """
+    served: dict[int, ASGIApp] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = tenancy if tenancy is not None else scope.get(SCOPE_KEY)
+        if runtime is None:
+            raise ConfigurationError(
+                "metrics_app() found no tenancy runtime: mount it behind TenancyMiddleware (on a "
+                "path in excluded_paths) or pass metrics_app(tenancy)"
+            )
+        metrics: TenancyMetrics | None = runtime.metrics
+        if metrics is None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": DISABLED_BODY})
+            return
+        exposition = served.get(id(metrics))
+        if exposition is None:
+            exposition = served[id(metrics)] = make_asgi_app(_registry_of(metrics))
+        await exposition(scope, receive, send)
+
+    return app
+
+
+def _registry_of(metrics: TenancyMetrics) -> CollectorRegistry:
+    if metrics.registry is not None:
+        return metrics.registry
+    # Multi-process mode: every scrape sums the value files of all workers, live or dead.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics.multiprocess_dir)  # type: ignore[no-untyped-call]
+    return registry
