@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig, TenancyMiddleware
+from fastapi_tenancy.testing import run_app
 from tests import apps
 from tests.models import Base
 
@@ -40,8 +41,8 @@ async def seed(tenancy: Tenancy) -> None:
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     app = apps.create_app(sqlite_config(tmp_path))
-    async with LifespanManager(app):
-        await seed(app.state.tenancy)
+    async with run_app(app) as harness:
+        await seed(harness.tenancy)
         yield app
 
 
