@@ -12,7 +12,8 @@ from fastapi_tenancy.resolution import Resolution, TenantResolver
 Header = tuple[str | bytes, str | bytes]
 
 
-def _raw(value: str | bytes) -> bytes:
+def raw_header(value: str | bytes) -> bytes:
+    """A header value as ASGI carries it: ``str`` encoded as latin-1, ``bytes`` kept."""
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
@@ -29,7 +30,7 @@ def http_scope(
         "path": path,
         "root_path": root_path,
         "headers": [
-            (name.lower().encode("latin-1") if isinstance(name, str) else name, _raw(value))
+            (name.lower().encode("latin-1") if isinstance(name, str) else name, raw_header(value))
             for name, value in headers
         ],
         "client": client,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.resolution import Resolution, SubdomainResolver
-from tests.resolution.scopes import Header, http_scope, resolve_or_refuse
+from tests.resolution.scopes import Header, http_scope, raw_header, resolve_or_refuse
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 RESOLVER = SubdomainResolver("example.com", trusted_proxies=PROXIES)
@@ -83,14 +83,88 @@ def test_trusted_proxy_chooses_tenant_with_forwarded_host() -> None:
     assert RESOLVER.resolve(scope) == Resolution("acme")
 
 
-def test_first_forwarded_host_is_the_one_the_client_asked_for() -> None:
+def test_only_the_forwarded_host_the_trusted_proxy_appended_counts() -> None:
+    # A proxy that appends keeps whatever the client sent in front of its own value.
     scope = host_scope(
         "internal.example.com",
-        ("x-forwarded-host", " acme.example.com:443, globex.example.com"),
-        ("x-forwarded-host", "initech.example.com"),
+        ("x-forwarded-host", "globex.example.com, initech.example.com"),
+        ("x-forwarded-host", " acme.example.com:443 "),
         client=PROXY_PEER,
     )
     assert RESOLVER.resolve(scope) == Resolution("acme")
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        "host=acme.example.com",
+        'Host="acme.example.com:8443"',
+        "for=192.0.2.60;proto=https;host=acme.example.com;by=10.0.0.1",
+        'for="[2001:db8::1]:4711";host=acme.example.com',
+        "host=globex.example.com, for=10.0.0.2;host=acme.example.com",
+        'host="globex.example.com,x"; for=1, host=acme.example.com',
+        ' host="a\\cme.example.com" ',
+    ],
+)
+def test_trusted_proxy_chooses_tenant_with_the_last_forwarded_element(forwarded: str) -> None:
+    scope = host_scope("internal.example.com", ("forwarded", forwarded), client=PROXY_PEER)
+    assert RESOLVER.resolve(scope) == Resolution("acme")
+
+
+def test_forwarded_elements_split_across_headers_are_one_list() -> None:
+    scope = host_scope(
+        "internal.example.com",
+        ("forwarded", "host=globex.example.com"),
+        ("forwarded", "for=10.0.0.2;host=acme.example.com"),
+        client=PROXY_PEER,
+    )
+    assert RESOLVER.resolve(scope) == Resolution("acme")
+
+
+def test_last_forwarded_element_without_a_host_falls_back_to_the_other_headers() -> None:
+    # The client's own element names globex; the proxy's element names no host at all.
+    scope = host_scope(
+        "acme.example.com",
+        ("forwarded", "host=globex.example.com, for=192.0.2.1"),
+        client=PROXY_PEER,
+    )
+    assert RESOLVER.resolve(scope) == Resolution("acme")
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        "host",
+        "host=a.example.com;;",
+        'host="acme.example.com',
+        "host=acme.example.com;host=globex.example.com",
+        "=acme.example.com",
+        "host=acme example.com",
+        "host=a,,host=b",
+    ],
+)
+def test_malformed_forwarded_header_from_a_trusted_proxy_is_rejected(forwarded: str) -> None:
+    scope = host_scope("acme.example.com", ("forwarded", forwarded), client=PROXY_PEER)
+    with pytest.raises(InvalidTenantIdentifier):
+        RESOLVER.resolve(scope)
+
+
+def test_forwarded_and_x_forwarded_host_must_agree() -> None:
+    agreeing = host_scope(
+        "internal.example.com",
+        ("forwarded", "host=ACME.example.com:443"),
+        ("x-forwarded-host", "acme.example.com"),
+        client=PROXY_PEER,
+    )
+    assert RESOLVER.resolve(agreeing) == Resolution("acme")
+    disagreeing = host_scope(
+        "internal.example.com",
+        ("forwarded", "host=acme.example.com"),
+        ("x-forwarded-host", "globex.example.com"),
+        client=PROXY_PEER,
+    )
+    with pytest.raises(InvalidTenantIdentifier):
+        RESOLVER.resolve(disagreeing)
 
 
 def test_trusted_proxy_without_forwarded_host_falls_back_to_host() -> None:
@@ -123,7 +197,10 @@ def test_forwarded_host_from_a_trusted_proxy_is_validated() -> None:
 )
 def test_untrusted_peer_cannot_choose_tenant_with_forwarded_host(client: Any) -> None:
     scope = host_scope(
-        "acme.example.com", ("x-forwarded-host", "globex.example.com"), client=client
+        "acme.example.com",
+        ("x-forwarded-host", "globex.example.com"),
+        ("forwarded", "host=initech.example.com"),
+        client=client,
     )
     assert RESOLVER.resolve(scope) == Resolution("acme")
 
@@ -186,4 +263,5 @@ def test_any_host_resolves_to_a_valid_identifier_or_is_refused(
 ) -> None:
     headers: list[Header] = [("host", host) for host in hosts]
     headers += [("x-forwarded-host", host) for host in forwarded]
+    headers += [("forwarded", b"for=x;host=" + raw_header(host)) for host in forwarded]
     resolve_or_refuse(RESOLVER, http_scope(headers=headers, client=client))
