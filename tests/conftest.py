@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import PrivateRedis
 from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
 
 
@@ -49,3 +50,14 @@ async def empty_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
     finally:
         await reset_database(url)
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A ``redis-server`` of the test's own, which it may stop and start."""
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -75,18 +75,30 @@ class TenantLookup:
         return await asyncio.shield(task)
 
     async def invalidate(self, identifier: str) -> None:
-        """Forget what is known about ``identifier``; the next request reads the store."""
-        self._generation += 1
-        self._inflight.pop(identifier, None)
+        """Forget what is known about ``identifier``, in every process the cache reaches."""
+        self.forget(identifier)
         if self._cache is not None:
             await self._cache.delete(identifier)
 
+    def forget(self, identifier: str | None) -> None:
+        """Discard loads in flight for ``identifier`` (``None``: all), so none of them is cached.
+
+        Called when another process invalidated the identifier; the cache dropped its entry.
+        """
+        self._generation += 1
+        if identifier is None:
+            self._inflight.clear()
+        else:
+            self._inflight.pop(identifier, None)
+
     async def _load(self, identifier: str, generation: int) -> Tenant | None:
+        cache = self._cache
+        token = await cache.read_token(identifier) if cache is not None else None
         tenant = await self._store.get_by_identifier(identifier)
-        if self._cache is not None and generation == self._generation:
+        if cache is not None and generation == self._generation:
             ttl = self._ttl if tenant is not None else self._negative_ttl
             if ttl > 0:
-                await self._cache.set(identifier, tenant, ttl=ttl)
+                await cache.set(identifier, tenant, ttl=ttl, token=token)
         return tenant
 
     def _forget(self, identifier: str, done: asyncio.Task[Tenant | None]) -> None:

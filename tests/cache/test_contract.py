@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import pytest
 
 from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache, TenantCache
 from fastapi_tenancy.models import Tenant
+from tests.cache.redis import redis_cache
 
 ACME = Tenant(identifier="acme", name="Acme", metadata={"plan": "pro"})
 GLOBEX = Tenant(identifier="globex")
@@ -28,12 +30,14 @@ class ManualClock:
 class CacheBackend:
     """How the tests drive one implementation: build a cache, let time pass."""
 
-    build: Callable[[int], TenantCache]
+    build: Callable[[int], Awaitable[TenantCache]]
     advance: Callable[[float], Awaitable[None]]
+    # Whether max_size bounds the cache; Redis bounds its memory with its own maxmemory policy.
+    bounded: bool = True
     opened: list[TenantCache] = field(default_factory=list)
 
-    def new(self, max_size: int = 100) -> TenantCache:
-        cache = self.build(max_size)
+    async def new(self, max_size: int = 100) -> TenantCache:
+        cache = await self.build(max_size)
         self.opened.append(cache)
         return cache
 
@@ -44,23 +48,56 @@ def memory_backend() -> CacheBackend:
     async def advance(seconds: float) -> None:
         clock.now += seconds
 
-    return CacheBackend(lambda max_size: MemoryTenantCache(max_size, timer=clock), advance)
+    async def build(max_size: int) -> TenantCache:
+        return MemoryTenantCache(max_size, timer=clock)
+
+    return CacheBackend(build, advance)
 
 
-BACKENDS: dict[str, Callable[[], CacheBackend]] = {"memory": memory_backend}
+def redis_backend() -> CacheBackend:
+    # Redis keeps time itself, so the clock is the real one; the TTLs in these tests are short.
+    async def build(_max_size: int) -> TenantCache:
+        return redis_cache()
+
+    return CacheBackend(build, asyncio.sleep, bounded=False)
 
 
-@pytest.fixture(params=[pytest.param("memory", id="memory")])
+def layered_backend() -> CacheBackend:
+    async def build(max_size: int) -> TenantCache:
+        from fastapi_tenancy.cache.layered import LayeredTenantCache
+
+        layered = LayeredTenantCache(MemoryTenantCache(max_size), redis_cache())
+        await layered.start()
+        return layered
+
+    return CacheBackend(build, asyncio.sleep, bounded=False)
+
+
+BACKENDS: dict[str, Callable[[], CacheBackend]] = {
+    "memory": memory_backend,
+    "redis": redis_backend,
+    "layered": layered_backend,
+}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("layered", id="layered", marks=pytest.mark.redis),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
     backend = BACKENDS[request.param]()
     yield backend
     for cache in backend.opened:
+        await cache.clear()
         await cache.close()
 
 
 @pytest.fixture
-def cache(backend: CacheBackend) -> TenantCache:
-    return backend.new()
+async def cache(backend: CacheBackend) -> TenantCache:
+    return await backend.new()
 
 
 async def test_unknown_identifier_is_a_miss(cache: TenantCache) -> None:
@@ -81,7 +118,7 @@ async def test_cached_absence_is_a_negative_hit(cache: TenantCache) -> None:
 
 
 async def test_entries_expire_after_their_own_ttl(backend: CacheBackend) -> None:
-    cache = backend.new()
+    cache = await backend.new()
     await cache.set("acme", ACME, ttl=0.4)
     await cache.set("nobody", None, ttl=0.2)
 
@@ -119,7 +156,9 @@ async def test_clear_forgets_everything(cache: TenantCache) -> None:
 
 
 async def test_least_recently_used_entry_is_evicted_at_max_size(backend: CacheBackend) -> None:
-    cache = backend.new(max_size=2)
+    if not backend.bounded:
+        pytest.skip("Redis bounds its memory with its own maxmemory policy, not max_size")
+    cache = await backend.new(max_size=2)
     await cache.set("acme", ACME, ttl=60)
     await cache.set("globex", GLOBEX, ttl=60)
     assert await cache.get("acme") is not None  # acme is now the most recently used
@@ -132,7 +171,7 @@ async def test_least_recently_used_entry_is_evicted_at_max_size(backend: CacheBa
 
 
 async def test_set_overwrites_the_entry_and_its_ttl(backend: CacheBackend) -> None:
-    cache = backend.new()
+    cache = await backend.new()
     await cache.set("acme", None, ttl=0.2)
 
     await cache.set("acme", ACME, ttl=0.6)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from fastapi_tenancy.cache.base import CachedLookup, CacheObserver, TenantCache
+from fastapi_tenancy.cache.base import CachedLookup, CacheObserver, SharedTenantCache, TenantCache
 from fastapi_tenancy.cache.memory import MemoryTenantCache
 
-__all__ = ["CacheObserver", "CachedLookup", "MemoryTenantCache", "TenantCache"]
+__all__ = ["CacheObserver", "CachedLookup", "MemoryTenantCache", "SharedTenantCache", "TenantCache"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["CacheObserver", "CachedLookup", "TenantCache"]
+__all__ = ["CacheObserver", "CachedLookup", "SharedTenantCache", "TenantCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,17 @@ class TenantCache(Protocol):
         """The cached lookup, or ``None`` on a miss or after its TTL ran out."""
         ...
 
-    async def set(self, identifier: str, tenant: Tenant | None, *, ttl: float) -> None:
+    async def read_token(self, identifier: str) -> str | None:
+        """A token to pass to `set` after reading the store, or ``None`` if not needed.
+
+        Shared caches use it to refuse a write that raced with an invalidation: the lookup reads
+        the token, then the store, then sets with the token.
+        """
+        ...
+
+    async def set(
+        self, identifier: str, tenant: Tenant | None, *, ttl: float, token: str | None = None
+    ) -> None:
         """Cache ``tenant`` (or its absence, when ``None``) for ``ttl`` seconds."""
         ...
 
@@ -50,3 +61,16 @@ class CacheObserver(Protocol):
     def cache_backend_error(self, layer: str) -> None: ...
 
     def cache_backend_up(self, layer: str, up: bool) -> None: ...
+
+
+@runtime_checkable
+class SharedTenantCache(TenantCache, Protocol):
+    """A cache shared between processes, which hears of invalidations made elsewhere.
+
+    ``start`` opens its subscription; each of ``listeners`` is called with an identifier that
+    another process invalidated (``None`` for all of them).
+    """
+
+    listeners: list[Callable[[str | None], None]]
+
+    async def start(self) -> None: ...

@@ -52,7 +52,13 @@ class MemoryTenantCache:
         entry = self._entries.get(identifier)
         return None if entry is None else entry.lookup
 
-    async def set(self, identifier: str, tenant: Tenant | None, *, ttl: float) -> None:
+    async def read_token(self, identifier: str) -> None:
+        """No token: a process-local cache cannot race with another process's invalidation."""
+        return None
+
+    async def set(
+        self, identifier: str, tenant: Tenant | None, *, ttl: float, token: str | None = None
+    ) -> None:
         """Cache ``tenant`` (or its absence, when ``None``) for ``ttl`` seconds."""
         if ttl <= 0:
             # Nothing may be cached for no time; an older entry is now stale, so it goes too.

@@ -1,0 +1,92 @@
+"""`InvalidationListener`: hears the invalidations other processes publish over Redis pub/sub.
+
+Pub/sub delivers at most once: a message sent while this process is disconnected is lost. So the
+listener reports every state change, and on (re)connecting tells its owner to forget everything
+it holds, since it cannot know what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["InvalidationListener"]
+
+logger = logging.getLogger("fastapi_tenancy.cache")
+
+# How long a get_message call waits before the loop checks that it should still run.
+POLL_SECONDS = 1.0
+
+
+class InvalidationListener:
+    """Subscribes to ``channel`` in a background task and calls back for every message.
+
+    ``on_message(identifier)`` runs for each invalidation (``"*"`` means all), and
+    ``on_connected(up)`` when the subscription is established (``True``) or lost (``False``).
+    After a loss it retries every ``retry_seconds`` on its own.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        channel: str,
+        *,
+        on_message: Callable[[str], Awaitable[None]],
+        on_connected: Callable[[bool], Awaitable[None]],
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self, *, wait: float) -> None:
+        """Start listening; wait up to ``wait`` seconds for the first subscription."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name="fastapi-tenancy-invalidation")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), wait)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        connected: bool | None = None
+        while True:
+            pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                if connected is not True:
+                    connected = True
+                    await self._on_connected(True)
+                self._subscribed.set()
+                while True:
+                    message = await pubsub.get_message(timeout=POLL_SECONDS)
+                    if message is not None and message.get("type") == "message":
+                        await self._on_message(str(message["data"]))
+            except (RedisError, OSError) as exc:
+                if connected is not False:
+                    connected = False
+                    logger.warning("tenant cache invalidation channel lost: %s", exc)
+                    await self._on_connected(False)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
+            await asyncio.sleep(self._retry_seconds)

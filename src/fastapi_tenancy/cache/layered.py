@@ -1,0 +1,221 @@
+"""`LayeredTenantCache`: process memory (L1) in front of Redis (L2), kept coherent by pub/sub.
+
+* A read tries memory, then Redis; a Redis hit is copied into memory for the time it has left.
+* A delete removes the entry from both and announces it, so every other process drops it from
+  memory within the pub/sub latency, not after the TTL.
+* While Redis is unreachable the cache serves from memory and the store, each failure is logged
+  and counted, and memory entries live at most ``degraded_ttl`` seconds: with no invalidations
+  arriving, that bound is how long another process's change can take to show. Invalidations that
+  could not be announced are retried when Redis answers again; the listener's reconnection turns
+  Redis back on, and since messages may have been missed meanwhile, memory is emptied then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from fastapi_tenancy.cache.base import CachedLookup, CacheObserver
+from fastapi_tenancy.cache.invalidation import InvalidationListener
+from fastapi_tenancy.cache.memory import MemoryTenantCache
+from fastapi_tenancy.cache.redis import CLEAR_ALL, RedisTenantCache
+from fastapi_tenancy.models import Tenant
+
+__all__ = ["LayeredTenantCache"]
+
+logger = logging.getLogger("fastapi_tenancy.cache")
+
+MEMORY = "memory"
+REDIS = "redis"
+# What a Redis failure can raise: redis-py's errors, and OS-level socket errors it lets through.
+REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class LayeredTenantCache:
+    """A `TenantCache` over a `MemoryTenantCache` and a `RedisTenantCache`; see the module.
+
+    ``listeners`` are called with the identifier (``None`` for all) whenever another process
+    invalidates something, so the owner can also discard loads in flight.
+
+    Example::
+
+        cache = LayeredTenantCache(MemoryTenantCache(10_000), RedisTenantCache(client))
+        await cache.start()            # subscribes to the invalidation channel
+        ...
+        await cache.close()
+    """
+
+    def __init__(
+        self,
+        memory: MemoryTenantCache,
+        redis: RedisTenantCache,
+        *,
+        observer: CacheObserver | None = None,
+        degraded_ttl: float = 1.0,
+        retry_seconds: float = 1.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.memory = memory
+        self.redis = redis
+        self.listeners: list[Callable[[str | None], None]] = []
+        self._observer = observer
+        self._degraded_ttl = degraded_ttl
+        self._retry_seconds = retry_seconds
+        self._timer = timer
+        self._channel_up = False
+        self._retry_at = 0.0
+        self._unannounced: set[str] = set()
+        self._listener = InvalidationListener(
+            redis.client,
+            redis.channel,
+            on_message=self._on_message,
+            on_connected=self._on_channel,
+            retry_seconds=retry_seconds,
+        )
+
+    @property
+    def redis_available(self) -> bool:
+        """Whether lookups currently use Redis (subscribed, and no recent command failure)."""
+        return self._channel_up and self._timer() >= self._retry_at
+
+    async def start(self) -> None:
+        """Subscribe to invalidations, waiting briefly so the first requests already use Redis."""
+        await self._listener.start(wait=self._retry_seconds)
+
+    async def get(self, identifier: str) -> CachedLookup | None:
+        hit = await self.memory.get(identifier)
+        if hit is not None:
+            self._observe(MEMORY, hit)
+            return hit
+        self._observe(MEMORY, None)
+        if not self.redis_available:
+            return None
+        try:
+            hit, remaining = await self.redis.get_with_ttl(identifier)
+        except REDIS_FAILURES as exc:
+            self._failed("read", exc)
+            return None
+        self._observe(REDIS, hit)
+        if hit is not None:
+            await self.memory.set(identifier, hit.tenant, ttl=self._memory_ttl(remaining))
+        await self._announce_pending()
+        return hit
+
+    async def read_token(self, identifier: str) -> str | None:
+        """Redis's invalidation count for ``identifier``, read before the store; see `set`."""
+        if not self.redis_available:
+            return None
+        try:
+            return await self.redis.read_token(identifier)
+        except REDIS_FAILURES as exc:
+            self._failed("read", exc)
+            return None
+
+    async def set(
+        self, identifier: str, tenant: Tenant | None, *, ttl: float, token: str | None = None
+    ) -> None:
+        """Cache in memory and in Redis; with ``token``, Redis only if nothing invalidated since.
+
+        Without a token (Redis was down when the store was read) nothing goes to Redis: the
+        answer cannot be proven newer than an invalidation this process did not hear.
+        """
+        await self.memory.set(identifier, tenant, ttl=self._memory_ttl(ttl))
+        if token is None or not self.redis_available:
+            return
+        try:
+            await self.redis.set(identifier, tenant, ttl=ttl, token=token)
+        except REDIS_FAILURES as exc:
+            self._failed("write", exc)
+
+    async def delete(self, identifier: str) -> None:
+        """Forget ``identifier`` here and in Redis, and tell every other process to forget it."""
+        await self.memory.delete(identifier)
+        try:
+            await self.redis.delete(identifier)
+        except REDIS_FAILURES as exc:
+            self._unannounced.add(identifier)
+            self._failed("invalidation", exc)
+
+    async def clear(self) -> None:
+        await self.memory.clear()
+        try:
+            await self.redis.clear()
+        except REDIS_FAILURES as exc:
+            self._unannounced.add(CLEAR_ALL)
+            self._failed("invalidation", exc)
+
+    async def close(self) -> None:
+        await self._listener.close()
+        await self.memory.close()
+        await self.redis.close()
+
+    # Pub/sub callbacks, run by the listener task.
+
+    async def _on_message(self, identifier: str) -> None:
+        if identifier == CLEAR_ALL:
+            await self.memory.clear()
+            self._notify(None)
+        else:
+            await self.memory.delete(identifier)
+            self._notify(identifier)
+
+    async def _on_channel(self, up: bool) -> None:
+        # Up: messages may have been missed while down. Down: entries cached while invalidations
+        # still arrived would otherwise outlive the degraded TTL. Either way memory starts over.
+        self._channel_up = up
+        await self.memory.clear()
+        self._notify(None)
+        if self._observer is not None:
+            self._observer.cache_backend_up(REDIS, up)
+        if up:
+            self._retry_at = 0.0
+            await self._announce_pending()
+
+    # Helpers.
+
+    def _memory_ttl(self, ttl: float) -> float:
+        return ttl if self._channel_up else min(ttl, self._degraded_ttl)
+
+    def _notify(self, identifier: str | None) -> None:
+        for listener in self.listeners:
+            listener(identifier)
+
+    def _observe(self, layer: str, hit: CachedLookup | None) -> None:
+        if self._observer is not None:
+            if hit is None:
+                result = "miss"
+            else:
+                result = "hit" if hit.tenant is not None else "negative_hit"
+            self._observer.cache_lookup(layer, result)
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        first = self._timer() >= self._retry_at
+        self._retry_at = self._timer() + self._retry_seconds
+        if self._observer is not None:
+            self._observer.cache_backend_error(REDIS)
+        if first:
+            logger.warning(
+                "tenant cache: Redis %s failed (%s: %s); serving from memory and the store, "
+                "retrying in %.0f s",
+                operation,
+                type(exc).__name__,
+                exc,
+                self._retry_seconds,
+            )
+
+    async def _announce_pending(self) -> None:
+        while self._unannounced:
+            identifier = self._unannounced.pop()
+            try:
+                if identifier == CLEAR_ALL:
+                    await self.redis.clear()
+                else:
+                    await self.redis.delete(identifier)
+            except REDIS_FAILURES as exc:
+                self._unannounced.add(identifier)
+                self._failed("invalidation", exc)
+                return
