@@ -64,8 +64,16 @@ class TenantRateLimiter:
         per_minute: int,
         plans: dict[str, int] | None = None,
         fail_closed: bool = True,
+        timeout: float = 1.0,
     ) -> None:
-        options = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
+        options: dict[str, float | str | bool] = {}
+        if "redis" in storage_uri.split("://")[0]:
+            # A Redis that stops answering must fail the check within ``timeout``, not hang it.
+            options = {
+                "implementation": "redispy",
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+            }
         try:
             storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
         except Exception as exc:  # limits raises for an unknown scheme or a missing driver
@@ -90,6 +98,7 @@ class TenantRateLimiter:
             per_minute=config.rate_limit_per_minute,
             plans=config.rate_limit_plans,
             fail_closed=config.rate_limit_fail_closed,
+            timeout=config.redis_timeout,
         )
 
     async def close(self) -> None:
