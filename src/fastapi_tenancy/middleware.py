@@ -62,6 +62,9 @@ class TenancyMiddleware:
         if self._is_excluded(scope):
             await self.app({**scope, SCOPE_KEY: tenancy}, receive, send)
             return
+        metrics = tenancy.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        tenant: Tenant | None = None
         try:
             if not tenancy.started:
                 # No lifespan ran (some test clients and servers skip it): open on first use.
@@ -70,12 +73,18 @@ class TenancyMiddleware:
             if resolution is None:
                 raise TenantNotFound()
             tenant = await tenancy.lookup.resolve(resolution.identifier)
+            if metrics is not None:
+                metrics.resolved(time.perf_counter() - started)
             decision = None
             if tenancy.limiter is not None and scope["type"] == "http":
                 decision = await tenancy.limiter.check(tenant)
         except TenancyError as exc:
+            if metrics is not None:
+                metrics.refused(exc, tenant)
             await _reject(scope, send, exc)
             return
+        if metrics is not None:
+            metrics.request("accepted", tenant)
         if decision is not None:
             send = _with_headers(send, decision.headers())
         state = {**scope.get("state", {}), "tenant": tenant}

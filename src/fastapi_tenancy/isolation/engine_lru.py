@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,9 +31,25 @@ from sqlalchemy.pool import QueuePool
 from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 
-__all__ = ["EngineLRU"]
+__all__ = ["EngineLRU", "EngineObserver"]
 
 logger = logging.getLogger(__name__)
+
+
+class EngineObserver(Protocol):
+    """Told about the engines an `EngineLRU` creates and keeps; the metrics implement it."""
+
+    def engine_created(self, engine: AsyncEngine) -> None:
+        """A new engine, before its first connection: the place to attach event listeners."""
+        ...
+
+    def engines_cached(self, count: int) -> None:
+        """The number of cached engines changed to ``count``."""
+        ...
+
+    def engine_evicted(self) -> None:
+        """An engine was evicted to make room for another key."""
+        ...
 
 
 class _Entry:
@@ -138,6 +154,7 @@ class EngineLRU:
         max_engines: int,
         connection_budget: int,
         budget_timeout: float = 30.0,
+        observer: EngineObserver | None = None,
     ) -> None:
         if max_engines < 1:
             raise ConfigurationError(f"max_engines must be at least 1, not {max_engines}")
@@ -161,6 +178,8 @@ class EngineLRU:
         self._closed = False
         self._evictions = 0
         self._disposal_errors = 0
+        # Set before the first lease; told about every engine created, cached and evicted.
+        self.observer = observer
 
     @property
     def size(self) -> int:
@@ -205,6 +224,7 @@ class EngineLRU:
         entry = self._cached.pop(key, None)
         if entry is None:
             return
+        self._size_changed()
         entry.detached = True
         if entry.pins == 0:
             await asyncio.shield(self._schedule_disposal(entry))
@@ -221,6 +241,7 @@ class EngineLRU:
             entry.detached = True
             if entry.pins == 0:
                 self._schedule_disposal(entry)
+        self._size_changed()
         self._wake()
         while self._tasks or any(entry.pins for entry in self._live):
             if self._tasks:
@@ -259,8 +280,11 @@ class EngineLRU:
         if entry is None:
             entry = _Entry(key, self._factory(key))
             self._watch_connections(entry)
+            if self.observer is not None:
+                self.observer.engine_created(entry.engine)
             self._cached[key] = entry
             self._live.add(entry)
+            self._size_changed()
         else:
             self._cached.move_to_end(key)
         entry.pins += 1
@@ -360,7 +384,14 @@ class EngineLRU:
             del self._cached[victim.key]
             victim.detached = True
             self._evictions += 1
+            if self.observer is not None:
+                self.observer.engine_evicted()
+            self._size_changed()
             self._schedule_disposal(victim)
+
+    def _size_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.engines_cached(len(self._cached))
 
     def _watch_connections(self, entry: _Entry) -> None:
         connections = entry.connections

@@ -5,7 +5,7 @@ Built when ``enable_metrics`` is on; see docs/observability.md for every metric 
 
 from __future__ import annotations
 
-from fastapi_tenancy.metrics.app import metrics_app
+from fastapi_tenancy.metrics.app import MetricsApp, metrics_app
 from fastapi_tenancy.metrics.core import OUTCOMES, TenancyMetrics, outcome_of
 from fastapi_tenancy.metrics.labels import NO_TENANT, OTHER_TENANTS, TenantLabels
 
@@ -13,6 +13,7 @@ __all__ = [
     "NO_TENANT",
     "OTHER_TENANTS",
     "OUTCOMES",
+    "MetricsApp",
     "TenancyMetrics",
     "TenantLabels",
     "metrics_app",

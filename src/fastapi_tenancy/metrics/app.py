@@ -15,27 +15,20 @@ if TYPE_CHECKING:
     from fastapi_tenancy.metrics.core import TenancyMetrics
     from fastapi_tenancy.tenancy import Tenancy
 
-__all__ = ["metrics_app"]
+__all__ = ["MetricsApp", "metrics_app"]
 
 DISABLED_BODY = b"fastapi-tenancy metrics are disabled: set TENANCY_ENABLE_METRICS=true\n"
 
 
-def metrics_app(tenancy: Tenancy | None = None) -> ASGIApp:
-    """An ASGI app that serves the runtime's metrics in the Prometheus text format.
+class MetricsApp:
+    """The ASGI app `metrics_app` returns (a class, so Starlette routes treat it as ASGI)."""
 
-    Mount it under a path the middleware excludes, so scrapers need no tenant::
+    def __init__(self, tenancy: Tenancy | None = None) -> None:
+        self._tenancy = tenancy
+        self._served: dict[int, ASGIApp] = {}
 
-        config = TenancyConfig(enable_metrics=True, excluded_paths="/health,/metrics")
-        app.add_middleware(TenancyMiddleware, config=config)
-        app.mount("/metrics", metrics_app())
-
-    Without ``tenancy`` it serves the runtime of the `TenancyMiddleware` in front of it. With
-    ``PROMETHEUS_MULTIPROC_DIR`` set it serves the sum over every worker process.
-    """
-    served: dict[int, ASGIApp] = {}
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = tenancy if tenancy is not None else scope.get(SCOPE_KEY)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self._tenancy if self._tenancy is not None else scope.get(SCOPE_KEY)
         if runtime is None:
             raise ConfigurationError(
                 "metrics_app() found no tenancy runtime: mount it behind TenancyMiddleware (on a "
@@ -52,12 +45,27 @@ def metrics_app(tenancy: Tenancy | None = None) -> ASGIApp:
             )
             await send({"type": "http.response.body", "body": DISABLED_BODY})
             return
-        exposition = served.get(id(metrics))
+        exposition = self._served.get(id(metrics))
         if exposition is None:
-            exposition = served[id(metrics)] = make_asgi_app(_registry_of(metrics))
+            exposition = self._served[id(metrics)] = make_asgi_app(_registry_of(metrics))
         await exposition(scope, receive, send)
 
-    return app
+
+def metrics_app(tenancy: Tenancy | None = None) -> MetricsApp:
+    """An ASGI app that serves the runtime's metrics in the Prometheus text format.
+
+    Route it on a path the middleware excludes, so scrapers need no tenant::
+
+        config = TenancyConfig(enable_metrics=True, excluded_paths="/health,/metrics")
+        app.add_middleware(TenancyMiddleware, config=config)
+        app.mount("/metrics", metrics_app())  # serves /metrics/ (and redirects /metrics)
+
+    or, for exactly ``/metrics``, ``app.routes.append(starlette.routing.Route("/metrics",
+    metrics_app()))``. Without
+    ``tenancy`` it serves the runtime of the `TenancyMiddleware` in front of it. With
+    ``PROMETHEUS_MULTIPROC_DIR`` set it serves the sum over every worker process.
+    """
+    return MetricsApp(tenancy)
 
 
 def _registry_of(metrics: TenancyMetrics) -> CollectorRegistry:
