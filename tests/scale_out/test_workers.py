@@ -1,0 +1,136 @@
+"""Two worker processes sharing PostgreSQL and Redis behave as one app.
+
+Each worker is a real ``uvicorn`` process with its own in-process cache and event loop; they share
+only the servers, as workers on several hosts do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fastapi_tenancy import Tenancy, TenancyConfig
+from tests.conftest import empty_database
+from tests.services import REDIS_URL, require_server
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+LIMIT = 7
+STARTUP_SECONDS = 60
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def worker(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """One ``uvicorn`` process serving tests/scale_out/app.py, and a client for it."""
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "uvicorn", "tests.scale_out.app:create_app", "--factory"),
+        *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        env=env,
+        cwd=REPOSITORY,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await _wait_ready(client, process)
+            yield client
+    finally:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _wait_ready(client: httpx.AsyncClient, process: asyncio.subprocess.Process) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_SECONDS
+    while loop.time() < deadline:
+        if process.returncode is not None:
+            pytest.fail(f"the worker exited with code {process.returncode} while starting")
+        try:
+            if (await client.get("/health/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    pytest.fail(f"the worker did not become ready within {STARTUP_SECONDS} s")
+
+
+@pytest.fixture
+async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    require_server("Redis", REDIS_URL, 6379)
+    async with empty_database("postgres", tmp_path) as database_url:
+        settings = {
+            "TENANCY_DATABASE_URL": database_url,
+            "TENANCY_REDIS_URL": REDIS_URL,
+            "TENANCY_CACHE_KEY_PREFIX": f"tt-{uuid.uuid4().hex[:12]}",
+            "TENANCY_ENABLE_RATE_LIMITING": "true",
+            "TENANCY_EXCLUDED_PATHS": "/health,/admin",
+        }
+        fields = {name.removeprefix("TENANCY_").lower(): value for name, value in settings.items()}
+        config = TenancyConfig(**fields)
+        async with Tenancy(config) as tenancy:
+            await tenancy.create_tenant("acme", metadata={"rate_limit_per_minute": LIMIT})
+            await tenancy.create_tenant("globex")
+        env = {**os.environ, **settings}
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(worker(env))
+            second = await stack.enter_async_context(worker(env))
+            yield first, second
+
+
+async def test_a_suspension_through_one_worker_reaches_the_other_within_a_second(
+    workers: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    first, second = workers
+    globex = {"X-Tenant-ID": "globex"}
+    for client in (first, second):  # both workers now hold globex in their own memory
+        assert (await client.get("/whoami", headers=globex)).status_code == 200
+        assert (await client.get("/whoami", headers=globex)).status_code == 200
+
+    suspended = await first.post("/admin/tenants/globex/suspend")
+    assert suspended.json() == {"status": "suspended"}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await first.get("/whoami", headers=globex)).status_code == 403
+    while (await second.get("/whoami", headers=globex)).status_code == 200:
+        assert loop.time() - started < 1.0, "the other worker still served a suspended tenant"
+        await asyncio.sleep(0.01)
+    elapsed = loop.time() - started
+
+    assert (await second.get("/whoami", headers=globex)).status_code == 403
+    print(f"suspension reached the other worker after {elapsed * 1000:.0f} ms")
+
+
+async def test_a_limit_of_n_admits_exactly_n_across_both_workers(
+    workers: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    acme = {"X-Tenant-ID": "acme"}
+
+    responses = await asyncio.gather(
+        *(client.get("/whoami", headers=acme) for _ in range(LIMIT) for client in workers)
+    )
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] * LIMIT + [429] * LIMIT
+    refused = next(r for r in responses if r.status_code == 429)
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json() == {"detail": "Too many requests"}
