@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.conftest import empty_database
@@ -78,15 +79,21 @@ async def _wait_ready(client: httpx.AsyncClient, process: asyncio.subprocess.Pro
 async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     require_server("Redis", REDIS_URL, 6379)
     async with empty_database("postgres", tmp_path) as database_url:
+        prefix = f"tt-{uuid.uuid4().hex[:12]}"
+        config = TenancyConfig(
+            database_url=database_url,
+            redis_url=SecretStr(REDIS_URL),
+            cache_key_prefix=prefix,
+            enable_rate_limiting=True,
+            excluded_paths=("/health", "/admin"),
+        )
         settings = {
             "TENANCY_DATABASE_URL": database_url,
             "TENANCY_REDIS_URL": REDIS_URL,
-            "TENANCY_CACHE_KEY_PREFIX": f"tt-{uuid.uuid4().hex[:12]}",
+            "TENANCY_CACHE_KEY_PREFIX": prefix,
             "TENANCY_ENABLE_RATE_LIMITING": "true",
             "TENANCY_EXCLUDED_PATHS": "/health,/admin",
         }
-        fields = {name.removeprefix("TENANCY_").lower(): value for name, value in settings.items()}
-        config = TenancyConfig(**fields)
         async with Tenancy(config) as tenancy:
             await tenancy.create_tenant("acme", metadata={"rate_limit_per_minute": LIMIT})
             await tenancy.create_tenant("globex")
