@@ -44,3 +44,10 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     session.install(".[docs]")
     session.run("mkdocs", "build", "--strict")
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and wheel, install each in a fresh venv and smoke-test it."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "slow", "tests/packaging", *session.posargs)
