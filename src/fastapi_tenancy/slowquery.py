@@ -88,13 +88,18 @@ class SlowQueryLog:
 
     def _failed(self, context: Any) -> None:
         # A failed statement never reaches after_cursor_execute: drop its start time.
-        conn, cursor = context.connection, context.cursor
+        # SQLAlchemy leaves ExceptionContext.cursor unset; the execution context has the cursor
+        # (and there is none when the failure came before a statement ran).
+        execution = context.execution_context
+        cursor = getattr(execution, "cursor", None) if execution is not None else None
+        conn = context.connection
         if conn is not None and cursor is not None and not (conn.closed or conn.invalidated):
             conn.info.get(_STARTED_KEY, {}).pop(id(cursor), None)
 
     def _report(self, statement: str, elapsed: float) -> None:
         self.count += 1
         tenant = current_tenant_or_none()
+        statement = statement.strip()
         if len(statement) > MAX_LOGGED_STATEMENT:
             statement = statement[:MAX_LOGGED_STATEMENT] + " ... [truncated]"
         duration_ms = elapsed * 1000
