@@ -8,7 +8,9 @@ A `TenantSession` carries its tenant's id in ``session.info``. Two session event
 
 The binding lives on the session, not on a connection, so it holds across ``commit()`` and no
 pooled connection ever carries a tenant. Raw SQL (``text()``, ``session.connection()``) and Core
-statements on ``Table`` objects are not filtered; PostgreSQL row-level security covers those.
+statements on ``Table`` objects are not filtered; PostgreSQL row-level security covers those
+(``row_level_security``, `fastapi_tenancy.isolation.rls`): a third event, ``after_begin``, sets the
+session's tenant transaction-locally at every BEGIN, for the policies to read.
 """
 
 from __future__ import annotations
@@ -19,20 +21,35 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import delete, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    UOWTransaction,
+    with_loader_criteria,
+)
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import Insert
 from sqlalchemy.sql.elements import BindParameter
 
 from fastapi_tenancy.exceptions import CrossTenantAccess, TenantContextMissing
+from fastapi_tenancy.isolation.rls import BIND_TENANT, verify_row_level_security
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["TENANT_INFO_KEY", "RowIsolation", "TenantSession", "session_tenant_id"]
+__all__ = [
+    "RLS_INFO_KEY",
+    "TENANT_INFO_KEY",
+    "RowIsolation",
+    "TenantSession",
+    "session_tenant_id",
+]
 
 TENANT_INFO_KEY = "fastapi_tenancy.tenant_id"
+RLS_INFO_KEY = "fastapi_tenancy.row_level_security"
 
 
 class TenantSession(Session):
@@ -134,6 +151,16 @@ def _stamp_insert(state: ORMExecuteState, tenant_id: str) -> None:
         state.statement = statement.values(tenant_id=tenant_id)
 
 
+@event.listens_for(TenantSession, "after_begin")
+def _bind_rls_tenant(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    if session.info.get(RLS_INFO_KEY):
+        # Transaction-local (is_local=true): gone at COMMIT/ROLLBACK, so the next BEGIN (after a
+        # commit() in the same handler too) sets it again and a pooled connection never keeps it.
+        connection.execute(BIND_TENANT, {"tenant_id": session_tenant_id(session)})
+
+
 @event.listens_for(TenantSession, "before_flush")
 def _guard_flush(session: Session, _flush: UOWTransaction, _instances: object) -> None:
     pending = [obj for obj in session.new if isinstance(obj, TenantScoped)]
@@ -162,16 +189,31 @@ class RowIsolation:
             items = (await session.scalars(select(Item))).all()   # this tenant's items only
     """
 
-    def __init__(self, engine: AsyncEngine, tables: TenantTables) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tables: TenantTables, *, row_level_security: bool = False
+    ) -> None:
         self._engine = engine
         self._tables = tables
+        self._rls = row_level_security
         self._sessions = async_sessionmaker(
             engine, sync_session_class=TenantSession, expire_on_commit=False
         )
         self._tables_ready = False
 
+    @property
+    def row_level_security(self) -> bool:
+        """Whether sessions bind their tenant for PostgreSQL's row-level security policies."""
+        return self._rls
+
     async def start(self) -> None:
-        """Nothing to open: sessions use the central engine, which the runtime owns."""
+        """With row-level security, refuse to start unless PostgreSQL would enforce it.
+
+        Sessions use the central engine, which the runtime owns: nothing else to open.
+        """
+        if self._rls:
+            async with self._engine.connect() as conn:
+                tables = self._tables.scoped_tables_children_first()
+                await conn.run_sync(verify_row_level_security, tables)
 
     async def close(self) -> None:
         """Nothing to release: the central engine is disposed by its owner."""
@@ -182,7 +224,10 @@ class RowIsolation:
 
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
-        async with self._sessions(info={TENANT_INFO_KEY: tenant.id}) as session:
+        info: dict[str, Any] = {TENANT_INFO_KEY: tenant.id}
+        if self._rls:
+            info[RLS_INFO_KEY] = True
+        async with self._sessions(info=info) as session:
             yield session
 
     async def provision(self, tenant: Tenant) -> None:
@@ -195,5 +240,8 @@ class RowIsolation:
 
     async def purge(self, tenant: Tenant) -> None:
         async with self._engine.begin() as conn:
+            if self._rls:
+                # The policies hide every row from a transaction that names no tenant.
+                await conn.execute(BIND_TENANT, {"tenant_id": tenant.id})
             for table in self._tables.scoped_tables_children_first():
                 await conn.execute(delete(table).where(table.c.tenant_id == tenant.id))
