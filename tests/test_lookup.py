@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -10,6 +13,7 @@ from fastapi_tenancy import Tenant, TenantNotFound, TenantStatus, TenantSuspende
 from fastapi_tenancy.cache import MemoryTenantCache
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.store import MemoryTenantStore
+from tests.cache.redis import redis_cache
 
 
 class CountingStore(MemoryTenantStore):
@@ -111,3 +115,76 @@ async def test_invalidate_discards_a_load_already_in_flight(store: CountingStore
     await stale
     with pytest.raises(TenantSuspended):
         await lookup.resolve("acme")
+
+
+# Several processes: each has its own lookup and memory, and they share Redis.
+
+
+@asynccontextmanager
+async def process_lookup(store: CountingStore, prefix: str) -> AsyncIterator[TenantLookup]:
+    """The lookup of one app process: memory in front of the shared Redis, as Tenancy wires it."""
+    from fastapi_tenancy.cache.layered import LayeredTenantCache
+
+    cache = LayeredTenantCache(MemoryTenantCache(), redis_cache(prefix=prefix))
+    lookup = TenantLookup(store, cache, ttl=60, negative_ttl=5)
+    cache.listeners.append(lookup.forget)
+    await cache.start()
+    try:
+        yield lookup
+    finally:
+        await cache.clear()
+        await cache.close()
+
+
+@pytest.mark.redis
+async def test_a_tenant_loaded_by_one_process_is_served_to_another_from_redis(
+    store: CountingStore,
+) -> None:
+    prefix = f"tt-{uuid.uuid4().hex[:12]}"
+    async with process_lookup(store, prefix) as first, process_lookup(store, prefix) as second:
+        await first.resolve("acme")
+        with pytest.raises(TenantNotFound):
+            await first.resolve("nobody")
+
+        await second.resolve("acme")
+        with pytest.raises(TenantNotFound):
+            await second.resolve("nobody")
+
+    assert store.lookups == 2  # one per identifier, for both processes
+
+
+@pytest.mark.redis
+async def test_a_stampede_on_a_cold_tenant_across_processes_reads_the_store_once_each(
+    store: CountingStore,
+) -> None:
+    prefix = f"tt-{uuid.uuid4().hex[:12]}"
+    async with process_lookup(store, prefix) as first:
+        store.release.clear()
+        waiters = [asyncio.ensure_future(first.resolve("acme")) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        store.release.set()
+        assert {t.identifier for t in await asyncio.gather(*waiters)} == {"acme"}
+    assert store.lookups == 1
+
+
+@pytest.mark.redis
+async def test_an_invalidation_by_another_process_discards_a_load_in_flight_here(
+    store: CountingStore,
+) -> None:
+    prefix = f"tt-{uuid.uuid4().hex[:12]}"
+    async with process_lookup(store, prefix) as here, process_lookup(store, prefix) as there:
+        acme = await store.get_by_identifier("acme")
+        assert acme is not None
+        store.release.clear()
+        stale = asyncio.ensure_future(here.find("acme"))  # reads the store before the change
+        await asyncio.sleep(0.01)
+        await store.update(acme.model_copy(update={"status": TenantStatus.SUSPENDED}))
+        await there.invalidate("acme")
+        await asyncio.sleep(0.2)  # the announcement reaches this process
+        store.release.set()
+        await stale
+
+        with pytest.raises(TenantSuspended):
+            await here.resolve("acme")
+        with pytest.raises(TenantSuspended):
+            await there.resolve("acme")

@@ -55,6 +55,7 @@ class TenantLookup:
         self._negative_ttl = negative_ttl
         self._inflight: dict[str, asyncio.Task[Tenant | None]] = {}
         self._generation = 0
+        self._loads_done = 0
 
     async def resolve(self, identifier: str) -> Tenant:
         """The active tenant named ``identifier``; raises if it may not serve requests."""
@@ -62,10 +63,16 @@ class TenantLookup:
 
     async def find(self, identifier: str) -> Tenant | None:
         """The tenant record (any status) or ``None``, from the cache when possible."""
-        if self._cache is not None:
-            hit = await self._cache.get(identifier)
-            if hit is not None:
-                return hit.tenant
+        for attempt in range(2):
+            loads_done = self._loads_done
+            if self._cache is not None:
+                hit = await self._cache.get(identifier)
+                if hit is not None:
+                    return hit.tenant
+            if identifier in self._inflight or attempt == 1 or self._loads_done == loads_done:
+                break
+            # A load finished while the (shared) cache was being read, so the miss may be stale:
+            # read the cache once more rather than query the store a second time.
         task = self._inflight.get(identifier)
         if task is None:
             task = asyncio.ensure_future(self._load(identifier, self._generation))
@@ -102,5 +109,6 @@ class TenantLookup:
         return tenant
 
     def _forget(self, identifier: str, done: asyncio.Task[Tenant | None]) -> None:
+        self._loads_done += 1
         if self._inflight.get(identifier) is done:
             del self._inflight[identifier]
