@@ -1,0 +1,20 @@
+"""gunicorn settings for the app: uvicorn workers, sized from the environment.
+
+Connection budget: every worker process has its own pool, so the central database must accept
+WEB_CONCURRENCY x (TENANCY_DATABASE_POOL_SIZE + TENANCY_DATABASE_MAX_OVERFLOW) connections from
+each replica (see docs/deployment.md); `fastapi-tenancy doctor --workers N` checks it.
+"""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+# uvicorn's own gunicorn worker class moved to the uvicorn-worker package.
+worker_class = "uvicorn_worker.UvicornWorker"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Long enough for in-flight requests to finish on SIGTERM before the orchestrator kills the pod.
+graceful_timeout = 20
+timeout = 60
+keepalive = 5
+# The app opens its pools in the ASGI lifespan of each worker; preloading would share sockets.
+preload_app = False
+accesslog = "-"
