@@ -9,4 +9,4 @@ from prometheus_client import multiprocess
 
 def child_exit(_server: Any, worker: Any) -> None:
     # A dead worker's live gauges (pool usage, cached engines) must stop counting.
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

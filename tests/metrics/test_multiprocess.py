@@ -66,6 +66,10 @@ async def gunicorn(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
     try:
         await _wait_until_serving(process, base_url, tmp_path / "gunicorn.log")
         yield base_url
+    except BaseException:
+        # Shown with the failure: what the workers said.
+        print(_read(tmp_path / "gunicorn.log"))
+        raise
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
