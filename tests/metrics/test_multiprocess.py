@@ -51,7 +51,7 @@ async def gunicorn(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
         "--workers",
         str(WORKERS),
         "--worker-class",
-        "uvicorn.workers.UvicornWorker",
+        "uvicorn_worker.UvicornWorker",
         "--config",
         str(CONF),
         "--bind",
