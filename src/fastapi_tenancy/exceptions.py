@@ -3,7 +3,8 @@
     TenancyError
     ├── ConfigurationError            invalid settings, detected at start-up
     ├── TenantNotFound                404: no identifier, malformed, unknown or soft-deleted
-    │   └── InvalidTenantIdentifier   404: the identifier is malformed (same public body)
+    │   ├── InvalidTenantIdentifier   404: the identifier is malformed (same public body)
+    │   └── PrincipalNotAllowed       404: the principal hook refused the caller (same body)
     ├── TenantSuspended               403
     ├── AuthenticationFailed          401: bad, expired or unacceptable token
     ├── RateLimitExceeded             429: the tenant used its requests for now
@@ -29,6 +30,7 @@ __all__ = [
     "CrossTenantAccess",
     "InvalidTenantIdentifier",
     "InvalidTransition",
+    "PrincipalNotAllowed",
     "RateLimitExceeded",
     "ServiceUnavailable",
     "TenancyError",
@@ -72,6 +74,14 @@ class TenantNotFound(TenancyError):
 
 class InvalidTenantIdentifier(TenantNotFound):
     """Malformed identifiers answer exactly like unknown ones, so probing reveals nothing."""
+
+
+class PrincipalNotAllowed(TenantNotFound):
+    """The app's principal check says the caller does not belong to the tenant.
+
+    It answers exactly like an unknown tenant: a caller who may not use a tenant learns nothing
+    about whether it exists, so an account of one tenant cannot list the others.
+    """
 
 
 class TenantSuspended(TenancyError):

@@ -7,7 +7,7 @@ import jwt as pyjwt
 import pytest
 
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.exceptions import InvalidTenantIdentifier
+from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.resolution import (
     ChainResolver,
     HeaderResolver,
@@ -93,3 +93,19 @@ def test_chained_strategies_must_agree() -> None:
     assert resolver.resolve(agreeing) == Resolution("globex", mount="/globex")
     with pytest.raises(InvalidTenantIdentifier):
         resolver.resolve(http_scope("/globex/orders", headers=[("X-Tenant-ID", "acme")]))
+
+
+def test_jwt_leeway_comes_from_the_config() -> None:
+    config = TenancyConfig(resolution_strategy="jwt", jwt_secret=SECRET, jwt_leeway=0)
+    resolver = build_resolver(config)
+    assert isinstance(resolver, JWTResolver)
+    assert resolver.leeway == 0
+    assert TenancyConfig().jwt_leeway == 10
+
+
+def test_jwks_config_needs_the_fetched_key_set() -> None:
+    config = TenancyConfig(
+        resolution_strategy="jwt", jwt_algorithm="RS256", jwt_jwks_url="https://idp/jwks"
+    )
+    with pytest.raises(ConfigurationError, match="signing_keys"):
+        build_resolver(config)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fastapi_tenancy.exceptions import AuthenticationFailed, ConfigurationError
 from fastapi_tenancy.models import IDENTIFIER_PATTERN
 from fastapi_tenancy.resolution import JWTResolver, Resolution
+from fastapi_tenancy.resolution.jwt import DEFAULT_LEEWAY
 from tests.resolution.scopes import http_scope, resolve_or_refuse
 
 SECRET = secrets.token_urlsafe(48)
@@ -118,7 +119,7 @@ def test_several_authorization_headers_are_rejected() -> None:
         pyjwt.encode(claims(), SECRET, algorithm="HS256") + "x",
         pyjwt.encode(claims(), secrets.token_urlsafe(48), algorithm="HS256"),
         pyjwt.encode(claims(), SECRET, algorithm="HS512"),
-        pyjwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"),
+        pyjwt.encode(claims(exp=int(time.time()) - 60), SECRET, algorithm="HS256"),
         pyjwt.encode({"tenant": "acme"}, SECRET, algorithm="HS256"),
         pyjwt.encode(claims(exp="soon"), SECRET, algorithm="HS256"),
         pyjwt.encode(claims(nbf=int(time.time()) + 300), SECRET, algorithm="HS256"),
@@ -141,6 +142,45 @@ def test_several_authorization_headers_are_rejected() -> None:
 def test_untrustworthy_token_is_rejected(token: str) -> None:
     with pytest.raises(AuthenticationFailed):
         RESOLVER.resolve(token_scope(token))
+
+
+def test_default_leeway_is_small_and_documented() -> None:
+    assert RESOLVER.leeway == DEFAULT_LEEWAY == 10
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"exp": -5}, {"nbf": 5}, {"iat": 5}],
+    ids=["expired-within-leeway", "not-before-within-leeway", "issued-within-leeway"],
+)
+def test_clock_skew_within_the_leeway_is_tolerated(extra: dict[str, int]) -> None:
+    payload = claims(**{name: int(time.time()) + offset for name, offset in extra.items()})
+    token = pyjwt.encode(payload, SECRET, algorithm="HS256")
+    assert RESOLVER.resolve(token_scope(token)) == Resolution("acme")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"exp": -30}, {"nbf": 30}],
+    ids=["expired-beyond-leeway", "not-before-beyond-leeway"],
+)
+def test_clock_skew_beyond_the_leeway_is_rejected(extra: dict[str, int]) -> None:
+    payload = claims(**{name: int(time.time()) + offset for name, offset in extra.items()})
+    with pytest.raises(AuthenticationFailed):
+        RESOLVER.resolve(token_scope(pyjwt.encode(payload, SECRET, algorithm="HS256")))
+
+
+def test_zero_leeway_rejects_a_token_that_just_expired() -> None:
+    resolver = JWTResolver(SECRET, "HS256", "tenant", leeway=0)
+    token = pyjwt.encode(claims(exp=int(time.time()) - 2), SECRET, algorithm="HS256")
+    with pytest.raises(AuthenticationFailed):
+        resolver.resolve(token_scope(token))
+    assert RESOLVER.resolve(token_scope(token)) == Resolution("acme")
+
+
+def test_negative_leeway_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        JWTResolver(SECRET, "HS256", "tenant", leeway=-1)
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi_tenancy.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS
 from fastapi_tenancy.exceptions import (
@@ -18,7 +18,11 @@ from fastapi_tenancy.types import Scope
 if TYPE_CHECKING:
     from jwt import PyJWT
 
-__all__ = ["JWTResolver"]
+__all__ = ["DEFAULT_LEEWAY", "JWTResolver", "SigningKeys", "UnknownSigningKey"]
+
+# Seconds of clock skew tolerated on exp, nbf and iat: enough for servers kept in time by NTP, too
+# little to stretch a token's life in any way that matters.
+DEFAULT_LEEWAY = 10.0
 
 _INSTALL_HINT = "install it with: pip install 'fastapi-tenancy[jwt]'"
 
@@ -37,6 +41,16 @@ def _bearer_token(scope: Scope) -> str | None:
     if not token:
         raise AuthenticationFailed()
     return token
+
+
+class SigningKeys(Protocol):
+    """Verification keys selected by the token's ``kid`` header (a JWKS, `JWKSKeys`)."""
+
+    def get(self, kid: str) -> Any | None: ...
+
+
+class UnknownSigningKey(AuthenticationFailed):
+    """The token names a ``kid`` the key set does not hold; refreshing the keys may help once."""
 
 
 def _prepare_key(secret: str, algorithm: str) -> Any:
@@ -72,15 +86,21 @@ class JWTResolver:
 
     ``JWTResolver(secret, "HS256", "tenant")`` resolves a valid token with
     ``{"tenant": "acme", "exp": ...}`` to ``"acme"``, carrying the verified claims along.
+    ``key`` is the HMAC secret or the PEM public key, or `SigningKeys` (a JWKS) from which the
+    token's ``kid`` header picks the key; a ``kid`` the set does not hold raises
+    `UnknownSigningKey`. ``leeway`` is the clock skew, in seconds, tolerated on ``exp``, ``nbf``
+    and ``iat``.
     """
 
     def __init__(
         self,
-        secret: str,
+        key: str | SigningKeys,
         algorithm: str,
         tenant_claim: str,
         audience: str | None = None,
         issuer: str | None = None,
+        *,
+        leeway: float = DEFAULT_LEEWAY,
     ) -> None:
         try:
             import jwt
@@ -92,12 +112,25 @@ class JWTResolver:
             raise ConfigurationError(f"jwt_algorithm {algorithm!r} is not supported")
         if not tenant_claim:
             raise ConfigurationError("jwt_tenant_claim must name a claim")
+        if leeway < 0:
+            raise ConfigurationError("the JWT leeway cannot be negative")
         self.algorithm = algorithm
         self.tenant_claim = tenant_claim
         self.audience = audience
         self.issuer = issuer
-        self._key = _prepare_key(secret, algorithm)
+        self.leeway = leeway
+        if isinstance(key, str):
+            self._key: Any = _prepare_key(key, algorithm)
+            self._keys: SigningKeys | None = None
+        else:
+            if algorithm not in ASYMMETRIC_ALGORITHMS:
+                raise ConfigurationError(
+                    f"keys selected by kid are public keys; {algorithm} is not asymmetric"
+                )
+            self._key = None
+            self._keys = key
         self._decoder: PyJWT = jwt.PyJWT()
+        self._headers = jwt.PyJWS()
         # Older PyJWT releases let a malformed numeric claim (exp: [] or 1e999) escape as a
         # built-in error; it is still an unacceptable token.
         self._errors: tuple[type[Exception], ...] = (
@@ -111,14 +144,16 @@ class JWTResolver:
         token = _bearer_token(scope)
         if token is None:
             return None
+        key = self._key if self._keys is None else self._key_for(self._keys, token)
         try:
             claims = self._decoder.decode(
                 token,
-                self._key,
+                key,
                 # Pinned: the token's own "alg" header never chooses how it is verified.
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=self.leeway,
                 options={"require": ["exp"]},
             )
         except self._errors as exc:
@@ -131,3 +166,16 @@ class JWTResolver:
         except InvalidTenantIdentifier:
             raise AuthenticationFailed() from None
         return Resolution(identifier, claims=claims)
+
+    def _key_for(self, keys: SigningKeys, token: str) -> Any:
+        try:
+            kid = self._headers.get_unverified_header(token).get("kid")
+        except self._errors as exc:
+            raise AuthenticationFailed() from exc
+        if not isinstance(kid, str) or not kid:
+            # With several keys in play, a token that names none cannot be checked.
+            raise AuthenticationFailed()
+        key = keys.get(kid)
+        if key is None:
+            raise UnknownSigningKey()
+        return key
