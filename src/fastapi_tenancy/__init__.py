@@ -27,6 +27,7 @@ from fastapi_tenancy.exceptions import (
     TenantSuspended,
 )
 from fastapi_tenancy.isolation.scoped import TenantScoped
+from fastapi_tenancy.logs import TenantLogFilter
 from fastapi_tenancy.middleware import TenancyMiddleware
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
@@ -48,6 +49,7 @@ __all__ = [
     "TenantAlreadyExists",
     "TenantCache",
     "TenantContextMissing",
+    "TenantLogFilter",
     "TenantNotFound",
     "TenantScoped",
     "TenantStatus",
