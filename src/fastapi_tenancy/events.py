@@ -89,22 +89,30 @@ class Hooks:
 
     def __init__(self) -> None:
         self._handlers: list[tuple[type[Event], Callable[[Event], object]]] = []
+        # wants() runs on every request: its answers are kept until the subscriptions change.
+        self._wanted: dict[type[Event], bool] = {}
         self.failures = 0
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Callable[[], None]:
         """Call ``handler`` for every ``event_type`` event; returns a function that unsubscribes."""
         entry = (event_type, handler)
         self._handlers.append(entry)  # type: ignore[arg-type]
+        self._wanted.clear()
 
         def unsubscribe() -> None:
             if entry in self._handlers:
                 self._handlers.remove(entry)
+                self._wanted.clear()
 
         return unsubscribe
 
     def wants(self, event_type: type[Event]) -> bool:
         """Whether any handler would receive an ``event_type`` event (to skip building one)."""
-        return any(issubclass(event_type, subscribed) for subscribed, _ in self._handlers)
+        wanted = self._wanted.get(event_type)
+        if wanted is None:
+            wanted = any(issubclass(event_type, subscribed) for subscribed, _ in self._handlers)
+            self._wanted[event_type] = wanted
+        return wanted
 
     async def emit(self, event: Event) -> None:
         """Deliver ``event`` to its handlers in subscription order; failures are logged only."""

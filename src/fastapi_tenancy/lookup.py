@@ -63,16 +63,16 @@ class TenantLookup:
 
     async def find(self, identifier: str) -> Tenant | None:
         """The tenant record (any status) or ``None``, from the cache when possible."""
-        for attempt in range(2):
+        cache = self._cache
+        if cache is not None:
             loads_done = self._loads_done
-            if self._cache is not None:
-                hit = await self._cache.get(identifier)
-                if hit is not None:
-                    return hit.tenant
-            if identifier in self._inflight or attempt == 1 or self._loads_done == loads_done:
-                break
-            # A load finished while the (shared) cache was being read, so the miss may be stale:
-            # read the cache once more rather than query the store a second time.
+            hit = await cache.get(identifier)
+            if hit is None and identifier not in self._inflight and self._loads_done != loads_done:
+                # A load finished while the (shared) cache was being read, so the miss may be
+                # stale: read the cache once more rather than query the store a second time.
+                hit = await cache.get(identifier)
+            if hit is not None:
+                return hit.tenant
         task = self._inflight.get(identifier)
         if task is None:
             task = asyncio.ensure_future(self._load(identifier, self._generation))

@@ -23,8 +23,12 @@ def header_values(scope: Scope, name: bytes) -> list[str]:
     Latin-1 maps every byte to one character, so decoding never fails and non-ASCII bytes survive
     as non-ASCII characters that identifier validation then rejects.
     """
+    size = len(name)
+    # ASGI servers send lower-case names; the length test keeps lower() off most other headers.
     return [
-        value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == name
+        value.decode("latin-1")
+        for key, value in scope.get("headers", ())
+        if len(key) == size and key.lower() == name
     ]
 
 
@@ -41,10 +45,11 @@ class HeaderResolver:
         self._key = header_name.lower().encode("ascii")
 
     def resolve(self, scope: Scope) -> Resolution | None:
-        values = {value.strip(_OWS) for value in header_values(scope, self._key)}
+        values = header_values(scope, self._key)
         if not values:
             return None
-        if len(values) > 1:
+        value = values[0].strip(_OWS)
+        if any(other.strip(_OWS) != value for other in values[1:]):
             # Proxies and the app could each pick a different copy; refuse to guess.
             raise InvalidTenantIdentifier()
-        return Resolution(validate_identifier(values.pop()))
+        return Resolution(validate_identifier(value))
