@@ -220,6 +220,11 @@ async def test_metrics_app_needs_a_runtime() -> None:
         await app(scope, receive, send)
 
 
+def test_a_tenant_label_without_metrics_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="TENANCY_ENABLE_METRICS"):
+        TenancyConfig(metrics_tenant_label=True)
+
+
 async def test_runtimes_in_one_process_keep_separate_metrics(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -280,6 +285,18 @@ async def test_cache_lookups_are_counted_by_layer_and_result(tmp_path: Path) -> 
     assert counted[("memory", "hit")] == 1
     assert counted[("memory", "negative_hit")] == 1
     assert counted[("redis", "miss")] == 2
+
+
+async def test_redis_failures_are_counted_while_lookups_fall_back_to_the_store(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    config = metrics_config(tmp_path, redis_url=private_redis.url)
+    async with Tenancy(config) as tenancy:
+        await tenancy.create_tenant("acme")
+        await private_redis.stop()
+        async with tenancy.tenant_scope("acme") as tenant:
+            assert tenant.identifier == "acme"
+        assert value(tenancy, "fastapi_tenancy_cache_backend_errors_total", layer="redis") >= 1
 
 
 async def test_engine_cache_size_evictions_and_pool_usage_with_database_isolation(
