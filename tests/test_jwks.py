@@ -407,3 +407,14 @@ async def test_kid_the_issuer_never_published_is_unauthorized(
 async def test_runtime_without_jwks_has_no_key_set(tmp_path: Path) -> None:
     config = TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
     assert Tenancy(config).jwks is None
+
+
+async def test_app_does_not_start_when_the_jwks_cannot_be_fetched(tmp_path: Path) -> None:
+    config = jwks_config(
+        "http://127.0.0.1:1/jwks.json",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'central.db'}",
+    )
+    app = apps.create_app(config)
+    with pytest.raises(ServiceUnavailable, match="JWKS"):
+        async with LifespanManager(app):
+            pass  # pragma: no cover - startup fails
