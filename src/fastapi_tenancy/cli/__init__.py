@@ -1,4 +1,4 @@
-"""The ``fastapi-tenancy`` command line: ``tenants``, ``migrate``, ``worker`` and ``doctor``.
+"""The ``fastapi-tenancy`` command line: ``tenants``, ``migrate``, ``worker``, ``rls``, ``doctor``.
 
 Off the request path: nothing here is imported by the middleware. Exit codes: 0 success, 1 the
 operation failed (unknown tenant, refused transition, duplicate, bad configuration, a failed doctor
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastapi_tenancy.cli import doctor, migrate, tenants, worker
+from fastapi_tenancy.cli import doctor, migrate, rls, tenants, worker
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.register(commands, common)
     migrate.register(commands, common)
     worker.register(commands, common)
+    rls.register(commands, common)
     doctor.register(commands, common)
     return parser
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_USAGE",
     "describe_config_error",
     "load_config",
+    "run_with_config",
     "run_with_tenancy",
     "scrub",
 ]
@@ -87,11 +88,27 @@ def run_with_tenancy(
     **overrides: Any,
 ) -> int:
     """Open a `Tenancy` on the command's config, run ``operation`` on it, map errors to codes."""
+    return run_with_config(
+        args, lambda config: _run(config, operation), secrets=secrets, **overrides
+    )
+
+
+def run_with_config(
+    args: argparse.Namespace,
+    operation: Callable[[TenancyConfig], Coroutine[Any, Any, int]],
+    *,
+    secrets: Iterable[str | None] = (),
+    **overrides: Any,
+) -> int:
+    """Load the command's config, run ``operation`` on it, map errors to exit codes.
+
+    For commands that must not open a `Tenancy` (its start-up creates tables and checks).
+    """
     urls = [getattr(args, "database_url", None), *secrets]
     try:
         config = load_config(getattr(args, "database_url", None), **overrides)
         urls += [config.database_url, config.database_url_template]
-        return asyncio.run(_run(config, operation))
+        return asyncio.run(operation(config))
     except InvalidTenantIdentifier:
         print_error("malformed tenant identifier: use 1-63 lower-case letters, digits and hyphens")
         return EXIT_USAGE
