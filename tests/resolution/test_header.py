@@ -77,3 +77,32 @@ def test_any_header_value_resolves_to_a_valid_identifier_or_is_refused(
 ) -> None:
     scope = http_scope(headers=[("X-Tenant-ID", value) for value in values])
     resolve_or_refuse(RESOLVER, scope)
+
+
+def test_a_remembered_value_still_refuses_a_second_different_copy() -> None:
+    resolver = HeaderResolver("X-Tenant-ID")
+    assert resolver.resolve(http_scope(headers=[("X-Tenant-ID", "acme")])) == Resolution("acme")
+
+    repeated = http_scope(headers=[("X-Tenant-ID", "acme"), ("X-Tenant-ID", "globex")])
+    with pytest.raises(InvalidTenantIdentifier):
+        resolver.resolve(repeated)
+    mixed_case = http_scope(headers=[("X-Tenant-ID", "acme"), (b"X-Tenant-ID", "globex")])
+    with pytest.raises(InvalidTenantIdentifier):
+        resolver.resolve(mixed_case)
+
+
+def test_malformed_values_are_refused_every_time_and_never_remembered() -> None:
+    resolver = HeaderResolver("X-Tenant-ID")
+    for _ in range(3):
+        with pytest.raises(InvalidTenantIdentifier):
+            resolver.resolve(http_scope(headers=[("X-Tenant-ID", "../etc")]))
+    assert resolver._memo == {}
+
+
+def test_remembered_values_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fastapi_tenancy.resolution.header.RESOLUTION_MEMO_SIZE", 3)
+    resolver = HeaderResolver("X-Tenant-ID")
+    for n in range(10):
+        scope = http_scope(headers=[("X-Tenant-ID", f"tenant-{n}")])
+        assert resolver.resolve(scope) == Resolution(f"tenant-{n}")
+        assert len(resolver._memo) <= 3

@@ -15,6 +15,7 @@ __all__ = ["HeaderResolver", "header_values"]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Optional whitespace around a field value (RFC 9110 section 5.5).
 _OWS = " \t"
+RESOLUTION_MEMO_SIZE = 10_000
 
 
 def header_values(scope: Scope, name: bytes) -> list[str]:
@@ -43,8 +44,33 @@ class HeaderResolver:
             raise ConfigurationError(f"{header_name!r} is not a valid HTTP header name")
         self.header_name = header_name
         self._key = header_name.lower().encode("ascii")
+        # Raw header value -> its validated Resolution. Decoding, validating and building the
+        # Resolution is most of this resolver's cost, and a warm app sees the same few values.
+        # Only valid values are kept, and at most RESOLUTION_MEMO_SIZE of them.
+        self._memo: dict[bytes, Resolution] = {}
 
     def resolve(self, scope: Scope) -> Resolution | None:
+        key = self._key
+        raw: bytes | None = None
+        for name, value in scope.get("headers", ()):
+            if name == key:
+                if raw is not None:
+                    return self._resolve_slowly(scope)  # repeated: compare every copy
+                raw = value
+            elif len(name) == len(key) and name.lower() == key:
+                return self._resolve_slowly(scope)  # a server that did not lower-case names
+        if raw is None:
+            return None
+        resolution = self._memo.get(raw)
+        if resolution is None:
+            resolution = self._resolve_slowly(scope)
+            if resolution is not None:
+                if len(self._memo) >= RESOLUTION_MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[raw] = resolution
+        return resolution
+
+    def _resolve_slowly(self, scope: Scope) -> Resolution | None:
         values = header_values(scope, self._key)
         if not values:
             return None
