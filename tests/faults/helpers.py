@@ -82,20 +82,20 @@ async def running(
     identifiers: Iterable[str],
     *,
     holder: Holder | None = None,
-    setup: Tenancy | None = None,
+    database_urls: dict[str, str] | None = None,
 ) -> AsyncIterator[Running]:
     """Start the fault app, create ``identifiers`` with two rows each, and yield a client.
 
-    ``setup`` creates the tenants through another runtime (e.g. one that bypasses a proxy).
+    ``database_urls`` gives some tenants an explicit database (database isolation).
     """
     app = fault_app(config, holder)
     async with LifespanManager(app):
         tenancy: Tenancy = app.state.tenancy
-        creator = setup or tenancy
         ids = {}
         for identifier in identifiers:
-            ids[identifier] = (await creator.create_tenant(identifier)).id
-            async with creator.session(identifier) as session:
+            url = (database_urls or {}).get(identifier)
+            ids[identifier] = (await tenancy.create_tenant(identifier, database_url=url)).id
+            async with tenancy.session(identifier) as session:
                 session.add_all([Item(name=f"{identifier}:seed-{n}") for n in range(2)])
                 await session.commit()
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

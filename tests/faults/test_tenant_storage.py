@@ -1,0 +1,158 @@
+"""One tenant's storage gone or unreachable: only that tenant fails, the others keep working.
+
+* Database isolation, the tenant's database server unreachable (its explicit URL goes through a
+  `FaultProxy` that refuses and cuts): that tenant gets the generic 503, then recovers on its own.
+* Database isolation, the tenant's database dropped (PostgreSQL's ``DROP DATABASE ... WITH
+  (FORCE)`` ends its sessions, so the pool has to reconnect and cannot): 503 for that tenant.
+* Schema isolation, the tenant's schema dropped: its tables are missing, which is what a
+  programming error looks like, so the app's error (500) stands; the tenant never falls through
+  to a table of the same name in ``public``, and no other tenant notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tests.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.faults.helpers import GENERIC_503, running
+from tests.faults.proxy import FaultProxy
+
+HEALTHY = ["storealpha", "storebravo"]
+BROKEN = "storebroken"
+
+
+async def admin_execute(url: str, *statements: str, maintenance: bool = True) -> None:
+    """Run ``statements`` outside a transaction, in ``url``'s database or the maintenance one."""
+    parsed = make_url(url)
+    if maintenance and parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(database="postgres")
+    engine = create_async_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def quoted(url: str, name: str) -> str:
+    return f'"{name}"' if url.startswith("postgres") else f"`{name}`"
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [
+        pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="postgres"),
+        pytest.param(("database", "mysql"), marks=pytest.mark.mysql, id="mysql"),
+    ],
+    indirect=True,
+)
+async def test_an_unreachable_tenant_database_fails_only_that_tenant(
+    isolation_case: tuple[str, str],
+) -> None:
+    _, url = isolation_case
+    # A database the operator made, on a "server" (the proxy) that can go away on its own.
+    name = f"{TEST_STORAGE_PREFIX}unreachable"
+    await admin_execute(url, f"CREATE DATABASE {quoted(url, name)}")
+    async with FaultProxy.for_url(url, 5432 if url.startswith("postgres") else 3306) as proxy:
+        own_url = make_url(proxy.url_for(url)).set(database=name)
+        urls = {BROKEN: own_url.render_as_string(hide_password=False)}
+        async with running(
+            isolation_config(isolation_case), [*HEALTHY, BROKEN], database_urls=urls
+        ) as service:
+            assert await service.statuses(BROKEN) == [200]
+
+            await proxy.refuse()
+            proxy.cut()
+
+            broken = await service.get(BROKEN)
+            assert broken.status_code == 503
+            assert broken.json() == GENERIC_503
+            for identifier in HEALTHY:
+                assert await service.statuses(identifier, 2) == [200, 200]
+                assert (await service.post(identifier, "during")).status_code == 200
+
+            await proxy.restore()
+
+            assert await service.statuses(BROKEN, 2) == [200, 200]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("isolation_case", [("database", "postgres")], indirect=True)
+async def test_a_dropped_tenant_database_fails_only_that_tenant(
+    isolation_case: tuple[str, str],
+) -> None:
+    _, url = isolation_case
+    async with running(isolation_config(isolation_case), [*HEALTHY, BROKEN]) as service:
+        for identifier in [*HEALTHY, BROKEN]:
+            assert await service.statuses(identifier) == [200]
+        tenant = await service.tenancy.get_tenant(BROKEN)
+        assert tenant is not None
+        assert tenant.storage_name is not None
+
+        await admin_execute(url, f'DROP DATABASE "{tenant.storage_name}" WITH (FORCE)')
+
+        for _ in range(2):
+            broken = await service.get(BROKEN)
+            assert broken.status_code == 503
+            assert broken.json() == GENERIC_503
+        for identifier in HEALTHY:
+            assert await service.statuses(identifier, 2) == [200, 200]
+            assert (await service.post(identifier, "after")).status_code == 200
+
+
+@pytest.fixture
+async def public_decoy(isolation_case: tuple[str, str]) -> AsyncIterator[None]:
+    """An ``items`` table outside every tenant schema, holding a row no tenant may ever see."""
+    _, url = isolation_case
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(100), "
+                    "tenant_id VARCHAR(64))"
+                )
+            )
+            await conn.execute(text("INSERT INTO items VALUES (1, 'PUBLIC-DECOY', NULL)"))
+        yield
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [
+        pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="postgres"),
+        pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="mysql"),
+    ],
+    indirect=True,
+)
+async def test_a_dropped_tenant_schema_fails_only_that_tenant_and_never_reads_public(
+    isolation_case: tuple[str, str], public_decoy: None
+) -> None:
+    _, url = isolation_case
+    async with running(isolation_config(isolation_case), [*HEALTHY, BROKEN]) as service:
+        for identifier in [*HEALTHY, BROKEN]:
+            assert await service.statuses(identifier) == [200]
+        tenant = await service.tenancy.get_tenant(BROKEN)
+        assert tenant is not None
+        assert tenant.storage_name is not None
+        drop = "DROP SCHEMA {} CASCADE" if url.startswith("postgres") else "DROP DATABASE {}"
+
+        await admin_execute(url, drop.format(quoted(url, tenant.storage_name)), maintenance=False)
+
+        for _ in range(2):
+            broken = await service.get(BROKEN)
+            # A missing table is the app's error, not an outage; and no decoy row in the body.
+            assert broken.status_code == 500
+            assert "PUBLIC-DECOY" not in broken.text
+        for identifier in HEALTHY:
+            assert await service.statuses(identifier, 2) == [200, 200]
+            assert (await service.post(identifier, "after")).status_code == 200
