@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from fastapi_tenancy import (
     ConfigurationError,
@@ -352,6 +353,17 @@ async def test_start_refuses_missing_tables() -> None:
 
 
 @postgres
+async def test_a_refused_start_leaves_no_connection_open(database: RlsDatabase) -> None:
+    tenancy = Tenancy(rls_config(database.superuser_url))
+    with pytest.raises(ConfigurationError, match="superuser"):
+        async with tenancy:
+            pass
+    pool = tenancy.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == pool.checkedout() == 0
+
+
+@postgres
 async def test_start_accepts_the_app_role(database: RlsDatabase) -> None:
     async with Tenancy(rls_config(database.app_url)) as tenancy:
         assert tenancy.started
@@ -429,6 +441,12 @@ def test_policy_statements_quote_names_and_read_the_setting() -> None:
     assert statements[1] == 'ALTER TABLE "odd ""name""" FORCE ROW LEVEL SECURITY'
     condition = f"\"tenant_id\" = NULLIF(current_setting('{TENANT_SETTING}', true), '')"
     assert statements[3].endswith(f"USING ({condition}) WITH CHECK ({condition})")
+
+
+def test_setting_and_policy_names_are_plain_identifiers() -> None:
+    # Both are written into the DDL and the binding statement as they are.
+    assert re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", TENANT_SETTING)
+    assert re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", POLICY_NAME)
 
 
 def test_policy_statements_refuse_tables_without_tenant_id_and_other_databases() -> None:
