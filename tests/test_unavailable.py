@@ -1,0 +1,63 @@
+"""Tenant sessions: unreachable storage becomes `ServiceUnavailable`; every other error stays.
+
+The fault tests (tests/faults/) break real servers; these pin down the classification itself on
+the embedded SQLite database: a statement error or an app's own ``OSError`` inside a session is
+never mistaken for an outage, while a pool that hands out no connection is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
+from fastapi_tenancy.unavailable import is_unavailable
+from tests.models import Base
+
+
+@pytest.fixture
+async def tenancy(tmp_path: Path) -> AsyncIterator[Tenancy]:
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'unavailable.db'}",
+        tenant_metadata=Base.metadata,
+        database_pool_size=1,
+        database_max_overflow=0,
+        database_pool_timeout=0.2,
+    )
+    async with Tenancy(config) as tenancy:
+        await tenancy.create_tenant("acme")
+        yield tenancy
+
+
+async def run_in_session(tenancy: Tenancy, statement: str, app_error: Exception | None) -> None:
+    """Execute ``statement`` in a tenant session, then raise ``app_error`` as app code would."""
+    async with tenancy.session("acme") as session:
+        await session.execute(text(statement))
+        if app_error is not None:
+            raise app_error
+
+
+async def test_a_failed_statement_passes_through_unchanged(tenancy: Tenancy) -> None:
+    with pytest.raises(OperationalError) as failure:
+        await run_in_session(tenancy, "SELECT * FROM no_such_table", None)
+    assert not is_unavailable(failure.value)
+
+
+async def test_the_apps_own_os_error_passes_through_unchanged(tenancy: Tenancy) -> None:
+    # e.g. the handler reads a file that is missing: the app's error, not an outage
+    with pytest.raises(FileNotFoundError):
+        await run_in_session(tenancy, "SELECT 1", FileNotFoundError("/missing/report.csv"))
+
+
+async def test_a_pool_with_no_free_connection_is_service_unavailable(tenancy: Tenancy) -> None:
+    async with tenancy.session("acme") as holder:
+        await holder.execute(text("SELECT 1"))
+        with pytest.raises(ServiceUnavailable, match=r"tenant 'acme'.*TimeoutError") as failure:
+            await run_in_session(tenancy, "SELECT 1", None)
+    cause = failure.value.__cause__
+    assert cause is not None
+    assert is_unavailable(cause)
