@@ -1,13 +1,20 @@
 """Isolation overhead: a bare FastAPI + SQLAlchemy app against the same handler under each strategy.
 
 Every app serves ``GET /items`` (one SELECT of the caller's rows) from the same PostgreSQL server:
-the bare app, then row, schema (both bindings) and database isolation.
+the bare app, then row isolation (without and with row-level security), schema (both bindings)
+and database isolation. Row-level security needs a role PostgreSQL applies it to: that variant
+logs in as a role the benchmark creates and drops (named after the database, so runs against
+other databases keep theirs), with a random password.
 Apps are measured in alternating rounds in one run, and each result is reported as a ratio of the
 bare app's throughput measured beside it, plus the SQL statements each request sends to the
 server. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost with no
 network or HTTP server in between.
 
     python -m benchmarks.isolation --tenants 10,1000 --warmup 3000
+    python -m benchmarks.isolation --tenants 10 --variants row,rls
+
+Each app's pool is closed after its measurement (the next warm-up fills it again), so the run
+holds few server connections at a time on a shared server.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +51,7 @@ from fastapi_tenancy import (
     TenantScoped,
     get_tenant_session,
 )
+from fastapi_tenancy.isolation.rls import apply_policies
 
 ROWS_PER_TENANT = 10
 DATABASE_MAX_TENANTS = 100  # CREATE DATABASE is slow; larger runs skip database isolation
@@ -58,11 +67,22 @@ class Item(TenantScoped, Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
+# --variants key -> (label, strategy, schema binding, row-level security)
+VARIANTS = {
+    "row": ("row", "row", "auto", False),
+    "rls": ("row + RLS", "row", "auto", True),
+    "search_path": ("schema (search_path)", "schema", "search_path", False),
+    "translate_map": ("schema (translate map)", "schema", "translate_map", False),
+    "database": ("database", "database", "auto", False),
+}
+
+
 @dataclass
 class Contender:
     name: str
     app: FastAPI
     identifiers: list[str]
+    engine: AsyncEngine
     rates: list[float] = field(default_factory=list)
     statements: list[float] = field(default_factory=list)
 
@@ -96,11 +116,21 @@ def tenancy_app(tenancy: Tenancy) -> FastAPI:
     return app
 
 
+def rls_role(url: str) -> str:
+    """The role the row-level security variant logs in as; roles are server-wide."""
+    database = make_url(url).database or "bench"
+    return "".join(c for c in database.lower() if c.isalnum() or c == "_") + "_rls_app"
+
+
 async def reset(url: str) -> None:
     await drop_schemas(url, "bench_")
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS bench_items, tenancy_tenants CASCADE"))
+        role = rls_role(url)
+        if await conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
+            await conn.execute(text(f"DROP OWNED BY {role}"))
+            await conn.execute(text(f"DROP ROLE {role}"))
     await engine.dispose()
     admin = create_async_engine(
         make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
@@ -114,7 +144,25 @@ async def reset(url: str) -> None:
     await admin.dispose()
 
 
-def config(url: str, strategy: str, binding: str = "auto") -> TenancyConfig:
+async def rls_app_url(url: str) -> str:
+    """Policies on the benchmark table, and the URL of a role they apply to (not a superuser)."""
+    password = secrets.token_urlsafe(24)
+    role = rls_role(url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    async with engine.begin() as conn:
+        await conn.run_sync(apply_policies, Base.metadata)
+        # The password is random URL-safe text; CREATE ROLE takes no bind parameters.
+        await conn.execute(
+            text(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{password}'")
+        )
+        await conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        tables = "bench_items, tenancy_tenants"
+        await conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {role}"))
+    await engine.dispose()
+    return make_url(url).set(username=role, password=password).render_as_string(False)
+
+
+def config(url: str, strategy: str, binding: str = "auto", rls: bool = False) -> TenancyConfig:
     template = make_url(url).set(database="DB").render_as_string(hide_password=False)
     return TenancyConfig(
         database_url=url,
@@ -127,6 +175,7 @@ def config(url: str, strategy: str, binding: str = "auto") -> TenancyConfig:
         tenant_pool_size=2,
         database_connection_budget=20,
         schema_binding=binding,
+        row_level_security=rls,
     )
 
 
@@ -172,7 +221,13 @@ async def measure(contender: Contender, requests: int, concurrency: int, warmup:
 
 
 async def run(
-    url: str, tenant_counts: list[int], requests: int, concurrency: int, rounds: int, warmup: int
+    url: str,
+    tenant_counts: list[int],
+    variant_keys: list[str],
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    warmup: int,
 ) -> None:
     await ensure_database(url)
     print(f"{'app':<28}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
@@ -185,33 +240,35 @@ async def run(
                 insert(Item),
                 [{"name": f"x-{k}", "tenant_id": "x"} for k in range(ROWS_PER_TENANT)],
             )
-        contenders = [Contender("bare FastAPI + SQLAlchemy", bare, ["x"])]
+        contenders = [Contender("bare FastAPI + SQLAlchemy", bare, ["x"], bare_engine)]
         runtimes: list[Tenancy] = []
-        variants = [
-            ("row", "row", "auto"),
-            ("schema (search_path)", "schema", "search_path"),
-            ("schema (translate map)", "schema", "translate_map"),
-        ]
-        if count <= DATABASE_MAX_TENANTS:
-            variants.append(("database", "database", "auto"))
-        for label, strategy, binding in variants:
-            tenancy = Tenancy(config(url, strategy, binding))
+        # Variants of one strategy share its tenants and rows, reached another way.
+        seeded: dict[str, list[str]] = {}
+        for key in variant_keys:
+            label, strategy, binding, rls = VARIANTS[key]
+            if strategy == "database" and count > DATABASE_MAX_TENANTS:
+                continue
+            app_url = await rls_app_url(url) if rls else url
+            tenancy = Tenancy(config(app_url, strategy, binding, rls))
             await tenancy.start()
             runtimes.append(tenancy)
-            if binding == "translate_map":
-                identifiers = contenders[-1].identifiers  # the same tenants as search_path
-            else:
-                identifiers = await seed(tenancy, count, prefix=strategy[0])
-            contenders.append(Contender(label, tenancy_app(tenancy), identifiers))
+            if strategy not in seeded:
+                seeded[strategy] = await seed(tenancy, count, prefix=strategy[0])
+            app = tenancy_app(tenancy)
+            contenders.append(Contender(label, app, seeded[strategy], tenancy.engine))
         for _ in range(rounds):
             for contender in contenders:
                 async with LifespanManager(contender.app):
                     await measure(contender, requests, concurrency, warmup)
+                await contender.engine.dispose()
         base = statistics.median(contenders[0].rates)
         for contender in contenders:
             rate = statistics.median(contender.rates)
             stmts = statistics.median(contender.statements)
-            print(f"{contender.name:<28}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}")
+            print(
+                f"{contender.name:<28}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}",
+                flush=True,
+            )
         for tenancy in runtimes:
             await tenancy.close()
         await bare_engine.dispose()
@@ -222,6 +279,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_url_argument(parser)
     parser.add_argument("--tenants", default="10,1000", help="tenant counts, comma-separated")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"apps to measure beside the bare one, comma-separated: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -230,7 +292,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.tenants.split(",")]
-    asyncio.run(run(args.url, counts, args.requests, args.concurrency, args.rounds, args.warmup))
+    keys = [key.strip() for key in args.variants.split(",") if key.strip()]
+    unknown = sorted(set(keys) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    asyncio.run(
+        run(args.url, counts, keys, args.requests, args.concurrency, args.rounds, args.warmup)
+    )
 
 
 if __name__ == "__main__":
