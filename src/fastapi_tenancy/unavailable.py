@@ -5,12 +5,13 @@ error above all, passes through unchanged:
 
 * a connection lost while in use (SQLAlchemy marks the error ``connection_invalidated``): the
   server restarted, the backend was terminated, the network dropped it;
-* any failure while the pool hands out a connection: every connection stayed in use for
-  ``database_pool_timeout`` seconds, or opening a new one failed (refused, unreachable host, the
-  database dropped, too many clients). Drivers raise some of these unwrapped (asyncpg raises
-  ``ConnectionRefusedError``), so they are recognised by where they were raised, inside
-  SQLAlchemy's pool, rather than by their class: an ``OSError`` of the app's own, such as a
-  missing file, stays the app's error.
+* the pool handed out no connection: every connection stayed in use for
+  ``database_pool_timeout`` seconds;
+* opening a new connection failed: refused, unreachable host, the database dropped, too many
+  clients. Drivers raise some of these unwrapped (asyncpg raises ``ConnectionRefusedError``), so
+  they are recognised by where they were raised, inside the dialect's ``connect``, rather than by
+  their class: an ``OSError`` of the app's own, such as a missing file, stays the app's error, and
+  so does a pre-ping that fails for another reason than a lost connection (a misconfiguration).
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fastapi_tenancy.exceptions import ServiceUnavailable
 
 __all__ = ["is_unavailable", "unavailable_as_503"]
-
-_POOL_MODULES = "sqlalchemy.pool."
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -37,10 +38,12 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return any(
-        str(frame.f_globals.get("__name__", "")).startswith(_POOL_MODULES)
-        for frame, _ in traceback.walk_tb(exc.__traceback__)
-    )
+    return any(_is_dialect_connect(frame) for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _is_dialect_connect(frame: FrameType) -> bool:
+    """Whether ``frame`` is `Dialect.connect`: the pool opening a new DBAPI connection."""
+    return frame.f_code.co_name == "connect" and isinstance(frame.f_locals.get("self"), Dialect)
 
 
 @contextmanager

@@ -70,14 +70,11 @@ DEPLOYMENTS = [
 
 @dataclass
 class Deployment:
+    """One running app, and the proxy in front of its databases."""
+
     name: str
-    server_url: str
     proxy: FaultProxy
     service: Running
-
-    @property
-    def postgres(self) -> bool:
-        return self.server_url.startswith("postgres")
 
 
 @dataclass
@@ -145,7 +142,7 @@ async def deployments(redis: PrivateRedis) -> AsyncIterator[list[Deployment]]:
             config = isolation_config((strategy, proxy.url_for(url)), **overrides)
             identifiers = [f"{name}t{n}" for n in range(TENANTS_PER_DEPLOYMENT)]
             service = await stack.enter_async_context(running(config, identifiers))
-            started.append(Deployment(name, server_url, proxy, service))
+            started.append(Deployment(name, proxy, service))
         yield started
 
 
@@ -171,7 +168,7 @@ async def terminate_backends() -> int:
 
 async def inject_faults(
     rng: random.Random,
-    running_: list[Deployment],
+    fleet: list[Deployment],
     redis: PrivateRedis,
     tally: Tally,
     stop: asyncio.Event,
@@ -219,18 +216,18 @@ async def inject_faults(
     while not stop.is_set():
         await asyncio.sleep(rng.uniform(*FAULT_GAP))
         kind = rng.choice(kinds)
-        await faults[kind](rng.choice(running_))
+        await faults[kind](rng.choice(fleet))
         tally.faults[kind] += 1
 
 
 async def send_traffic(
-    rng: random.Random, running_: list[Deployment], tally: Tally, deadline: float
+    rng: random.Random, fleet: list[Deployment], tally: Tally, deadline: float
 ) -> int:
     """Up to REQUESTS random reads and writes, CONCURRENCY at a time, until ``deadline``."""
     gate = asyncio.Semaphore(CONCURRENCY)
     plan = []
     for n in range(REQUESTS):
-        deployment = rng.choice(running_)
+        deployment = rng.choice(fleet)
         identifier = rng.choice(sorted(deployment.service.ids))
         plan.append((deployment, identifier, rng.random() < 0.4, n))
     sent = 0
@@ -295,13 +292,13 @@ async def test_soak_mixed_tenants_with_random_faults_never_leaks_nor_fails_with_
     tally = Tally()
     started = time.monotonic()
     try:
-        async with PrivateRedis() as redis, deployments(redis) as running_:
+        async with PrivateRedis() as redis, deployments(redis) as fleet:
             stop = asyncio.Event()
-            injector = asyncio.create_task(inject_faults(rng, running_, redis, tally, stop))
+            injector = asyncio.create_task(inject_faults(rng, fleet, redis, tally, stop))
             try:
                 async with asyncio.timeout(SECONDS * 3):
                     sent = await send_traffic(
-                        random.Random(SEED + 1), running_, tally, started + SECONDS
+                        random.Random(SEED + 1), fleet, tally, started + SECONDS
                     )
             finally:
                 stop.set()
@@ -309,11 +306,11 @@ async def test_soak_mixed_tenants_with_random_faults_never_leaks_nor_fails_with_
 
             unrecovered = [
                 identifier
-                for deployment in running_
+                for deployment in fleet
                 for identifier in deployment.service.ids
                 if not await served_again(deployment, identifier)
             ]
-            foreign = [row for deployment in running_ for row in await rows_of_others(deployment)]
+            foreign = [row for deployment in fleet for row in await rows_of_others(deployment)]
     finally:
         for url in (POSTGRES_URL, MYSQL_URL):
             await reset_database(url)
