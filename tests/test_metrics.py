@@ -287,6 +287,25 @@ async def test_cache_lookups_are_counted_by_layer_and_result(tmp_path: Path) -> 
     assert counted[("redis", "miss")] == 2
 
 
+async def test_cache_lookups_are_counted_without_redis_too(tmp_path: Path) -> None:
+    async with Tenancy(metrics_config(tmp_path)) as tenancy:
+        await tenancy.create_tenant("acme")
+        for _ in range(3):
+            async with tenancy.tenant_scope("acme"):
+                pass
+        for _ in range(2):
+            with pytest.raises(TenantNotFound):
+                async with tenancy.tenant_scope("nobody"):
+                    pass
+        counted = {
+            result: value(
+                tenancy, "fastapi_tenancy_cache_lookups_total", layer="memory", result=result
+            )
+            for result in ("hit", "miss", "negative_hit")
+        }
+    assert counted == {"miss": 2, "hit": 2, "negative_hit": 1}
+
+
 async def test_redis_failures_are_counted_while_lookups_fall_back_to_the_store(
     tmp_path: Path, private_redis: PrivateRedis
 ) -> None:

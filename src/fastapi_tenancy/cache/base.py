@@ -8,7 +8,18 @@ from typing import Protocol, runtime_checkable
 
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["CacheObserver", "CachedLookup", "SharedTenantCache", "TenantCache"]
+__all__ = [
+    "MEMORY_LAYER",
+    "REDIS_LAYER",
+    "CacheObserver",
+    "CachedLookup",
+    "SharedTenantCache",
+    "TenantCache",
+    "report_lookup",
+]
+
+MEMORY_LAYER = "memory"
+REDIS_LAYER = "redis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,15 @@ class CacheObserver(Protocol):
     def cache_backend_error(self, layer: str) -> None: ...
 
     def cache_backend_up(self, layer: str, up: bool) -> None: ...
+
+
+def report_lookup(observer: CacheObserver, layer: str, hit: CachedLookup | None) -> None:
+    """Tell ``observer`` how a lookup in ``layer`` went: a hit, a negative hit or a miss."""
+    if hit is None:
+        result = "miss"
+    else:
+        result = "hit" if hit.tenant is not None else "negative_hit"
+    observer.cache_lookup(layer, result)
 
 
 @runtime_checkable

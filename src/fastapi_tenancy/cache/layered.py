@@ -19,7 +19,13 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from fastapi_tenancy.cache.base import CachedLookup, CacheObserver
+from fastapi_tenancy.cache.base import (
+    MEMORY_LAYER,
+    REDIS_LAYER,
+    CachedLookup,
+    CacheObserver,
+    report_lookup,
+)
 from fastapi_tenancy.cache.invalidation import InvalidationListener
 from fastapi_tenancy.cache.memory import MemoryTenantCache
 from fastapi_tenancy.cache.redis import CLEAR_ALL, RedisTenantCache
@@ -29,8 +35,7 @@ __all__ = ["LayeredTenantCache"]
 
 logger = logging.getLogger("fastapi_tenancy.cache")
 
-MEMORY = "memory"
-REDIS = "redis"
+
 # What a Redis failure can raise: redis-py's errors, and OS-level socket errors it lets through.
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -89,9 +94,9 @@ class LayeredTenantCache:
     async def get(self, identifier: str) -> CachedLookup | None:
         hit = await self.memory.get(identifier)
         if hit is not None:
-            self._observe(MEMORY, hit)
+            self._observe(MEMORY_LAYER, hit)
             return hit
-        self._observe(MEMORY, None)
+        self._observe(MEMORY_LAYER, None)
         if not self.redis_available:
             return None
         try:
@@ -99,7 +104,7 @@ class LayeredTenantCache:
         except REDIS_FAILURES as exc:
             self._failed("read", exc)
             return None
-        self._observe(REDIS, hit)
+        self._observe(REDIS_LAYER, hit)
         if hit is not None:
             await self.memory.set(identifier, hit.tenant, ttl=self._memory_ttl(remaining))
         await self._announce_pending()
@@ -170,7 +175,7 @@ class LayeredTenantCache:
         await self.memory.clear()
         self._notify(None)
         if self._observer is not None:
-            self._observer.cache_backend_up(REDIS, up)
+            self._observer.cache_backend_up(REDIS_LAYER, up)
         if up:
             self._retry_at = 0.0
             await self._announce_pending()
@@ -186,17 +191,13 @@ class LayeredTenantCache:
 
     def _observe(self, layer: str, hit: CachedLookup | None) -> None:
         if self._observer is not None:
-            if hit is None:
-                result = "miss"
-            else:
-                result = "hit" if hit.tenant is not None else "negative_hit"
-            self._observer.cache_lookup(layer, result)
+            report_lookup(self._observer, layer, hit)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         first = self._timer() >= self._retry_at
         self._retry_at = self._timer() + self._retry_seconds
         if self._observer is not None:
-            self._observer.cache_backend_error(REDIS)
+            self._observer.cache_backend_error(REDIS_LAYER)
         if first:
             logger.warning(
                 "tenant cache: Redis %s failed (%s: %s); serving from memory and the store, "

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from fastapi_tenancy.cache.base import CachedLookup
+from fastapi_tenancy.cache.base import MEMORY_LAYER, CachedLookup, CacheObserver, report_lookup
 from fastapi_tenancy.models import Tenant
 
 __all__ = ["MemoryTenantCache"]
@@ -16,7 +16,8 @@ class MemoryTenantCache:
     """A `TenantCache` in process memory, bounded to ``max_size`` entries (least recently used go).
 
     Each entry expires after the ``ttl`` it was set with; "no such tenant" answers are cached like
-    tenants. ``timer`` is the clock the TTLs are measured on.
+    tenants. ``timer`` is the clock the TTLs are measured on; ``observer`` (the metrics) is told
+    of every lookup.
 
     Task-safe on one event loop: no method awaits, so concurrent tasks never see a half-done
     update. It is not shared between threads or processes; each process has its own.
@@ -34,22 +35,29 @@ class MemoryTenantCache:
     """
 
     def __init__(
-        self, max_size: int = 10_000, *, timer: Callable[[], float] = time.monotonic
+        self,
+        max_size: int = 10_000,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        observer: CacheObserver | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self._max_size = max_size
         self._timer = timer
+        self._observer = observer
         # identifier -> (lookup, expiry time on ``timer``), least recently used first.
         self._entries: OrderedDict[str, tuple[CachedLookup, float]] = OrderedDict()
 
     async def get(self, identifier: str) -> CachedLookup | None:
         """The cached lookup, or ``None`` on a miss or after its TTL ran out."""
         entry = self._entries.get(identifier)
-        if entry is None:
-            return None
-        if self._timer() >= entry[1]:
+        if entry is not None and self._timer() >= entry[1]:
             del self._entries[identifier]
+            entry = None
+        if self._observer is not None:
+            report_lookup(self._observer, MEMORY_LAYER, None if entry is None else entry[0])
+        if entry is None:
             return None
         self._entries.move_to_end(identifier)
         return entry[0]
