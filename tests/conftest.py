@@ -53,11 +53,7 @@ async def empty_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+async def private_redis() -> AsyncIterator[PrivateRedis]:
     """A ``redis-server`` of the test's own, which it may stop and start."""
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
+    async with PrivateRedis() as server:
         yield server
-    finally:
-        await server.stop()

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.services import REQUIRE_SERVICES
+from tests.services import REQUIRE_SERVICES, free_port
 
 POOL_SIZE = 2
 MAX_CLIENT_CONNECTIONS = 200
@@ -79,7 +79,7 @@ def running_pgbouncer(server_url: str, *, pool_size: int = POOL_SIZE) -> Iterato
         log = workdir / "pgbouncer.log"
         last_error = ""
         for _ in range(START_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             ini = _write_ini(workdir, server, port, pool_size, _version(binary))
             command = [binary, *(["-u", user] if user is not None else []), str(ini)]
             with log.open("ab") as output:
@@ -162,13 +162,6 @@ def _write_ini(
     ini.write_text("\n".join(lines) + "\n")
     ini.chmod(0o644)
     return ini
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:

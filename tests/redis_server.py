@@ -1,57 +1,95 @@
-"""A private ``redis-server`` that a test may stop and restart, never the shared one."""
+"""`PrivateRedis`: a ``redis-server`` of the test's own, on a free port, to stop and start at will.
+
+The shared Redis is never stopped; a test that needs Redis to die kills this one instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.services import REQUIRE_SERVICES
+from tests.services import REQUIRE_SERVICES, free_port
 
+__all__ = ["PrivateRedis"]
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+START_ATTEMPTS = 100
+START_POLL_SECONDS = 0.05
 
 
 class PrivateRedis:
-    """``redis-server`` on a free loopback port, in ``directory``; `stop` and `start` at will."""
+    """A throwaway ``redis-server`` without persistence; `stop` kills it, `start` brings it back.
 
-    def __init__(self, directory: Path) -> None:
+    Example::
+
+        async with PrivateRedis() as redis:
+            config = TenancyConfig(redis_url=redis.url, ...)
+            await redis.stop()
+            await redis.start()   # same port, empty data
+    """
+
+    def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server is not installed; fault tests start a private one"
+            message = "redis-server is not installed; the Redis fault tests start their own"
             if REQUIRE_SERVICES:
                 pytest.fail(message, pytrace=False)
             pytest.skip(message)
-        self.binary = binary
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._binary = binary
+        self.port = free_port()
         self._process: asyncio.subprocess.Process | None = None
 
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
     async def start(self) -> None:
+        """Start the server and return once it answers PING."""
         self._process = await asyncio.create_subprocess_exec(
-            self.binary,
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            self._binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
-                    return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"private redis-server on port {self.port} did not start")
+        client = Redis(host="127.0.0.1", port=self.port)
+        try:
+            for _ in range(START_ATTEMPTS):
+                try:
+                    if await client.ping():
+                        return
+                except RedisConnectionError:
+                    await asyncio.sleep(START_POLL_SECONDS)
+        finally:
+            await client.aclose()
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     async def stop(self) -> None:
+        """Kill the server (no clean shutdown, as a crash would) and wait for it to exit."""
         process, self._process = self._process, None
-        if process is not None:
+        if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -37,6 +37,14 @@ def _storage_prefix() -> str:
 TEST_STORAGE_PREFIX = _storage_prefix()
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @cache
 def _reachable(host: str, port: int) -> bool:
     try:

@@ -24,7 +24,7 @@ from fastapi_tenancy import TenancyConfig
 from fastapi_tenancy.cache.layered import LayeredTenantCache
 from tests.backends import isolation_config
 from tests.faults.helpers import GENERIC_503, Running, running
-from tests.faults.redis_server import PrivateRedis
+from tests.redis_server import PrivateRedis
 
 TENANTS = ["redisalpha", "redisbravo"]
 # Recovery is waited for in short steps, never with a fixed delay: reconnecting takes as long as

@@ -41,8 +41,8 @@ from fastapi_tenancy.isolation.servers import create_database, drop_database
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.faults.helpers import GENERIC_503, Running, foreign_rows, running
 from tests.faults.proxy import FaultProxy
-from tests.faults.redis_server import PrivateRedis
 from tests.models import Item
+from tests.redis_server import PrivateRedis
 from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
 
 REQUESTS = int(os.environ.get("TENANCY_SOAK_REQUESTS", "4000"))

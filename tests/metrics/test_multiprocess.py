@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_tenancy import Tenancy, TenancyConfig
+from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = Path(__file__).with_name("gunicorn_conf.py")
@@ -24,18 +24,12 @@ BATCH = 10
 MAX_BATCHES = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def gunicorn(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
     """Serve ``tests.metrics.served_app`` with gunicorn and uvicorn workers; yield its base URL."""
     multiproc = tmp_path / "prometheus"
     multiproc.mkdir()  # empty on every start, as the docs tell
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),

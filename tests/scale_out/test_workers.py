@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from pydantic import SecretStr
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.conftest import empty_database
-from tests.services import REDIS_URL, require_server
+from tests.services import REDIS_URL, free_port, require_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,16 +29,10 @@ STARTUP_SECONDS = 60
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def worker(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
     """One ``uvicorn`` process serving tests/scale_out/app.py, and a client for it."""
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "uvicorn", "tests.scale_out.app:create_app", "--factory"),
