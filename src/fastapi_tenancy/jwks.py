@@ -88,6 +88,11 @@ def _weakness(verifier: Any, algorithm: str) -> str | None:
     return f"it is too weak for {algorithm}: {weakness}" if weakness else None
 
 
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class JWKSKeys:
     """The current signing keys of one issuer, by ``kid``.
 
@@ -190,6 +195,8 @@ class JWKSKeys:
         """
         if self._fetching is None or self._fetching.done():
             self._fetching = asyncio.ensure_future(self._fetch())
+            # Every caller may have gone (a client disconnected); the outcome is still consumed.
+            self._fetching.add_done_callback(_consume_outcome)
         # A cancelled caller must not cancel the fetch other callers wait for.
         await asyncio.shield(self._fetching)
 
