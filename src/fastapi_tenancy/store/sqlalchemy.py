@@ -7,6 +7,7 @@ becomes `TenantAlreadyExists`.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ __all__ = ["SQLAlchemyTenantStore", "tenants_metadata", "tenants_table"]
 # Failures that mean "the database cannot be reached right now". OSError covers ConnectionError,
 # TimeoutError and asyncio.TimeoutError, which drivers raise unwrapped while connecting.
 UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, OSError)
+# Tries at creating the tenants table when other processes race to create it too.
+CREATE_ATTEMPTS = 5
 
 
 def _utc(value: datetime) -> datetime:
@@ -124,14 +127,17 @@ class SQLAlchemyTenantStore:
     async def initialize(self) -> None:
         """Create the tenants table if it is missing; safe to call repeatedly and concurrently."""
         with self._translate_errors():
-            try:
-                await self._create_table()
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise
-                # Another process created the table between the existence check and CREATE
-                # TABLE; the second check sees it. A real failure repeats and propagates.
-                await self._create_table()
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    await self._create_table()
+                    return
+                except DBAPIError as exc:
+                    if exc.connection_invalidated or attempt == CREATE_ATTEMPTS - 1:
+                        raise
+                    # Another process created the table between the existence check and CREATE
+                    # TABLE; a later check sees it once that process has committed. A real
+                    # failure repeats and propagates.
+                    await asyncio.sleep(0.05 * (attempt + 1))
 
     async def close(self) -> None:
         """Nothing to release: the engine was passed in and stays open."""
