@@ -14,6 +14,7 @@ import jwt as pyjwt
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy.pool import QueuePool
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig, TenancyMiddleware
 from fastapi_tenancy.testing import run_app
@@ -269,3 +270,20 @@ async def test_jwt_strategy_answers_generic_401_for_bad_tokens(tmp_path: Path) -
                 assert bad.json() == {"detail": "Unauthorized"}
                 assert bad.headers["www-authenticate"] == "Bearer"
             assert (await client.get("/whoami")).status_code == 404
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_refused_startup_leaves_no_pooled_connection(database_url: str) -> None:
+    # Row-level security refuses to start as a superuser, after the store has connected.
+    tenancy = Tenancy(TenancyConfig(database_url=database_url, row_level_security=True))
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, tenancy=tenancy)
+
+    with pytest.raises(Exception, match="superuser"):
+        async with LifespanManager(app):
+            pass
+
+    pool = tenancy.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == 0
+    assert pool.checkedout() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +45,15 @@ PLACEHOLDER_SECRET_PREFIXES = (
     "dummy",
     "insecure",
 )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _split_csv(value: Any) -> Any:
@@ -95,6 +105,11 @@ class TenancyConfig(BaseSettings):
     jwt_tenant_claim: str = Field(default="tenant", min_length=1)
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    jwt_leeway: float = Field(default=10.0, ge=0, le=300)
+    # Asymmetric tokens can name their key by "kid" in a JWKS instead of one pinned public key.
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_interval: float = Field(default=300.0, gt=0)
+    jwt_jwks_min_refresh_interval: float = Field(default=10.0, ge=0)
     excluded_paths: Annotated[tuple[str, ...], NoDecode] = (
         "/health",
         "/docs",
@@ -102,14 +117,17 @@ class TenancyConfig(BaseSettings):
         "/openapi.json",
     )
 
-    # ② Lookup: in-process LRU+TTL cache in front of the store.
+    # ② Lookup: in-process LRU+TTL cache (L1) in front of Redis (L2, when redis_url is set) and
+    # the store; invalidations travel over Redis pub/sub.
     cache_enabled: bool = True
     cache_ttl: float = Field(default=60.0, gt=0)
     cache_negative_ttl: float = Field(default=5.0, ge=0)
     cache_max_size: int = Field(default=10_000, ge=1)
+    cache_key_prefix: str = Field(default="fastapi_tenancy", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     # ③ Rate limiting, and the Redis server that shares it between processes.
     redis_url: SecretStr | None = Field(default=None, repr=False)
+    redis_timeout: float = Field(default=1.0, gt=0)
     enable_rate_limiting: bool = False
     rate_limit_per_minute: int = Field(default=600, ge=1)
     rate_limit_plans: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
@@ -118,6 +136,8 @@ class TenancyConfig(BaseSettings):
     # ⑤ Isolation.
     isolation_strategy: Literal["row", "schema", "database"] = "row"
     tenant_metadata: str | MetaData | None = None
+    # Row isolation on PostgreSQL: policies enforce the tenant on raw SQL too.
+    row_level_security: bool = False
     schema_prefix: str = Field(default="tenant_", pattern=r"^[a-z][a-z0-9_]{0,19}$")
     schema_binding: Literal["auto", "search_path", "translate_map"] = "auto"
     # Database per tenant: where each tenant's database is, and how many engines stay open.
@@ -129,6 +149,12 @@ class TenancyConfig(BaseSettings):
     # Lifecycle and audit.
     enable_soft_delete: bool = True
     enable_audit_logging: bool = False
+
+    # ⑥ Observability: Prometheus metrics and the slow-query log.
+    enable_metrics: bool = False
+    metrics_tenant_label: bool = False
+    metrics_tenant_label_limit: int = Field(default=20, ge=1)
+    slow_query_threshold_ms: float | None = Field(default=None, ge=0)
 
     @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
     @classmethod
@@ -216,10 +242,26 @@ class TenancyConfig(BaseSettings):
                 "schema_binding 'search_path' exists on PostgreSQL only; MariaDB/MySQL use "
                 "'translate_map' (or leave it 'auto')"
             )
+        if self.metrics_tenant_label and not self.enable_metrics:
+            raise ConfigurationError(
+                "metrics_tenant_label labels the Prometheus metrics: it needs "
+                "TENANCY_ENABLE_METRICS=true"
+            )
         if self.isolation_strategy == "schema" and self.database_backend == "sqlite":
             raise ConfigurationError(
                 "isolation_strategy 'schema' needs PostgreSQL or MariaDB/MySQL; with SQLite use "
                 "'row' isolation"
+            )
+        if self.row_level_security and self.isolation_strategy != "row":
+            raise ConfigurationError(
+                "row_level_security applies to isolation_strategy 'row' only; schema and database "
+                "isolation keep tenants apart without it (unset TENANCY_ROW_LEVEL_SECURITY)"
+            )
+        if self.row_level_security and self.database_backend != "postgresql":
+            raise ConfigurationError(
+                "row_level_security needs PostgreSQL; on "
+                f"{self.database_backend} row isolation relies on the ORM filter alone "
+                "(unset TENANCY_ROW_LEVEL_SECURITY)"
             )
         return self
 
@@ -229,6 +271,24 @@ class TenancyConfig(BaseSettings):
         scheme = self.database_url.split(":", 1)[0]
         return scheme.split("+", 1)[0]
 
+    def _check_jwks(self) -> None:
+        url = self.jwt_jwks_url or ""
+        if self.jwt_secret is not None:
+            raise ConfigurationError(
+                "set either TENANCY_JWT_SECRET (one key) or TENANCY_JWT_JWKS_URL (keys chosen by "
+                "kid), not both"
+            )
+        if self.jwt_algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigurationError(
+                f"TENANCY_JWT_JWKS_URL publishes public keys; jwt_algorithm {self.jwt_algorithm} "
+                "is not asymmetric (use e.g. RS256 or ES256)"
+            )
+        parts = urlsplit(url)
+        local = parts.scheme == "http" and _is_loopback(parts.hostname)
+        if parts.scheme != "https" and not local:
+            # Keys fetched over plain HTTP can be swapped in transit, and with them any token.
+            raise ConfigurationError("TENANCY_JWT_JWKS_URL must be an https:// URL")
+
     def _check_jwt(self) -> None:
         algorithm = self.jwt_algorithm
         if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
@@ -236,6 +296,9 @@ class TenancyConfig(BaseSettings):
                 f"jwt_algorithm {algorithm!r} is not supported; use one of "
                 f"{', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
             )
+        if self.jwt_jwks_url is not None:
+            self._check_jwks()
+            return
         if self.jwt_secret is None or not self.jwt_secret.get_secret_value().strip():
             raise ConfigurationError(
                 "resolution_strategy 'jwt' needs TENANCY_JWT_SECRET: the HMAC secret for HS* "

@@ -7,6 +7,7 @@ another task, where changes to the context are lost.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,8 +16,14 @@ from starlette.responses import JSONResponse
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import _current
 from fastapi_tenancy.events import RequestCompleted
-from fastapi_tenancy.exceptions import ConfigurationError, TenancyError, TenantNotFound
+from fastapi_tenancy.exceptions import (
+    ConfigurationError,
+    ServiceUnavailable,
+    TenancyError,
+    TenantNotFound,
+)
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.principal import PrincipalCheck, check_principal
 from fastapi_tenancy.resolution.base import Resolution
 from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
@@ -27,6 +34,11 @@ __all__ = ["SCOPE_KEY", "TenancyMiddleware"]
 # Where each request's scope carries the runtime, for the dependencies.
 SCOPE_KEY = "fastapi_tenancy"
 
+logger = logging.getLogger("fastapi_tenancy")
+
+# Messages after which the client has its answer and a 503 can no longer be sent.
+_ANSWERED = frozenset({"http.response.start", "websocket.close", "websocket.http.response.start"})
+
 
 class TenancyMiddleware:
     """Ties every HTTP and WebSocket request to one active tenant.
@@ -35,6 +47,8 @@ class TenancyMiddleware:
     runtime opens on lifespan startup (or on the first request when the server runs no lifespan),
     closes on shutdown, and is available as ``app.state.tenancy``. Pass ``tenancy=`` instead of
     ``config=`` to share a runtime you manage; the middleware then closes it only if it opened it.
+    ``principal_check=`` confirms that the caller belongs to the tenant
+    (`fastapi_tenancy.principal`).
     """
 
     def __init__(
@@ -43,12 +57,21 @@ class TenancyMiddleware:
         config: TenancyConfig | None = None,
         *,
         tenancy: Tenancy | None = None,
+        principal_check: PrincipalCheck | None = None,
     ) -> None:
         if config is not None and tenancy is not None:
             raise ConfigurationError("pass either config= or tenancy= to TenancyMiddleware")
+        if tenancy is not None and principal_check is not None:
+            raise ConfigurationError("pass principal_check= to the Tenancy you share instead")
         self.app = app
-        self.tenancy = tenancy if tenancy is not None else Tenancy(config)
-        self._excluded = self.tenancy.config.excluded_paths
+        self.tenancy = (
+            tenancy if tenancy is not None else Tenancy(config, principal_check=principal_check)
+        )
+        excluded = self.tenancy.config.excluded_paths
+        # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
+        self._exclude_all = "/" in excluded
+        self._excluded_exact = frozenset(excluded)
+        self._excluded_prefixes = tuple(path + "/" for path in excluded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -69,12 +92,15 @@ class TenancyMiddleware:
             if not tenancy.started:
                 # No lifespan ran (some test clients and servers skip it): open on first use.
                 await tenancy.start()
-            resolution = tenancy.resolver.resolve(scope)
+            resolution = await tenancy.resolve(scope)
             if resolution is None:
                 raise TenantNotFound()
             tenant = await tenancy.lookup.resolve(resolution.identifier)
             if metrics is not None:
                 metrics.resolved(time.perf_counter() - started)
+            if tenancy.principal_check is not None:
+                # Before the rate limit: callers refused here never spend the tenant's quota.
+                await check_principal(tenancy.principal_check, tenant, resolution, scope)
             decision = None
             if tenancy.limiter is not None and scope["type"] == "http":
                 decision = await tenancy.limiter.check(tenant)
@@ -96,7 +122,7 @@ class TenancyMiddleware:
             if scope["type"] == "http" and tenancy.hooks.wants(RequestCompleted):
                 await self._call_observed(child, receive, send, tenant, resolution)
             else:
-                await self.app(child, receive, send)
+                await _serve(self.app, child, receive, send)
         finally:
             _current.reset(token)
 
@@ -113,7 +139,7 @@ class TenancyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_observed)
+            await _serve(self.app, scope, receive, send_observed)
         finally:
             subject = (resolution.claims or {}).get("sub")
             await self.tenancy.hooks.emit(
@@ -129,10 +155,10 @@ class TenancyMiddleware:
 
     def _is_excluded(self, scope: Scope) -> bool:
         path = route_path(scope)
-        # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
-        return any(
-            path == excluded or path.startswith(excluded + "/") or excluded == "/"
-            for excluded in self._excluded
+        return (
+            self._exclude_all
+            or path in self._excluded_exact
+            or path.startswith(self._excluded_prefixes)
         )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,8 +169,10 @@ class TenancyMiddleware:
         try:
             opened_here = await self.tenancy.start()
         except Exception as exc:
-            # Report and re-raise, as Starlette's router does: servers read the message, test
-            # harnesses such as asgi-lifespan read the exception.
+            # Release what the failed start opened (pooled connections), then report and
+            # re-raise, as Starlette's router does: servers read the message, test harnesses such
+            # as asgi-lifespan read the exception.
+            await self.tenancy.close()
             await send({"type": "lifespan.startup.failed", "message": f"fastapi-tenancy: {exc}"})
             raise
         app = scope.get("app")
@@ -193,6 +221,24 @@ def _replay(first: Message, receive: Receive) -> Receive:
         return await receive()
 
     return replaying_receive
+
+
+async def _serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run the app; tenant storage failing inside it (its session) answers 503, like the lookup."""
+    answered = False
+
+    async def send_tracked(message: Message) -> None:
+        nonlocal answered
+        answered = answered or message["type"] in _ANSWERED
+        await send(message)
+
+    try:
+        await app(scope, receive, send_tracked)
+    except ServiceUnavailable as exc:
+        if answered:
+            raise
+        logger.warning("answering 503: %s", exc)
+        await _reject(scope, send, exc)
 
 
 async def _reject(scope: Scope, send: Send, exc: TenancyError) -> None:

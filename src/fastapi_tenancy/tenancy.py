@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from fastapi_tenancy.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
-from fastapi_tenancy.cache.base import TenantCache
-from fastapi_tenancy.cache.memory import MemoryTenantCache
+from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
+from fastapi_tenancy.cache.build import build_cache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
@@ -20,13 +20,19 @@ from fastapi_tenancy.events import Hooks
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
+from fastapi_tenancy.jwks import JWKSKeys
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
+from fastapi_tenancy.observability import watch_engines
+from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
-from fastapi_tenancy.resolution import build_resolver
-from fastapi_tenancy.resolution.base import TenantResolver
+from fastapi_tenancy.resolution import UnknownSigningKey, build_resolver
+from fastapi_tenancy.resolution.base import Resolution, TenantResolver
+from fastapi_tenancy.slowquery import SlowQueryLog
 from fastapi_tenancy.store.base import TenantStore
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
+from fastapi_tenancy.types import Scope
+from fastapi_tenancy.unavailable import unavailable_as_503
 
 if TYPE_CHECKING:
     from fastapi_tenancy.lifecycle import TenantLifecycle
@@ -47,7 +53,8 @@ class Tenancy:
                 await session.commit()
 
     ``store`` and ``cache`` replace the defaults built from the config (an SQLAlchemy store on
-    ``database_url`` and an in-process cache).
+    ``database_url`` and an in-process cache). ``principal_check`` is the app's hook that
+    confirms the caller belongs to the tenant (`fastapi_tenancy.principal`).
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class Tenancy:
         *,
         store: TenantStore | None = None,
         cache: TenantCache | None = None,
+        principal_check: PrincipalCheck | None = None,
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
         self.metrics: TenancyMetrics | None = None
@@ -63,8 +71,8 @@ class Tenancy:
             self.metrics = _build_metrics(self.config)
         self.engine: AsyncEngine = create_engine(self.config)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
-        if cache is None and self.config.cache_enabled:
-            cache = MemoryTenantCache(self.config.cache_max_size)
+        if cache is None:
+            cache = build_cache(self.config, self.metrics)
         self.cache: TenantCache | None = cache
         self.lookup = TenantLookup(
             self.store,
@@ -72,11 +80,24 @@ class Tenancy:
             ttl=self.config.cache_ttl,
             negative_ttl=self.config.cache_negative_ttl,
         )
-        self.resolver: TenantResolver = build_resolver(self.config)
+        if isinstance(cache, SharedTenantCache):
+            cache.listeners.append(self.lookup.forget)
+        self.jwks: JWKSKeys | None = None
+        if self.config.jwt_jwks_url is not None and "jwt" in self.config.resolution_strategy:
+            self.jwks = JWKSKeys.from_config(self.config)
+        self.resolver: TenantResolver = build_resolver(self.config, signing_keys=self.jwks)
+        self.principal_check = principal_check
         self.limiter: TenantRateLimiter | None = None
         if self.config.enable_rate_limiting:
             self.limiter = TenantRateLimiter.from_config(self.config)
         self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
+        self.slow_queries: SlowQueryLog | None = None
+        if self.config.slow_query_threshold_ms is not None:
+            on_slow = self.metrics.slow_query if self.metrics is not None else None
+            self.slow_queries = SlowQueryLog(self.config.slow_query_threshold_ms, on_slow=on_slow)
+        watch_engines(
+            self.engine, self.isolation, metrics=self.metrics, slow_queries=self.slow_queries
+        )
         self.hooks = Hooks()
         self.inflight = InFlight()
         self.audit: AuditTrail | None = None
@@ -98,7 +119,12 @@ class Tenancy:
         async with self._lock:
             if self._started:
                 return False
+            if self.jwks is not None:
+                # First: a JWKS that cannot be fetched fails startup before anything is opened.
+                await self.jwks.start()
             await self.store.initialize()
+            if isinstance(self.cache, SharedTenantCache):
+                await self.cache.start()
             await self.isolation.start()
             if self.audit is not None:
                 await self.audit.start()
@@ -113,6 +139,8 @@ class Tenancy:
                     await self.audit.close()
                 if self.limiter is not None:
                     await self.limiter.close()
+                if self.jwks is not None:
+                    await self.jwks.close()
                 await self.isolation.close()
                 await self.store.close()
                 if self.cache is not None:
@@ -122,7 +150,12 @@ class Tenancy:
                 self._started = False
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A refused start (a failed check, an unreachable server) leaves nothing open.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -132,6 +165,19 @@ class Tenancy:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def resolve(self, scope: Scope) -> Resolution | None:
+        """① for one request: the resolver's answer, after one key refresh if a token needs it.
+
+        A token signed with a key the JWKS did not hold at the last fetch (a rotation) triggers
+        a rate-limited refresh and a second try; resolution itself stays free of I/O.
+        """
+        try:
+            return self.resolver.resolve(scope)
+        except UnknownSigningKey:
+            if self.jwks is None or not await self.jwks.refresh_for_unknown_key():
+                raise
+        return self.resolver.resolve(scope)
 
     # Sessions and scopes for code outside a request.
 
@@ -151,8 +197,15 @@ class Tenancy:
 
     @asynccontextmanager
     async def tenant_session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
-        """A session bound to ``tenant``, counted as in-flight work so a purge waits for it."""
-        with self.inflight.track(tenant.id):
+        """A session bound to ``tenant``, counted as in-flight work so a purge waits for it.
+
+        A database that cannot be reached (refused, dropped, pool timed out, connection lost)
+        surfaces as `ServiceUnavailable`; statement errors pass through unchanged.
+        """
+        with (
+            self.inflight.track(tenant.id),
+            unavailable_as_503(f"the storage of tenant {tenant.identifier!r}"),
+        ):
             async with self.isolation.session(tenant) as session:
                 yield session
 

@@ -17,6 +17,7 @@ from fastapi_tenancy.cli.checks import (
     check_echo,
     check_engine_cache,
     check_health_path,
+    check_jwt,
     check_pool,
     check_shared_state,
     check_sqlite_workers,
@@ -57,7 +58,7 @@ def test_text_report_has_one_line_per_check_with_a_fix(tmp_path: Path) -> None:
     echo = next(line for line in lines if line.split()[1] == "echo")
     assert echo.startswith("warn")
     assert "TENANCY_DATABASE_ECHO=false" in echo
-    assert lines[-1] == "8 ok, 2 warn, 0 fail"
+    assert lines[-1] == "8 ok, 3 warn, 0 fail"  # echo, sqlite with 2 workers, no shared cache
 
 
 def test_echo_on_warns_without_failing(tmp_path: Path) -> None:
@@ -153,9 +154,30 @@ def test_database_check_reports_the_probe_error() -> None:
     assert (failed.status, failed.message) == ("fail", "db:5432 is unreachable")
 
 
+def test_cached_tenants_without_redis_warn_when_several_workers_run() -> None:
+    # A suspension in one worker would reach the others only after cache_ttl.
+    cached = TenancyConfig()
+    assert "cache_ttl=60 s" in check_shared_state(cached, workers=2).message
+    assert check_shared_state(cached, workers=1).status == "ok"
+    assert check_shared_state(TenancyConfig(cache_enabled=False), workers=2).status == "ok"
+    shared = TenancyConfig(redis_url="redis://127.0.0.1:6379/0")
+    assert check_shared_state(shared, workers=2).status == "ok"
+
+
 def test_rate_limits_without_redis_warn_when_several_workers_run() -> None:
     limited = TenancyConfig(enable_rate_limiting=True)
     assert check_shared_state(limited, workers=4).status == "warn"
     assert check_shared_state(limited, workers=1).status == "ok"
     shared = TenancyConfig(enable_rate_limiting=True, redis_url="redis://127.0.0.1:6379/0")
     assert check_shared_state(shared, workers=4).status == "ok"
+
+
+def test_jwt_keys_from_a_jwks_are_reported_as_such() -> None:
+    config = TenancyConfig(
+        resolution_strategy="jwt",
+        jwt_algorithm="RS256",
+        jwt_jwks_url="https://issuer.example/.well-known/jwks.json",
+    )
+    result = check_jwt(config)
+    assert result.status == "ok"
+    assert "JWKS at https://issuer.example/.well-known/jwks.json" in result.message

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import URL, make_url
 
 from fastapi_tenancy.config import HMAC_ALGORITHMS, TenancyConfig
+from fastapi_tenancy.isolation.rls import RlsProblem
 
 __all__ = [
     "CheckResult",
@@ -27,6 +28,7 @@ __all__ = [
     "check_health_path",
     "check_jwt",
     "check_pool",
+    "check_row_level_security",
     "check_sqlite_workers",
     "check_ssl",
     "run_checks",
@@ -59,6 +61,8 @@ class ServerFacts:
     error: str | None = None
     max_connections: int | None = None
     tenant_count: int | None = None
+    # Why PostgreSQL would not enforce row-level security; read only when it is configured.
+    rls_problems: tuple[RlsProblem, ...] | None = None
 
 
 def check_config(error: str | None) -> CheckResult:
@@ -78,6 +82,10 @@ def check_jwt(config: TenancyConfig) -> CheckResult:
             "fail",
             "jwt resolution is on but PyJWT is not installed",
             "pip install 'fastapi-tenancy[jwt]'",
+        )
+    if config.jwt_jwks_url is not None:
+        return CheckResult(
+            "jwt", "ok", f"{config.jwt_algorithm} keys come from the JWKS at {config.jwt_jwks_url}"
         )
     # TenancyConfig refuses a missing, short or placeholder secret, so a loaded one is sound.
     kind = "secret" if config.jwt_algorithm in HMAC_ALGORITHMS else "public key"
@@ -203,14 +211,27 @@ def check_echo(config: TenancyConfig) -> CheckResult:
 
 
 def check_shared_state(config: TenancyConfig, workers: int) -> CheckResult:
-    """Rate limits kept in each process's memory multiply by the number of processes."""
-    if not config.enable_rate_limiting or workers <= 1 or config.redis_url is not None:
+    """Without Redis, each process caches tenants and counts rate limits on its own."""
+    if workers <= 1 or config.redis_url is not None:
+        return CheckResult("redis", "ok", "no state needs sharing between workers")
+    problems = []
+    if config.cache_enabled:
+        problems.append(
+            f"a suspension or deletion made through one worker reaches the other {workers - 1} "
+            f"only when their cached copy expires (cache_ttl={config.cache_ttl:g} s)"
+        )
+    if config.enable_rate_limiting:
+        problems.append(
+            f"rate limits are counted per process: {workers} workers admit {workers}x the limit"
+        )
+    if not problems:
         return CheckResult("redis", "ok", "no state needs sharing between workers")
     return CheckResult(
         "redis",
         "warn",
-        f"rate limits are counted per process: {workers} workers admit {workers}x the limit",
-        "set TENANCY_REDIS_URL so every worker shares one count",
+        "; ".join(problems),
+        "set TENANCY_REDIS_URL so every worker shares the tenant cache, its invalidations and "
+        "the rate-limit counts",
     )
 
 
@@ -240,6 +261,32 @@ def check_engine_cache(config: TenancyConfig, tenant_count: int | None) -> Check
     return CheckResult("engines", "ok", f"max_cached_engines {limit} >= {tenant_count} tenants")
 
 
+def check_row_level_security(
+    config: TenancyConfig, problems: tuple[RlsProblem, ...] | None
+) -> CheckResult:
+    """With row-level security on, PostgreSQL really applies it to the app's role and tables."""
+    if not config.row_level_security:
+        return CheckResult("rls", "ok", "row-level security is off")
+    if problems is None:
+        return CheckResult(
+            "rls",
+            "warn",
+            "row-level security is on; the role and tables could not be read",
+            "make the database reachable and rerun",
+        )
+    if problems:
+        fixes = dict.fromkeys(problem.fix for problem in problems)
+        return CheckResult(
+            "rls",
+            "fail",
+            "; ".join(problem.message for problem in problems),
+            "; ".join(fixes),
+        )
+    return CheckResult(
+        "rls", "ok", "PostgreSQL enforces the tenant policies for the app's role on every table"
+    )
+
+
 def check_database(facts: ServerFacts) -> CheckResult:
     if facts.reachable:
         return CheckResult("database", "ok", "central database answers")
@@ -264,4 +311,5 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
         check_echo(config),
         check_shared_state(config, workers),
         check_engine_cache(config, facts.tenant_count),
+        check_row_level_security(config, facts.rls_problems),
     ]

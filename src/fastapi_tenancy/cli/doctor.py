@@ -1,7 +1,8 @@
 """``fastapi-tenancy doctor``: the running configuration against a production checklist.
 
-Read-only: the doctor connects once to the central database, reads its connection limit and the
-tenant count, and creates nothing (not even the tenants table).
+Read-only: the doctor connects once to the central database, reads its connection limit, the
+tenant count and (with row-level security on) the role and tenant tables' RLS settings, and
+creates nothing (not even the tenants table).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config, scru
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
+from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
+from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.store.sqlalchemy import tenants_table
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -112,13 +115,31 @@ async def probe(config: TenancyConfig) -> ServerFacts:
                 has_table = await conn.run_sync(
                     lambda sync: inspect(sync).has_table(tenants_table.name)
                 )
+                rls_problems = await _rls_problems(conn, config)
             # The store reads without initialize(): the doctor never creates the table.
             tenant_count = len(await tenancy.store.list()) if has_table else 0
     except Exception as exc:
         return ServerFacts(reachable=False, error=_unreachable(config.database_url, exc))
     finally:
         await tenancy.close()
-    return ServerFacts(reachable=True, max_connections=max_connections, tenant_count=tenant_count)
+    return ServerFacts(
+        reachable=True,
+        max_connections=max_connections,
+        tenant_count=tenant_count,
+        rls_problems=rls_problems,
+    )
+
+
+async def _rls_problems(
+    conn: AsyncConnection, config: TenancyConfig
+) -> tuple[RlsProblem, ...] | None:
+    if not config.row_level_security:
+        return None
+    try:
+        tables = TenantTables(config.tenant_metadata).scoped_tables_children_first()
+    except ConfigurationError as exc:
+        return (RlsProblem(str(exc), "correct TENANCY_TENANT_METADATA"),)
+    return tuple(await conn.run_sync(find_problems, tables))
 
 
 async def _max_connections(conn: AsyncConnection, backend: str) -> int | None:

@@ -28,7 +28,11 @@ def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStra
     """The strategy ``config.isolation_strategy`` names, on the central ``engine``."""
     match config.isolation_strategy:
         case "row":
-            return RowIsolation(engine, TenantTables(config.tenant_metadata))
+            return RowIsolation(
+                engine,
+                TenantTables(config.tenant_metadata),
+                row_level_security=config.row_level_security,
+            )
         case "schema":
             binding = config.schema_binding
             if binding == "auto":
