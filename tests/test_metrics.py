@@ -259,27 +259,34 @@ async def test_tenant_label_is_bounded_to_the_first_k_tenants(tmp_path: Path) ->
     assert by_tenant == {"t0": 2, "t1": 2, OTHER_TENANTS: 8, "": 1}
 
 
-async def test_cache_lookups_are_counted_by_layer_and_result(tmp_path: Path) -> None:
-    require_server("redis", REDIS_URL, 6379)
-    config = metrics_config(
-        tmp_path, redis_url=REDIS_URL, cache_key_prefix=f"t{secrets.token_hex(4)}"
-    )
+async def count_cache_lookups(
+    config: TenancyConfig, *, known: int, unknown: int
+) -> dict[tuple[str, str], float]:
+    """Resolve a known tenant ``known`` times and an unknown one ``unknown`` times; the counts."""
     async with Tenancy(config) as tenancy:
         await tenancy.create_tenant("acme")
-        for _ in range(2):
+        for _ in range(known):
             async with tenancy.tenant_scope("acme"):
                 pass
-        for _ in range(2):
+        for _ in range(unknown):
             with pytest.raises(TenantNotFound):
                 async with tenancy.tenant_scope("nobody"):
                     pass
-        counted = {
+        return {
             (layer, result): value(
                 tenancy, "fastapi_tenancy_cache_lookups_total", layer=layer, result=result
             )
             for layer in ("memory", "redis")
             for result in ("hit", "miss", "negative_hit")
         }
+
+
+async def test_cache_lookups_are_counted_by_layer_and_result(tmp_path: Path) -> None:
+    require_server("redis", REDIS_URL, 6379)
+    config = metrics_config(
+        tmp_path, redis_url=REDIS_URL, cache_key_prefix=f"t{secrets.token_hex(4)}"
+    )
+    counted = await count_cache_lookups(config, known=2, unknown=2)
     # First lookups miss both layers; repeats are answered by memory, negatives included.
     assert counted[("memory", "miss")] == 2
     assert counted[("memory", "hit")] == 1
@@ -288,22 +295,11 @@ async def test_cache_lookups_are_counted_by_layer_and_result(tmp_path: Path) -> 
 
 
 async def test_cache_lookups_are_counted_without_redis_too(tmp_path: Path) -> None:
-    async with Tenancy(metrics_config(tmp_path)) as tenancy:
-        await tenancy.create_tenant("acme")
-        for _ in range(3):
-            async with tenancy.tenant_scope("acme"):
-                pass
-        for _ in range(2):
-            with pytest.raises(TenantNotFound):
-                async with tenancy.tenant_scope("nobody"):
-                    pass
-        counted = {
-            result: value(
-                tenancy, "fastapi_tenancy_cache_lookups_total", layer="memory", result=result
-            )
-            for result in ("hit", "miss", "negative_hit")
-        }
-    assert counted == {"miss": 2, "hit": 2, "negative_hit": 1}
+    counted = await count_cache_lookups(metrics_config(tmp_path), known=3, unknown=2)
+    assert counted[("memory", "miss")] == 2
+    assert counted[("memory", "hit")] == 2
+    assert counted[("memory", "negative_hit")] == 1
+    assert counted[("redis", "miss")] == 0
 
 
 async def test_redis_failures_are_counted_while_lookups_fall_back_to_the_store(

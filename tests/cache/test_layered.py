@@ -15,6 +15,7 @@ from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache
 from fastapi_tenancy.cache.layered import LayeredTenantCache
 from fastapi_tenancy.models import Tenant
 from tests.cache.redis import redis_cache
+from tests.cache.test_contract import ManualClock
 from tests.redis_server import PrivateRedis
 from tests.services import REDIS_URL
 
@@ -39,14 +40,6 @@ class CountingObserver:
 
     def cache_backend_up(self, layer: str, up: bool) -> None:
         self.up.append(up)
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @asynccontextmanager
