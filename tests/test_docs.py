@@ -18,10 +18,19 @@ import pytest
 import yaml
 
 from fastapi_tenancy import TenancyConfig
+from fastapi_tenancy.config_reference import replace_reference
 from tests.docs_blocks import MARKERS, ROOT, Block, all_blocks, python_chains
 
 DOCS = ROOT / "docs"
 CHAINS = python_chains()
+
+
+def test_the_configuration_reference_is_generated_from_the_config() -> None:
+    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    assert page == replace_reference(page), (
+        "docs/configuration.md is out of date: run "
+        "`fastapi-tenancy config reference --write docs/configuration.md`"
+    )
 
 
 def test_every_config_field_is_in_the_configuration_reference() -> None:

@@ -85,76 +85,367 @@ class TenancyConfig(BaseSettings):
     )
 
     # Central database: the tenants table, and tenant data under row isolation.
-    database_url: str = Field(default="sqlite+aiosqlite:///./tenancy.db", repr=False)
-    database_pool_size: int = Field(default=5, ge=1)
-    database_max_overflow: int = Field(default=10, ge=0)
-    database_pool_timeout: float = Field(default=30.0, gt=0)
-    database_pool_recycle: int = Field(default=1800, ge=-1)
-    database_pool_pre_ping: bool = True
-    database_echo: bool = False
-    database_pgbouncer: bool = False
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./tenancy.db",
+        repr=False,
+        description=(
+            "the central database: the `tenancy_tenants` table, and tenant rows under row "
+            "isolation. `postgresql+asyncpg://…`, `mysql+aiomysql://…` and `sqlite+aiosqlite://…` "
+            "are supported. Never printed with its password."
+        ),
+    )
+    database_pool_size: int = Field(
+        default=5,
+        ge=1,
+        description="connections kept open per process",
+    )
+    database_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "extra connections allowed under load; a process holds at most `pool_size + "
+            "max_overflow`"
+        ),
+    )
+    database_pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a request waits for a free connection",
+    )
+    database_pool_recycle: int = Field(
+        default=1800,
+        ge=-1,
+        description="seconds after which a connection is replaced (`-1`: never)",
+    )
+    database_pool_pre_ping: bool = Field(
+        default=True,
+        description=(
+            "test each connection on checkout, so a restarted server costs no failed request"
+        ),
+    )
+    database_echo: bool = Field(
+        default=False,
+        description="log every SQL statement (development only)",
+    )
+    database_pgbouncer: bool = Field(
+        default=False,
+        description=(
+            "the PostgreSQL URL points at PgBouncer in transaction pooling mode: asyncpg's "
+            "statement caches are turned off and every prepared statement gets a unique name, as "
+            "PgBouncer requires"
+        ),
+    )
 
     # ① Resolution: one strategy, or several tried in order ("header,jwt").
-    resolution_strategy: Annotated[tuple[ResolutionStrategy, ...], NoDecode] = ("header",)
-    tenant_header_name: str = Field(default="X-Tenant-ID", min_length=1)
-    domain_suffix: str | None = None
-    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
-    tenant_path_prefix: str = ""
-    jwt_secret: SecretStr | None = None
-    jwt_algorithm: str = "HS256"
-    jwt_tenant_claim: str = Field(default="tenant", min_length=1)
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_leeway: float = Field(default=10.0, ge=0, le=300)
+    resolution_strategy: Annotated[tuple[ResolutionStrategy, ...], NoDecode] = Field(
+        default=("header",),
+        description=(
+            "`header`, `subdomain`, `jwt` or `path`, or several (`header,jwt`): any of them may "
+            "name the tenant, and those that do must agree"
+        ),
+    )
+    tenant_header_name: str = Field(
+        default="X-Tenant-ID",
+        min_length=1,
+        description="header read by the `header` strategy",
+    )
+    domain_suffix: str | None = Field(
+        default=None,
+        description="required by `subdomain`: `example.com` makes `acme.example.com` name `acme`",
+    )
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "IPv4/IPv6 addresses or CIDR networks whose `Forwarded: host=` and `X-Forwarded-Host` "
+            "are believed (the last value only); from any other peer they are ignored"
+        ),
+    )
+    tenant_path_prefix: str = Field(
+        default="",
+        description=(
+            "the `path` strategy reads `{prefix}/{tenant}/…`; the app's routes never see that part"
+        ),
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "required by `jwt`: the HMAC secret (at least 32/48/64 bytes for HS256/384/512, not a "
+            "placeholder such as `change-me…`) or, for RS/PS/ES/EdDSA, the PEM public key"
+        ),
+    )
+    jwt_algorithm: str = Field(
+        default="HS256",
+        description="the only algorithm accepted; `none` is never accepted",
+    )
+    jwt_tenant_claim: str = Field(
+        default="tenant",
+        min_length=1,
+        description="claim that holds the tenant identifier",
+    )
+    jwt_audience: str | None = Field(
+        default=None,
+        description="when set, tokens must carry this `aud`",
+    )
+    jwt_issuer: str | None = Field(
+        default=None,
+        description="when set, tokens must carry this `iss`",
+    )
+    jwt_leeway: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="seconds of clock skew tolerated on `exp`, `nbf` and `iat` (0 to 300)",
+    )
     # Asymmetric tokens can name their key by "kid" in a JWKS instead of one pinned public key.
-    jwt_jwks_url: str | None = None
-    jwt_jwks_refresh_interval: float = Field(default=300.0, gt=0)
-    jwt_jwks_min_refresh_interval: float = Field(default=10.0, ge=0)
-    excluded_paths: Annotated[tuple[str, ...], NoDecode] = (
-        "/health",
-        "/docs",
-        "/redoc",
-        "/openapi.json",
+    jwt_jwks_url: str | None = Field(
+        default=None,
+        description=(
+            "instead of `jwt_secret`, for asymmetric algorithms: the issuer's JWK Set (`https://`),"
+            " each token choosing its key by `kid`; fetched at startup"
+        ),
+    )
+    jwt_jwks_refresh_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds between background refreshes of the JWK Set",
+    )
+    jwt_jwks_min_refresh_interval: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "an unknown `kid` refreshes the JWK Set early, at most once per this many seconds"
+        ),
+    )
+    excluded_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(
+            "/health",
+            "/docs",
+            "/redoc",
+            "/openapi.json",
+        ),
+        description=(
+            "paths served without a tenant; each matches whole path segments (`/health` covers "
+            "`/health/db`, never `/healthz`)"
+        ),
     )
 
     # ② Lookup: in-process LRU+TTL cache (L1) in front of Redis (L2, when redis_url is set) and
     # the store; invalidations travel over Redis pub/sub.
-    cache_enabled: bool = True
-    cache_ttl: float = Field(default=60.0, gt=0)
-    cache_negative_ttl: float = Field(default=5.0, ge=0)
-    cache_max_size: int = Field(default=10_000, ge=1)
-    cache_key_prefix: str = Field(default="fastapi_tenancy", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    cache_enabled: bool = Field(
+        default=True,
+        description=(
+            "keep resolved tenants in an in-process LRU+TTL cache (and in Redis when `redis_url` is"
+            " set), so a warm request runs no tenant query — see [caching](caching.md)"
+        ),
+    )
+    cache_ttl: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "seconds a tenant stays cached; lifecycle calls invalidate it at once in this process, "
+            "and through Redis pub/sub in every other"
+        ),
+    )
+    cache_negative_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds an unknown identifier stays cached as unknown (`0`: not cached)",
+    )
+    cache_max_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="entries kept in each process's memory; the least recently used go first",
+    )
+    cache_key_prefix: str = Field(
+        default="fastapi_tenancy",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description=(
+            "prefix of the Redis keys and of the invalidation channel (`<prefix>:tenant:<id>`, "
+            "`<prefix>:invalidate`); give each app sharing one Redis its own"
+        ),
+    )
 
     # ③ Rate limiting, and the Redis server that shares it between processes.
-    redis_url: SecretStr | None = Field(default=None, repr=False)
-    redis_timeout: float = Field(default=1.0, gt=0)
-    enable_rate_limiting: bool = False
-    rate_limit_per_minute: int = Field(default=600, ge=1)
-    rate_limit_plans: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
-    rate_limit_fail_closed: bool = True
+    redis_url: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "`redis://…`: shares the tenant cache (L2), its invalidations and the rate-limit counts"
+            " between every process and host (otherwise each process caches and counts alone). "
+            "Never printed."
+        ),
+    )
+    redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "seconds a Redis command (cache or rate limit) may take before it counts as failed; the"
+            " cache then falls back to memory and the store"
+        ),
+    )
+    enable_rate_limiting: bool = Field(
+        default=False,
+        description=(
+            "count each tenant's HTTP requests in a moving one-minute window; over the limit "
+            "answers `429` with `Retry-After` (seconds until a slot frees) and `RateLimit-*` "
+            "headers, which admitted responses carry too"
+        ),
+    )
+    rate_limit_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description=(
+            'the default limit; a tenant\'s metadata `{"rate_limit_per_minute": N}` overrides it'
+        ),
+    )
+    rate_limit_plans: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description=(
+            'limits per plan as JSON (`{"pro": 6000}`), for tenants whose metadata has `{"plan": '
+            '"pro"}`'
+        ),
+    )
+    rate_limit_fail_closed: bool = Field(
+        default=True,
+        description=(
+            "when the Redis counter cannot be reached: `true` answers `503`, `false` lets requests "
+            "through (logged and counted)"
+        ),
+    )
 
     # ⑤ Isolation.
-    isolation_strategy: Literal["row", "schema", "database"] = "row"
-    tenant_metadata: str | MetaData | None = None
+    isolation_strategy: Literal["row", "schema", "database"] = Field(
+        default="row",
+        description=(
+            "how tenant data is kept apart: `row` (shared tables filtered by `tenant_id`; every "
+            "database), `schema` (a schema per tenant on PostgreSQL, a database per tenant on the "
+            "central MariaDB/MySQL server) or `database` (a database per tenant, anywhere); see "
+            "[Isolation](isolation.md)"
+        ),
+    )
+    tenant_metadata: str | MetaData | None = Field(
+        default=None,
+        description=(
+            "the tables `create_tenant` creates (in the shared tables, or in the tenant's schema) "
+            'and `purge_tenant` removes, as `"package.module:Base.metadata"` or a `MetaData`'
+        ),
+    )
     # Row isolation on PostgreSQL: policies enforce the tenant on raw SQL too.
-    row_level_security: bool = False
-    schema_prefix: str = Field(default="tenant_", pattern=r"^[a-z][a-z0-9_]{0,19}$")
-    schema_binding: Literal["auto", "search_path", "translate_map"] = "auto"
+    row_level_security: bool = Field(
+        default=False,
+        description=(
+            "`row` isolation on PostgreSQL only: every tenant session sets "
+            "`fastapi_tenancy.tenant_id` transaction-locally at each `BEGIN`, for the tenant "
+            "tables' row-level security policies (created by `fastapi-tenancy rls enable`), so raw "
+            "SQL is confined too; start-up refuses a superuser, `BYPASSRLS` or table-owner role and"
+            " tables without the policy. See "
+            "[Isolation](isolation.md#row-level-security-postgresql)"
+        ),
+    )
+    schema_prefix: str = Field(
+        default="tenant_",
+        pattern=r"^[a-z][a-z0-9_]{0,19}$",
+        description=(
+            "start of every tenant schema or database name (`schema` and `database` isolation) "
+            "(`[a-z][a-z0-9_]`, at most 20 characters); the full name is chosen once at creation "
+            "and stored on the tenant"
+        ),
+    )
+    schema_binding: Literal["auto", "search_path", "translate_map"] = Field(
+        default="auto",
+        description=(
+            "how a `schema` session reaches its schema: `search_path` (a transaction-local "
+            "`search_path` holding only the tenant's schema; PostgreSQL), `translate_map` (every "
+            "table qualified with the tenant's schema at execution time), or `auto`: `search_path` "
+            "on PostgreSQL, `translate_map` on MariaDB/MySQL. See [Isolation](isolation.md) for the"
+            " measurements"
+        ),
+    )
     # Database per tenant: where each tenant's database is, and how many engines stay open.
-    database_url_template: str | None = Field(default=None, repr=False)
-    max_cached_engines: int = Field(default=100, ge=1)
-    tenant_pool_size: int = Field(default=2, ge=1)
-    database_connection_budget: int = Field(default=50, ge=1)
+    database_url_template: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "`database` isolation: each tenant's URL, with a `{database}` placeholder for the "
+            "tenant's database name (`postgresql+asyncpg://app@db:5432/{database}`, "
+            "`sqlite+aiosqlite:///./tenants/{database}.db`); a tenant created with an explicit "
+            "`database_url` uses that instead. Never printed."
+        ),
+    )
+    max_cached_engines: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "`database` isolation: tenant engines kept open; the least recently used idle one is "
+            "disposed (in the background) when another is needed, and an engine in use is never "
+            "disposed"
+        ),
+    )
+    tenant_pool_size: int = Field(
+        default=2,
+        ge=1,
+        description="`database` isolation: connections each tenant engine may hold",
+    )
+    database_connection_budget: int = Field(
+        default=50,
+        ge=1,
+        description=(
+            "`database` isolation: server connections all tenant engines of a process may hold "
+            "together; a request that would pass it waits (up to `database_pool_timeout`, then "
+            "`503`)"
+        ),
+    )
 
     # Lifecycle and audit.
-    enable_soft_delete: bool = True
-    enable_audit_logging: bool = False
+    enable_soft_delete: bool = Field(
+        default=True,
+        description=(
+            "`delete_tenant` keeps the data (restorable) when true, and purges at once when false"
+        ),
+    )
+    enable_audit_logging: bool = Field(
+        default=False,
+        description=(
+            "record lifecycle changes and tenant write requests (POST/PUT/PATCH/DELETE: tenant, "
+            "action, JWT subject, path, status, time) to the `fastapi_tenancy.audit` logger and the"
+            " `tenancy_audit` table, from a background queue that never delays a request"
+        ),
+    )
 
     # ⑥ Observability: Prometheus metrics and the slow-query log.
-    enable_metrics: bool = False
-    metrics_tenant_label: bool = False
-    metrics_tenant_label_limit: int = Field(default=20, ge=1)
-    slow_query_threshold_ms: float | None = Field(default=None, ge=0)
+    enable_metrics: bool = Field(
+        default=False,
+        description=(
+            "Prometheus metrics (extra `metrics`): requests by outcome, resolution time, cache, "
+            "rate limits, engines, pools, slow queries; serve them with "
+            "`fastapi_tenancy.metrics.metrics_app()`. Honours `PROMETHEUS_MULTIPROC_DIR` for "
+            "multi-worker servers"
+        ),
+    )
+    metrics_tenant_label: bool = Field(
+        default=False,
+        description=(
+            "add a `tenant` label to the request, rate-limit and slow-query counters, bounded by "
+            "`metrics_tenant_label_limit`"
+        ),
+    )
+    metrics_tenant_label_limit: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "K: the first K tenants a process sees keep their own `tenant` label, every later one "
+            "is counted as `other`, so each metric has at most K + 2 tenant values"
+        ),
+    )
+    slow_query_threshold_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "log statements that take at least this many milliseconds (`0`: all) at WARNING on "
+            "`fastapi_tenancy.slow_query`, with the tenant and the statement text (never its "
+            "parameters), and count them"
+        ),
+    )
 
     @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""The ``fastapi-tenancy`` command line: ``tenants``, ``migrate``, ``worker``, ``rls``, ``doctor``.
+"""The ``fastapi-tenancy`` command line: ``tenants``, ``migrate``, ``worker``, ``rls``, ``doctor``,
+``config``.
 
 Off the request path: nothing here is imported by the middleware. Exit codes: 0 success, 1 the
 operation failed (unknown tenant, refused transition, duplicate, bad configuration, a failed doctor
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastapi_tenancy.cli import doctor, migrate, rls, tenants, worker
+from fastapi_tenancy.cli import config, doctor, migrate, rls, tenants, worker
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.register(commands, common)
     rls.register(commands, common)
     doctor.register(commands, common)
+    config.register(commands, common)
     return parser
 
 
