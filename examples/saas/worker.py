@@ -3,9 +3,10 @@
     python -m examples.saas.worker                  # until SIGTERM or Ctrl-C
     python -m examples.saas.worker --exit-when-idle
 
-It is `fastapi-tenancy worker` (`ProvisioningWorker`) plus one hook: when a tenant becomes active,
-Alembic brings its new schema to head at once, so a tenant is usable a moment after it is
-provisioned without a separate ``fastapi-tenancy migrate upgrade``.
+It is `fastapi-tenancy worker --migrate alembic.ini`: `ProvisioningWorker` with a ``prepare`` step
+in which Alembic brings each new schema to head *before* the tenant is activated, so no request
+ever reaches a tenant without its tables, and no separate ``fastapi-tenancy migrate upgrade`` is
+needed for new tenants. A failed migration removes the new schema and the tenant is retried.
 """
 
 from __future__ import annotations
@@ -16,34 +17,23 @@ import logging
 import signal
 
 from examples.saas.settings import alembic_config, tenancy_config
-from fastapi_tenancy import Tenancy
-from fastapi_tenancy.events import TenantChanged
-from fastapi_tenancy.migrations import upgrade
+from fastapi_tenancy import Tenancy, Tenant
+from fastapi_tenancy.migrations import migrate_tenant
 from fastapi_tenancy.worker import BatchResult, ProvisioningWorker
-
-logger = logging.getLogger("examples.saas.worker")
-
-
-async def migrate_when_provisioned(tenancy: Tenancy, event: TenantChanged) -> None:
-    if event.action != "provision":
-        return
-    report = await upgrade(tenancy, alembic_config(), identifiers=[event.tenant.identifier])
-    for migration in report.migrations:
-        if migration.outcome == "failed":
-            # The tenant stays active without tables until `migrate upgrade` succeeds for it.
-            logger.error("migrating %s failed: %s", migration.identifier, migration.error)
 
 
 async def work(*, exit_when_idle: bool) -> BatchResult:
     async with Tenancy(tenancy_config()) as tenancy:
-        tenancy.hooks.subscribe(
-            TenantChanged, lambda event: migrate_when_provisioned(tenancy, event)
-        )
+        script = alembic_config()
+
+        async def migrate(tenant: Tenant) -> None:
+            await migrate_tenant(tenancy, script, tenant)
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        worker = ProvisioningWorker(tenancy, poll_timeout=2.0)
+        worker = ProvisioningWorker(tenancy, poll_timeout=2.0, prepare=migrate)
         return await worker.run(stop=stop, exit_when_idle=exit_when_idle)
 
 

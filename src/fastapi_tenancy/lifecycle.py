@@ -8,7 +8,8 @@ this process's lookup cache forgets the tenant (so it stops or starts serving at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,8 @@ from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
 from fastapi_tenancy.store.base import TenantStore
+
+logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
 __all__ = ["TRANSITIONS", "TenantLifecycle"]
 
@@ -93,20 +96,41 @@ class TenantLifecycle:
             raise
         return await self._move(provisioning, "provision")
 
-    async def provision_claimed(self, tenant: Tenant, *, max_attempts: int) -> Tenant:
+    async def provision_claimed(
+        self,
+        tenant: Tenant,
+        *,
+        max_attempts: int,
+        prepare: Callable[[Tenant], Awaitable[None]] | None = None,
+    ) -> Tenant:
         """Provision a tenant a worker claimed; on failure retry later, or give up for good.
 
-        The isolation strategy leaves no half-made storage behind a failed attempt, so a retry
-        starts clean.
+        ``prepare`` (such as a migration to head) runs once the storage exists and before the
+        tenant is activated, so no request ever reaches a half-made tenant. The isolation strategy
+        leaves no half-made storage behind a failed provision, and storage made by an attempt
+        whose ``prepare`` failed is removed, so a retry starts clean.
         """
         try:
             await self._isolation.provision(tenant)
         except Exception:
-            action: LifecycleAction = (
-                "fail" if tenant.provisioning_attempts >= max_attempts else "retry"
-            )
-            return await self._move(tenant, action)
+            logger.warning("provisioning tenant %r failed", tenant.identifier, exc_info=True)
+            return await self._move(tenant, self._after_failure(tenant, max_attempts))
+        if prepare is not None:
+            try:
+                await prepare(tenant)
+            except Exception:
+                logger.warning(
+                    "preparing tenant %r failed; its new storage is removed",
+                    tenant.identifier,
+                    exc_info=True,
+                )
+                await self._isolation.purge(tenant)
+                return await self._move(tenant, self._after_failure(tenant, max_attempts))
         return await self._move(tenant, "provision")
+
+    @staticmethod
+    def _after_failure(tenant: Tenant, max_attempts: int) -> LifecycleAction:
+        return "fail" if tenant.provisioning_attempts >= max_attempts else "retry"
 
     async def get(self, identifier: str) -> Tenant | None:
         return await self._store.get_by_identifier(validate_identifier(identifier))

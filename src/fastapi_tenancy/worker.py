@@ -10,10 +10,11 @@ provisioning it is claimed again once ``stale_after`` seconds have passed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fastapi_tenancy.models import TenantStatus
+from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["BatchResult", "ProvisioningWorker"]
@@ -35,6 +36,10 @@ class BatchResult:
 class ProvisioningWorker:
     """Claims pending tenants in batches and provisions them.
 
+    ``prepare`` runs for each tenant once its storage exists and before it becomes active, e.g.
+    to migrate it to head (`fastapi_tenancy.migrations.migrate_tenant`); when it raises, the
+    attempt counts as failed and the tenant is retried.
+
     Example::
 
         async with Tenancy(config) as tenancy:
@@ -49,6 +54,7 @@ class ProvisioningWorker:
         poll_timeout: float = 5.0,
         max_attempts: int = 3,
         stale_after: float = 600.0,
+        prepare: Callable[[Tenant], Awaitable[None]] | None = None,
     ) -> None:
         if batch_size < 1 or max_attempts < 1 or poll_timeout <= 0 or stale_after <= 0:
             raise ValueError("batch_size and max_attempts must be >= 1, timeouts positive")
@@ -57,6 +63,7 @@ class ProvisioningWorker:
         self._poll_timeout = poll_timeout
         self._max_attempts = max_attempts
         self._stale_after = timedelta(seconds=stale_after)
+        self._prepare = prepare
 
     async def run_once(self) -> BatchResult:
         """Claim and provision one batch; an empty result means nothing was pending."""
@@ -65,7 +72,9 @@ class ProvisioningWorker:
             limit=self._batch_size, stale_before=datetime.now(UTC) - self._stale_after
         )
         outcomes = [
-            await self._tenancy.lifecycle.provision_claimed(tenant, max_attempts=self._max_attempts)
+            await self._tenancy.lifecycle.provision_claimed(
+                tenant, max_attempts=self._max_attempts, prepare=self._prepare
+            )
             for tenant in claimed
         ]
         statuses = [tenant.status for tenant in outcomes]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
+from sqlalchemy import MetaData
+
+from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.cli.helpers import cli_environment, run_cli
-from tests.migrations.scripts import alembic_config
+from tests.migrations.scripts import SECOND, alembic_config
 
 
 def alembic_ini(tmp_path: Path) -> Path:
@@ -45,3 +50,27 @@ def test_worker_provisions_pending_tenants_and_exits_when_idle(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "provisioned=0 retried=0 failed=0"
     assert run_cli("worker", "--batch-size", "0", env=env, cwd=tmp_path).returncode == 2
+
+
+def test_worker_migrates_a_tenant_before_activating_it(tmp_path: Path) -> None:
+    ini = alembic_ini(tmp_path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+
+    async def create_pending() -> None:
+        async with Tenancy(TenancyConfig(database_url=url, tenant_metadata=MetaData())) as tenancy:
+            await tenancy.create_tenant("acme", provision=False)
+
+    asyncio.run(create_pending())
+    env = cli_environment(url)
+
+    result = run_cli("worker", "--exit-when-idle", "--migrate", str(ini), env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "provisioned=1 retried=0 failed=0"
+    shown = run_cli("tenants", "show", "acme", "--json", env=env, cwd=tmp_path)
+    assert json.loads(shown.stdout)["status"] == "active"
+    with sqlite3.connect(tmp_path / "central.db") as db:
+        (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        columns = [row[1] for row in db.execute("PRAGMA table_info(items)")]
+    assert version == SECOND
+    assert columns == ["id", "tenant_id", "name", "note"]

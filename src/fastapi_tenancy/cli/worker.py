@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 
 from fastapi_tenancy.cli.runtime import EXIT_OK, run_with_tenancy
+from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.worker import ProvisioningWorker
 
@@ -49,11 +51,18 @@ def register(
     worker.add_argument(
         "--exit-when-idle", action="store_true", help="stop once nothing is pending"
     )
+    worker.add_argument(
+        "--migrate",
+        metavar="ALEMBIC_INI",
+        help="migrate each tenant to head with this Alembic config before activating it "
+        "(for tenant tables that Alembic owns)",
+    )
     worker.set_defaults(handler=_worker)
 
 
 def _worker(args: argparse.Namespace) -> int:
     async def work(tenancy: Tenancy) -> int:
+        prepare = _migration_step(tenancy, args.migrate) if args.migrate else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -63,12 +72,26 @@ def _worker(args: argparse.Namespace) -> int:
             poll_timeout=args.poll_timeout_seconds,
             max_attempts=args.max_attempts,
             stale_after=args.stale_after_seconds,
+            prepare=prepare,
         )
         result = await worker.run(stop=stop, exit_when_idle=args.exit_when_idle)
         print(f"provisioned={result.provisioned} retried={result.retried} failed={result.failed}")
         return EXIT_OK
 
     return run_with_tenancy(args, work)
+
+
+def _migration_step(tenancy: Tenancy, alembic_ini: str) -> Callable[[Tenant], Awaitable[None]]:
+    from alembic.config import Config
+
+    from fastapi_tenancy.migrations import migrate_tenant
+
+    alembic_config = Config(alembic_ini)
+
+    async def migrate(tenant: Tenant) -> None:
+        await migrate_tenant(tenancy, alembic_config, tenant)
+
+    return migrate
 
 
 def _positive_int(text: str) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from fastapi_tenancy.migrations.environment import run_migrations
 from fastapi_tenancy.migrations.errors import MigrationError, MigrationLockTimeout
 from fastapi_tenancy.migrations.report import MigrationOutcome, MigrationReport, TenantMigration
-from fastapi_tenancy.migrations.runner import upgrade
+from fastapi_tenancy.migrations.runner import migrate_tenant, upgrade
 
 __all__ = [
     "MigrationError",
@@ -27,6 +27,7 @@ __all__ = [
     "MigrationOutcome",
     "MigrationReport",
     "TenantMigration",
+    "migrate_tenant",
     "run_migrations",
     "upgrade",
 ]

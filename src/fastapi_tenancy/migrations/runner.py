@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
-from fastapi_tenancy.migrations.errors import describe_error, url_passwords
+from fastapi_tenancy.migrations.errors import MigrationError, describe_error, url_passwords
 from fastapi_tenancy.migrations.invoke import run_alembic_upgrade
 from fastapi_tenancy.migrations.locks import migration_transaction
 from fastapi_tenancy.migrations.report import MigrationReport, TenantMigration
@@ -76,6 +76,31 @@ async def upgrade(
         migrations=tuple(task.result() for task in tasks),
         seconds=time.perf_counter() - started,
     )
+
+
+async def migrate_tenant(
+    tenancy: Tenancy, alembic_config: Config, tenant: Tenant, *, revision: str = "head"
+) -> TenantMigration:
+    """Upgrade one tenant's storage to ``revision``, whatever its status; raise if it fails.
+
+    For the provisioning worker's ``prepare`` step, where the tenant is still ``provisioning``
+    (`upgrade` migrates only active and suspended tenants) and must be at head before it is
+    activated. Raises `MigrationError`, with the reason, when the migration fails.
+    """
+    script = ScriptDirectory.from_config(alembic_config)
+    secrets = url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
+    result = await _migrate(
+        tenancy,
+        alembic_config,
+        tenant if tenancy.config.isolation_strategy != "row" else None,
+        revision,
+        target_revisions(script, revision),
+        DEFAULT_LOCK_TIMEOUT,
+        secrets,
+    )
+    if result.outcome == "failed":
+        raise MigrationError(f"migrating tenant {tenant.identifier!r} failed: {result.error}")
+    return result
 
 
 async def _planned(
