@@ -18,3 +18,22 @@ keepalive = 5
 # The app opens its pools in the ASGI lifespan of each worker; preloading would share sockets.
 preload_app = False
 accesslog = "-"
+
+# Prometheus multi-process mode (TENANCY_ENABLE_METRICS with several workers): the directory must
+# be empty when the server starts, and a dead worker's live gauges must stop counting.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def on_starting(server):
+    if _metrics_dir:
+        import shutil
+
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+        os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    if _metrics_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
