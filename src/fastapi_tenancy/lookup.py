@@ -77,7 +77,7 @@ class TenantLookup:
         if task is None:
             task = asyncio.ensure_future(self._load(identifier, self._generation))
             self._inflight[identifier] = task
-            task.add_done_callback(lambda done: self._forget(identifier, done))
+            task.add_done_callback(lambda done: self._load_finished(identifier, done))
         # A cancelled caller must not cancel the load the other callers are waiting for.
         return await asyncio.shield(task)
 
@@ -108,7 +108,7 @@ class TenantLookup:
                 await cache.set(identifier, tenant, ttl=ttl, token=token)
         return tenant
 
-    def _forget(self, identifier: str, done: asyncio.Task[Tenant | None]) -> None:
+    def _load_finished(self, identifier: str, done: asyncio.Task[Tenant | None]) -> None:
         self._loads_done += 1
         if self._inflight.get(identifier) is done:
             del self._inflight[identifier]

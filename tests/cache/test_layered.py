@@ -46,10 +46,13 @@ class CountingObserver:
 async def layered(
     url: str = REDIS_URL, prefix: str | None = None, **options: object
 ) -> AsyncIterator[LayeredTenantCache]:
-    """A started layered cache: one "process" of the app."""
+    """A started layered cache: one "process" of the app, wired as `build_cache` wires it."""
     memory = options.pop("memory", None)
+    if not isinstance(memory, MemoryTenantCache):
+        observer = options.get("observer")
+        memory = MemoryTenantCache(100, observer=observer)  # type: ignore[arg-type]
     cache = LayeredTenantCache(
-        memory if isinstance(memory, MemoryTenantCache) else MemoryTenantCache(100),
+        memory,
         redis_cache(url, prefix),
         **options,  # type: ignore[arg-type]
     )

@@ -13,10 +13,9 @@ def build_cache(config: TenancyConfig, observer: CacheObserver | None = None) ->
     """``None`` when caching is off; a `LayeredTenantCache` when ``redis_url`` is set."""
     if not config.cache_enabled:
         return None
+    memory = MemoryTenantCache(config.cache_max_size, observer=observer)
     if config.redis_url is None:
-        return MemoryTenantCache(config.cache_max_size, observer=observer)
-    # In front of Redis the layered cache reports both layers itself.
-    memory = MemoryTenantCache(config.cache_max_size)
+        return memory
     # Imported here: redis-py is an optional extra, needed only when Redis is configured.
     from fastapi_tenancy.cache.redis import RedisTenantCache, redis_client
 

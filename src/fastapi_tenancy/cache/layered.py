@@ -19,13 +19,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from fastapi_tenancy.cache.base import (
-    MEMORY_LAYER,
-    REDIS_LAYER,
-    CachedLookup,
-    CacheObserver,
-    report_lookup,
-)
+from fastapi_tenancy.cache.base import REDIS_LAYER, CachedLookup, CacheObserver, report_lookup
 from fastapi_tenancy.cache.invalidation import InvalidationListener
 from fastapi_tenancy.cache.memory import MemoryTenantCache
 from fastapi_tenancy.cache.redis import CLEAR_ALL, RedisTenantCache
@@ -42,6 +36,9 @@ REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 class LayeredTenantCache:
     """A `TenantCache` over a `MemoryTenantCache` and a `RedisTenantCache`; see the module.
+
+    ``observer`` hears of Redis lookups and failures; give the memory cache the same observer
+    for its own lookups.
 
     ``listeners`` are called with the identifier (``None`` for all) whenever another process
     invalidates something, so the owner can also discard loads in flight.
@@ -92,11 +89,9 @@ class LayeredTenantCache:
         await self._listener.start(wait=self._retry_seconds)
 
     async def get(self, identifier: str) -> CachedLookup | None:
-        hit = await self.memory.get(identifier)
+        hit = await self.memory.get(identifier)  # the memory cache reports its own lookups
         if hit is not None:
-            self._observe(MEMORY_LAYER, hit)
             return hit
-        self._observe(MEMORY_LAYER, None)
         if not self.redis_available:
             return None
         try:
@@ -104,7 +99,8 @@ class LayeredTenantCache:
         except REDIS_FAILURES as exc:
             self._failed("read", exc)
             return None
-        self._observe(REDIS_LAYER, hit)
+        if self._observer is not None:
+            report_lookup(self._observer, REDIS_LAYER, hit)
         if hit is not None:
             await self.memory.set(identifier, hit.tenant, ttl=self._memory_ttl(remaining))
         await self._announce_pending()
@@ -188,10 +184,6 @@ class LayeredTenantCache:
     def _notify(self, identifier: str | None) -> None:
         for listener in self.listeners:
             listener(identifier)
-
-    def _observe(self, layer: str, hit: CachedLookup | None) -> None:
-        if self._observer is not None:
-            report_lookup(self._observer, layer, hit)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         first = self._timer() >= self._retry_at
