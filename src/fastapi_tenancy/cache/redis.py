@@ -16,8 +16,7 @@ Redis is not where secrets live. Such tenants are cached in process memory only.
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi_tenancy.cache.base import CachedLookup
 from fastapi_tenancy.models import Tenant
@@ -159,11 +158,10 @@ class RedisTenantCache:
 
 
 def _decode(raw: str | bytes) -> CachedLookup | None:
+    if raw in (_ABSENT, _ABSENT.encode()):
+        return CachedLookup(tenant=None)
     try:
-        data: Any = json.loads(raw)
-        if isinstance(data, dict) and data.get("absent") is True:
-            return CachedLookup(tenant=None)
-        return CachedLookup(Tenant.model_validate(data))
+        return CachedLookup(Tenant.model_validate_json(raw))
     except ValueError:
         # An entry written by an incompatible version is a miss, never an error or a guess.
         return None
