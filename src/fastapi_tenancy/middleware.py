@@ -102,7 +102,7 @@ class TenancyMiddleware:
                 # Before the rate limit: callers refused here never spend the tenant's quota.
                 await check_principal(tenancy.principal_check, tenant, resolution, scope)
             decision = None
-            if tenancy.limiter is not None and scope["type"] == "http":
+            if tenancy.limiter is not None and kind == "http":
                 decision = await tenancy.limiter.check(tenant)
         except TenancyError as exc:
             if metrics is not None:
@@ -119,7 +119,7 @@ class TenancyMiddleware:
             child["root_path"] = scope.get("root_path", "") + resolution.mount
         token = _current.set(tenant)
         try:
-            if scope["type"] == "http" and tenancy.hooks.wants(RequestCompleted):
+            if kind == "http" and tenancy.hooks.wants(RequestCompleted):
                 await self._call_observed(child, receive, send, tenant, resolution)
             else:
                 await _serve(self.app, child, receive, send)
@@ -169,10 +169,9 @@ class TenancyMiddleware:
         try:
             opened_here = await self.tenancy.start()
         except Exception as exc:
-            # Release what the failed start opened (pooled connections), then report and
-            # re-raise, as Starlette's router does: servers read the message, test harnesses such
-            # as asgi-lifespan read the exception.
-            await self.tenancy.close()
+            # Report and re-raise, as Starlette's router does: servers read the message, test
+            # harnesses such as asgi-lifespan read the exception. The failed start closed what
+            # it had opened.
             await send({"type": "lifespan.startup.failed", "message": f"fastapi-tenancy: {exc}"})
             raise
         app = scope.get("app")

@@ -113,49 +113,55 @@ class Tenancy:
         return self._started
 
     async def start(self) -> bool:
-        """Open the store and isolation; returns ``False`` if they were already open."""
+        """Open the store and isolation; returns ``False`` if they were already open.
+
+        A start that fails (a refused check, an unreachable server) closes what it opened, such
+        as pooled connections, before it raises; a later call tries again from the beginning.
+        """
         if self._started:
             return False
         async with self._lock:
             if self._started:
                 return False
-            if self.jwks is not None:
-                # First: a JWKS that cannot be fetched fails startup before anything is opened.
-                await self.jwks.start()
-            await self.store.initialize()
-            if isinstance(self.cache, SharedTenantCache):
-                await self.cache.start()
-            await self.isolation.start()
-            if self.audit is not None:
-                await self.audit.start()
+            try:
+                if self.jwks is not None:
+                    # First: a JWKS that cannot be fetched fails startup before anything opens.
+                    await self.jwks.start()
+                await self.store.initialize()
+                if isinstance(self.cache, SharedTenantCache):
+                    await self.cache.start()
+                await self.isolation.start()
+                if self.audit is not None:
+                    await self.audit.start()
+            except BaseException:
+                await self._close_unlocked()
+                raise
             self._started = True
             return True
 
     async def close(self) -> None:
         """Close everything this runtime opened; the store and isolation first, then the engine."""
         async with self._lock:
-            try:
-                if self.audit is not None:
-                    await self.audit.close()
-                if self.limiter is not None:
-                    await self.limiter.close()
-                if self.jwks is not None:
-                    await self.jwks.close()
-                await self.isolation.close()
-                await self.store.close()
-                if self.cache is not None:
-                    await self.cache.close()
-            finally:
-                await self.engine.dispose()
-                self._started = False
+            await self._close_unlocked()
+
+    async def _close_unlocked(self) -> None:
+        try:
+            if self.audit is not None:
+                await self.audit.close()
+            if self.limiter is not None:
+                await self.limiter.close()
+            if self.jwks is not None:
+                await self.jwks.close()
+            await self.isolation.close()
+            await self.store.close()
+            if self.cache is not None:
+                await self.cache.close()
+        finally:
+            await self.engine.dispose()
+            self._started = False
 
     async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            # A refused start (a failed check, an unreachable server) leaves nothing open.
-            await self.close()
-            raise
+        await self.start()
         return self
 
     async def __aexit__(
