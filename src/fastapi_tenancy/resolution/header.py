@@ -63,11 +63,11 @@ class HeaderResolver:
             return None
         resolution = self._memo.get(raw)
         if resolution is None:
-            resolution = self._resolve_slowly(scope)
-            if resolution is not None:
-                if len(self._memo) >= RESOLUTION_MEMO_SIZE:
-                    self._memo.clear()
-                self._memo[raw] = resolution
+            # Raises for a malformed value, which therefore is never remembered.
+            resolution = Resolution(validate_identifier(raw.decode("latin-1").strip(_OWS)))
+            if len(self._memo) >= RESOLUTION_MEMO_SIZE:
+                self._memo.clear()
+            self._memo[raw] = resolution
         return resolution
 
     def _resolve_slowly(self, scope: Scope) -> Resolution | None:
