@@ -55,7 +55,7 @@ async def upgrade(
     script = ScriptDirectory.from_config(alembic_config)
     wanted = target_revisions(script, revision)
     runs = await _planned(tenancy, identifiers)
-    secrets = url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
+    secrets = _config_passwords(tenancy)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def run(planned: Tenant | TenantMigration | None) -> TenantMigration:
@@ -88,7 +88,7 @@ async def migrate_tenant(
     activated. Raises `MigrationError`, with the reason, when the migration fails.
     """
     script = ScriptDirectory.from_config(alembic_config)
-    secrets = url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
+    secrets = _config_passwords(tenancy)
     result = await _migrate(
         tenancy,
         alembic_config,
@@ -101,6 +101,11 @@ async def migrate_tenant(
     if result.outcome == "failed":
         raise MigrationError(f"migrating tenant {tenant.identifier!r} failed: {result.error}")
     return result
+
+
+def _config_passwords(tenancy: Tenancy) -> set[str]:
+    """Passwords in the configured URLs, to scrub from error messages."""
+    return url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
 
 
 async def _planned(
