@@ -10,7 +10,6 @@ is unreachable.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fastapi_tenancy.cli import config, doctor, migrate, rls, tenants, worker
 from fastapi_tenancy.cli.runtime import (
@@ -18,6 +17,7 @@ from fastapi_tenancy.cli.runtime import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    print_usage,
 )
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser", "main"]
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.set_defaults(handler=lambda _args: _print_help(parser))
+    parser.set_defaults(handler=lambda _args: print_usage(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     tenants.register(commands, common)
     migrate.register(commands, common)
@@ -65,11 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _version() -> str:

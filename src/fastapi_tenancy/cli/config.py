@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, print_usage
 from fastapi_tenancy.config_reference import config_reference, replace_reference
 
 __all__ = ["register"]
@@ -34,7 +33,7 @@ def register(
         "--write", type=Path, metavar="PAGE", help="update the reference in this Markdown page"
     )
     reference.set_defaults(handler=_reference)
-    config.set_defaults(handler=lambda _args: _usage(config))
+    config.set_defaults(handler=lambda _args: print_usage(config))
 
 
 def _reference(args: argparse.Namespace) -> int:
@@ -49,8 +48,3 @@ def _reference(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"updated {page}")
     return EXIT_OK
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE

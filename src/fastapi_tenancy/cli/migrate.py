@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fastapi_tenancy.cli.output import print_json, render_table
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, run_with_tenancy
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, print_usage, run_with_tenancy
 from fastapi_tenancy.cli.tenants import identifier
 from fastapi_tenancy.cli.worker import _positive_int
 from fastapi_tenancy.tenancy import Tenancy
@@ -24,7 +24,7 @@ def register(
         "migrate", help="per-tenant database migrations (Alembic)", parents=[common]
     )
     sub = migrate.add_subparsers(title="commands", metavar="COMMAND")
-    migrate.set_defaults(handler=lambda _args: _usage(migrate))
+    migrate.set_defaults(handler=lambda _args: print_usage(migrate))
     upgrade = sub.add_parser(
         "upgrade",
         help="upgrade tenants to a revision",
@@ -118,8 +118,3 @@ def _bar(done: int) -> str:
     # The total is not known up front for row isolation; the bar fills by tenants seen.
     filled = min(BAR_WIDTH, done)
     return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2

@@ -9,13 +9,17 @@ opens a `Tenancy`: its start-up would create tables, and refuse the owner's role
 from __future__ import annotations
 
 import argparse
-import sys
 
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.cli.output import print_json
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, run_with_config
+from fastapi_tenancy.cli.runtime import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    print_usage,
+    run_with_config,
+)
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
@@ -43,7 +47,7 @@ def register(
         "the app's role is confined by it.",
         parents=[common],
     )
-    rls.set_defaults(handler=lambda _args: _usage(rls))
+    rls.set_defaults(handler=lambda _args: print_usage(rls))
     sub = rls.add_subparsers(title="commands", metavar="COMMAND")
     enable = sub.add_parser(
         "enable",
@@ -162,8 +166,3 @@ def _report(as_json: bool, tables: list[Table], problems: list[RlsProblem]) -> N
         print(f"fail  {problem}")
     if not problems:
         print(f"ok    PostgreSQL confines this role to one tenant on: {', '.join(names)}")
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "EXIT_USAGE",
     "describe_config_error",
     "load_config",
+    "print_usage",
     "run_with_config",
     "run_with_tenancy",
     "scrub",
@@ -42,6 +44,12 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+
+
+def print_usage(parser: argparse.ArgumentParser) -> int:
+    """Print ``parser``'s help to stderr, for a command given without its subcommand."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 def load_config(database_url: str | None = None, **overrides: Any) -> TenancyConfig:
