@@ -40,5 +40,5 @@ def test_write_refuses_a_page_without_the_marker(tmp_path: Path) -> None:
     result = run_cli("config", "reference", "--write", str(page), env=env, cwd=tmp_path)
 
     assert result.returncode == 1
-    assert "marker" in result.stdout
+    assert "marker" in result.stderr
     assert page.read_text() == "# Notes\n"

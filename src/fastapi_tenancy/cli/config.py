@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, print_usage
 from fastapi_tenancy.config_reference import config_reference, replace_reference
 
@@ -44,7 +45,7 @@ def _reference(args: argparse.Namespace) -> int:
     try:
         page.write_text(replace_reference(page.read_text(encoding="utf-8")), encoding="utf-8")
     except (OSError, ValueError) as exc:
-        print(f"error: cannot update {page}: {exc}")
+        print_error(f"cannot update {page}: {exc}")
         return EXIT_FAILURE
     print(f"updated {page}")
     return EXIT_OK
