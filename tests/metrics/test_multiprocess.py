@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +13,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_tenancy import Tenancy, TenancyConfig
+from tests.http_servers import serving
 from tests.services import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CONF = Path(__file__).with_name("gunicorn_conf.py")
 WORKERS = 2
 START_SECONDS = 60
@@ -37,65 +36,22 @@ async def gunicorn(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
         "TENANCY_ENABLE_METRICS": "true",
         "TENANCY_EXCLUDED_PATHS": "/health,/metrics",
     }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
+    command = [
         sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        str(WORKERS),
-        "--worker-class",
-        "uvicorn_worker.UvicornWorker",
-        "--config",
-        str(CONF),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "tests.metrics.served_app:app",
-        cwd=REPO,
+        *("-m", "gunicorn", "--workers", str(WORKERS)),
+        *("--worker-class", "uvicorn_worker.UvicornWorker", "--config", str(CONF)),
+        *("--bind", f"127.0.0.1:{port}", "tests.metrics.served_app:app"),
+    ]
+    async with serving(
+        command,
+        port=port,
         env=env,
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        await _wait_until_serving(process, base_url, tmp_path / "gunicorn.log")
+        ready_path="/health",
+        log=tmp_path / "gunicorn.log",
+        startup_seconds=START_SECONDS,
+        stop_seconds=30,
+    ) as base_url:
         yield base_url
-    except BaseException:
-        # Shown with the failure: what the workers said.
-        print(_read(tmp_path / "gunicorn.log"))
-        raise
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
-
-
-def _read(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
-async def _wait_until_serving(
-    process: asyncio.subprocess.Process, base_url: str, log: Path
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_SECONDS
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        while True:
-            if process.returncode is not None:
-                raise AssertionError(f"gunicorn exited:\n{_read(log)}")
-            try:
-                if (await client.get("/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if loop.time() > deadline:
-                raise AssertionError(f"gunicorn did not serve in time:\n{_read(log)}")
-            await asyncio.sleep(0.2)
 
 
 async def test_one_scrape_sums_the_requests_of_every_gunicorn_worker(tmp_path: Path) -> None:

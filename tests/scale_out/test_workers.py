@@ -20,52 +20,28 @@ from pydantic import SecretStr
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.conftest import empty_database
+from tests.http_servers import serving
 from tests.services import REDIS_URL, free_port, require_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 LIMIT = 7
-STARTUP_SECONDS = 60
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @asynccontextmanager
-async def worker(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+async def worker(env: dict[str, str], log: Path) -> AsyncIterator[httpx.AsyncClient]:
     """One ``uvicorn`` process serving tests/scale_out/app.py, and a client for it."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
+    command = [
         sys.executable,
         *("-m", "uvicorn", "tests.scale_out.app:create_app", "--factory"),
         *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-        env=env,
-        cwd=REPOSITORY,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            await _wait_ready(client, process)
-            yield client
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _wait_ready(client: httpx.AsyncClient, process: asyncio.subprocess.Process) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_SECONDS
-    while loop.time() < deadline:
-        if process.returncode is not None:
-            pytest.fail(f"the worker exited with code {process.returncode} while starting")
-        try:
-            if (await client.get("/health/ready")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.1)
-    pytest.fail(f"the worker did not become ready within {STARTUP_SECONDS} s")
+    ]
+    async with (
+        serving(command, port=port, env=env, ready_path="/health/ready", log=log) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+    ):
+        yield client
 
 
 @pytest.fixture
@@ -92,8 +68,8 @@ async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, http
             await tenancy.create_tenant("globex")
         env = {**os.environ, **settings}
         async with AsyncExitStack() as stack:
-            first = await stack.enter_async_context(worker(env))
-            second = await stack.enter_async_context(worker(env))
+            first = await stack.enter_async_context(worker(env, tmp_path / "first.log"))
+            second = await stack.enter_async_context(worker(env, tmp_path / "second.log"))
             yield first, second
 
 

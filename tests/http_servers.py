@@ -1,0 +1,76 @@
+"""Real HTTP servers (uvicorn, gunicorn) run as processes by the tests that need several."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@asynccontextmanager
+async def serving(
+    command: Sequence[str],
+    *,
+    port: int,
+    env: Mapping[str, str],
+    ready_path: str,
+    log: Path,
+    startup_seconds: float = 60,
+    stop_seconds: float = 15,
+) -> AsyncIterator[str]:
+    """Run ``command`` (a server on ``port``) until the block ends; yield its base URL.
+
+    It counts as started once ``ready_path`` answers 200. Its output goes to ``log``, which is
+    printed when starting or the block fails, so the failure shows what the server said.
+    """
+    base_url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=REPOSITORY,
+            env=dict(env),
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await _wait_until_ready(process, base_url + ready_path, startup_seconds, log)
+            yield base_url
+        except BaseException:
+            print(_output(log))
+            raise
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), stop_seconds)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def _wait_until_ready(
+    process: asyncio.subprocess.Process, url: str, seconds: float, log: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with httpx.AsyncClient() as client:
+        while True:
+            if process.returncode is not None:
+                raise AssertionError(f"the server exited with code {process.returncode}")
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if loop.time() > deadline:
+                raise AssertionError(f"the server did not answer {url} within {seconds} s")
+            await asyncio.sleep(0.1)
+
+
+def _output(log: Path) -> str:
+    return log.read_text(errors="replace")
