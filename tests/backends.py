@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_tenancy import TenancyConfig
 from tests.models import Base
@@ -57,3 +59,12 @@ def database_url_template(central_url: str) -> str:
         return f"sqlite+aiosqlite:///{folder}/{{database}}.db"
     rendered = parsed.set(database="DATABASE").render_as_string(hide_password=False)
     return rendered.replace("/DATABASE", "/{database}")
+
+
+async def schema_exists(conn: AsyncConnection, name: str | None) -> bool:
+    """Whether the server behind ``conn`` has a schema (a database, on MariaDB) named ``name``."""
+
+    def check(sync_conn: Connection) -> bool:
+        return name in inspect(sync_conn).get_schema_names()
+
+    return await conn.run_sync(check)

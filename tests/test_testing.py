@@ -10,12 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from fastapi_tenancy import ConfigurationError, TenancyConfig
 from fastapi_tenancy.config import ResolutionStrategy
 from fastapi_tenancy.testing import AppHarness, run_app, tenant_binding
 from tests import apps
+from tests.backends import schema_exists
 from tests.models import Base, Item
 
 JWT_SECRET = secrets.token_urlsafe(48)
@@ -160,8 +161,4 @@ async def test_reset_drops_tenant_schemas_under_schema_isolation(database_url: s
         tenant = await harness.create_tenant("acme")
         await harness.reset()
         async with harness.tenancy.engine.connect() as conn:
-            found = await conn.scalar(
-                text("SELECT count(*) FROM pg_namespace WHERE nspname = :name"),
-                {"name": tenant.storage_name},
-            )
-    assert found == 0
+            assert not await schema_exists(conn, tenant.storage_name)

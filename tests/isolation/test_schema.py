@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import Connection, insert, inspect, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy import ConfigurationError, Tenancy, Tenant
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.schema import Binding
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.backends import TEST_STORAGE_PREFIX, isolation_config, schema_exists
 from tests.models import Base, Item
 
 SCHEMA_CASES = [
@@ -128,7 +128,7 @@ async def test_failed_provisioning_drops_only_what_it_created(
     isolation = schema_isolation(engine, binding)
     tenant = isolation.assign_storage(Tenant(identifier="doomed"))
     async with engine.begin() as conn:
-        exists_before = await _schema_exists(conn, tenant.storage_name)
+        exists_before = await schema_exists(conn, tenant.storage_name)
     assert not exists_before
     # The schema is created, then the tables cannot be: their metadata does not import.
     broken = SchemaIsolation(
@@ -137,7 +137,7 @@ async def test_failed_provisioning_drops_only_what_it_created(
     with pytest.raises(ConfigurationError):
         await broken.provision(tenant)
     async with engine.begin() as conn:
-        assert not await _schema_exists(conn, tenant.storage_name)
+        assert not await schema_exists(conn, tenant.storage_name)
 
 
 @schema_databases
@@ -147,8 +147,8 @@ async def test_purge_drops_only_that_tenants_schema(tenancy: Tenancy, engine: As
     await tenancy.delete_tenant("gone")
     await tenancy.purge_tenant("gone")
     async with engine.begin() as conn:
-        assert not await _schema_exists(conn, gone.storage_name)
-        assert await _schema_exists(conn, kept.storage_name)
+        assert not await schema_exists(conn, gone.storage_name)
+        assert await schema_exists(conn, kept.storage_name)
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -187,10 +187,3 @@ def test_unsafe_storage_names_are_refused_before_any_ddl() -> None:
             checked_storage_name(name)
     tenant = Tenant(identifier="a" * 63)
     assert len(choose_storage_name("tenant_", tenant)) <= 63
-
-
-async def _schema_exists(conn: AsyncConnection, name: str | None) -> bool:
-    def check(sync_conn: Connection) -> bool:
-        return name in inspect(sync_conn).get_schema_names()
-
-    return await conn.run_sync(check)

@@ -13,7 +13,7 @@ from fastapi_tenancy import Tenancy, TenancyConfig, Tenant, TenantStatus
 from fastapi_tenancy.migrations import MigrationReport, TenantMigration, migrate_tenant, upgrade
 from fastapi_tenancy.migrations.locks import advisory_key, named_lock
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.backends import isolation_config
+from tests.backends import isolation_config, schema_exists
 from tests.migrations.scripts import FIRST, SECOND, alembic_config
 from tests.migrations.storage import add_note_column, item_columns, revision, tenant_tables
 
@@ -281,7 +281,8 @@ async def test_a_failed_preparation_removes_the_new_storage_and_is_retried(
         assert (first.retried, first.provisioned) == (1, 0)
         assert retried is not None
         assert retried.status is TenantStatus.PENDING
-        assert await schema_exists(config, retried) is False  # nothing half-made is left
+        async with tenant_tables(config, None) as (conn, _):
+            assert await schema_exists(conn, retried.storage_name) is False  # nothing half-made
 
         second = await worker.run(exit_when_idle=True)
         active = await tenancy.get_tenant("acme")
@@ -289,12 +290,3 @@ async def test_a_failed_preparation_removes_the_new_storage_and_is_retried(
         assert active is not None
         assert active.status is TenantStatus.ACTIVE
         assert await revision(config, active) == SECOND
-
-
-async def schema_exists(config: TenancyConfig, tenant: Tenant) -> bool:
-    async with tenant_tables(config, None) as (conn, _):
-        found = await conn.scalar(
-            text("SELECT 1 FROM pg_namespace WHERE nspname = :name"),
-            {"name": tenant.storage_name},
-        )
-    return found is not None
