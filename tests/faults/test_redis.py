@@ -14,7 +14,7 @@ for other tenants' rows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -39,9 +39,8 @@ pytestmark = [
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[PrivateRedis]:
-    async with PrivateRedis() as server:
-        yield server
+def redis(private_redis: PrivateRedis) -> PrivateRedis:
+    return private_redis
 
 
 def config(case: tuple[str, str], redis: PrivateRedis, **overrides: Any) -> TenancyConfig:
