@@ -157,6 +157,7 @@ async def test_redis_outage_falls_back_to_memory_then_resumes_on_its_own(
                 return not cache.redis_available
 
             await eventually(outage_seen)
+            assert observer.errors == 1  # the lost subscription counts, before any command fails
             # Serving goes on: reads miss instead of raising, writes stay in memory.
             assert await cache.get("acme") is None  # memory was emptied when the channel went
             await cache.set("acme", ACME, ttl=60, token=await cache.read_token("acme"))

@@ -172,6 +172,10 @@ class LayeredTenantCache:
         self._notify(None)
         if self._observer is not None:
             self._observer.cache_backend_up(REDIS_LAYER, up)
+            if not up:
+                # A lost subscription is a Redis failure too, whether or not a command also
+                # failed: lookups stop using Redis from here on.
+                self._observer.cache_backend_error(REDIS_LAYER)
         if up:
             self._retry_at = 0.0
             await self._announce_pending()
