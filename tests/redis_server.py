@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -23,7 +24,11 @@ START_POLL_SECONDS = 0.05
 
 
 class PrivateRedis:
-    """A throwaway ``redis-server`` without persistence; `stop` kills it, `start` brings it back.
+    """A throwaway ``redis-server``; `stop` kills it, `start` brings it back.
+
+    Without ``snapshot_dir`` nothing persists. With it, the server loads ``dump.rdb`` from that
+    folder when it starts and writes it on ``SAVE`` only (never on its own), so a test chooses
+    exactly which state a restart restores.
 
     Example::
 
@@ -33,7 +38,7 @@ class PrivateRedis:
             await redis.start()   # same port, empty data
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, snapshot_dir: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             message = "redis-server is not installed; the Redis fault tests start their own"
@@ -42,6 +47,7 @@ class PrivateRedis:
             pytest.skip(message)
         self._binary = binary
         self.port = free_port()
+        self._snapshot_dir = snapshot_dir
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -50,6 +56,7 @@ class PrivateRedis:
 
     async def start(self) -> None:
         """Start the server and return once it answers PING."""
+        persistence = [] if self._snapshot_dir is None else ["--dir", str(self._snapshot_dir)]
         self._process = await asyncio.create_subprocess_exec(
             self._binary,
             "--port",
@@ -60,6 +67,7 @@ class PrivateRedis:
             "",
             "--appendonly",
             "no",
+            *persistence,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

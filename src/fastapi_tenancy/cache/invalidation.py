@@ -1,8 +1,10 @@
 """`InvalidationListener`: hears the invalidations other processes publish over Redis pub/sub.
 
 Pub/sub delivers at most once: a message sent while this process is disconnected is lost. So the
-listener reports every state change, and on (re)connecting tells its owner to forget everything
-it holds, since it cannot know what it missed.
+listener reports every state change, and on every (re)subscription tells its owner to forget
+everything it holds, since it cannot know what it missed. redis-py reconnects a dropped pub/sub
+connection by itself and subscribes again without raising; the server's subscription confirmation
+is the one sign of that, so every confirmation counts as a (re)subscription.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class InvalidationListener:
     """Subscribes to ``channel`` in a background task and calls back for every message.
 
     ``on_message(identifier)`` runs for each invalidation (``"*"`` means all), and
-    ``on_connected(up)`` when the subscription is established (``True``) or lost (``False``).
-    After a loss it retries every ``retry_seconds`` on its own.
+    ``on_connected(up)`` each time the subscription is established (``True``, also after a
+    reconnection redis-py made on its own) or lost (``False``). After a loss it retries every
+    ``retry_seconds`` on its own; an ``on_connected(True)`` that raises a Redis error counts as a
+    loss.
     """
 
     def __init__(
@@ -70,16 +74,17 @@ class InvalidationListener:
     async def _run(self) -> None:
         connected: bool | None = None
         while True:
-            pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                if connected is not True:
-                    connected = True
-                    await self._on_connected(True)
-                self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(timeout=POLL_SECONDS)
-                    if message is not None and message.get("type") == "message":
+                    kind = None if message is None else message.get("type")
+                    if kind == "subscribe":
+                        await self._on_connected(True)
+                        connected = True
+                        self._subscribed.set()
+                    elif kind == "message" and message is not None:
                         await self._on_message(str(message["data"]))
             except (RedisError, OSError) as exc:
                 if connected is not False:

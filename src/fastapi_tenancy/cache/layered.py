@@ -8,6 +8,11 @@
   arriving, that bound is how long another process's change can take to show. Invalidations that
   could not be announced are retried when Redis answers again; the listener's reconnection turns
   Redis back on, and since messages may have been missed meanwhile, memory is emptied then.
+* Every (re)subscription also checks whether Redis itself restarted (`RedisTenantCache.sync_server`)
+  before lookups use it again: entries restored from a snapshot are never served.
+* A Redis read that was in flight when an invalidation passed (local or announced) is returned to
+  its caller but never copied into memory: an epoch, bumped by every invalidation, is taken before
+  the read and compared after it.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class LayeredTenantCache:
         self._channel_up = False
         self._retry_at = 0.0
         self._unannounced: set[str] = set()
+        # Bumped by every invalidation; a Redis read copies into memory only if it did not move.
+        self._epoch = 0
         self._listener = InvalidationListener(
             redis.client,
             redis.channel,
@@ -94,6 +101,7 @@ class LayeredTenantCache:
             return hit
         if not self.redis_available:
             return None
+        epoch = self._epoch
         try:
             hit, remaining = await self.redis.get_with_ttl(identifier)
         except REDIS_FAILURES as exc:
@@ -101,7 +109,7 @@ class LayeredTenantCache:
             return None
         if self._observer is not None:
             report_lookup(self._observer, REDIS_LAYER, hit)
-        if hit is not None:
+        if hit is not None and epoch == self._epoch:
             await self.memory.set(identifier, hit.tenant, ttl=self._memory_ttl(remaining))
         await self._announce_pending()
         return hit
@@ -134,6 +142,7 @@ class LayeredTenantCache:
 
     async def delete(self, identifier: str) -> None:
         """Forget ``identifier`` here and in Redis, and tell every other process to forget it."""
+        self._epoch += 1
         await self.memory.delete(identifier)
         try:
             await self.redis.delete(identifier)
@@ -142,6 +151,7 @@ class LayeredTenantCache:
             self._failed("invalidation", exc)
 
     async def clear(self) -> None:
+        self._epoch += 1
         await self.memory.clear()
         try:
             await self.redis.clear()
@@ -157,6 +167,7 @@ class LayeredTenantCache:
     # Pub/sub callbacks, run by the listener task.
 
     async def _on_message(self, identifier: str) -> None:
+        self._epoch += 1
         if identifier == CLEAR_ALL:
             await self.memory.clear()
             self._notify(None)
@@ -167,8 +178,14 @@ class LayeredTenantCache:
     async def _on_channel(self, up: bool) -> None:
         # Up: messages may have been missed while down. Down: entries cached while invalidations
         # still arrived would otherwise outlive the degraded TTL. Either way memory starts over.
-        self._channel_up = up
+        self._epoch += 1
+        self._channel_up = False
         await self.memory.clear()
+        if up and await self.redis.sync_server():
+            logger.warning(
+                "tenant cache: Redis restarted; every entry cached before the restart is ignored"
+            )
+        self._channel_up = up
         self._notify(None)
         if self._observer is not None:
             self._observer.cache_backend_up(REDIS_LAYER, up)

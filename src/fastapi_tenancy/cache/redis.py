@@ -2,13 +2,21 @@
 
 Keys, under a prefix so several apps can share one Redis:
 
-* ``<prefix>:tenant:<identifier>`` holds the tenant as JSON (or ``{"absent": true}``), with a TTL;
+* ``<prefix>:tenant:<identifier>`` holds the tenant as JSON (or ``{"absent": true}``), with a TTL,
+  behind the server mark it was written under;
 * ``<prefix>:gen:<identifier>`` counts the invalidations of the identifier;
+* ``<prefix>:server`` is the server mark: the ``run_id`` of the Redis process the entries belong to;
 * ``<prefix>:invalidate`` is the pub/sub channel on which invalidations are announced.
 
 A process that read the store before an invalidation must not write its stale answer after it.
-`read_token` returns the generation before the store is read and `set` writes only if it has not
-moved since, atomically in one Lua script.
+`read_token` returns the server mark and the generation before the store is read, and `set` writes
+only if neither has moved since, atomically in one Lua script.
+
+A Redis restarted from a snapshot (RDB or AOF) brings back entries and generation counters from
+before the restart, without the invalidations that followed them. Every process calls
+`sync_server` when it (re)subscribes: a ``run_id`` that differs from the stored mark means a new
+Redis process, so the mark moves to it, and from then on every older entry reads as a miss and
+every older token is refused. The counters need no reset: a token carries the mark too.
 
 A tenant with its own ``database_url`` is never written to Redis: the URL carries a password, and
 Redis is not where secrets live. Such tenants are cached in process memory only.
@@ -16,6 +24,7 @@ Redis is not where secrets live. Such tenants are cached in process memory only.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from fastapi_tenancy.cache.base import CachedLookup
@@ -26,17 +35,35 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisTenantCache", "redis_client"]
 
+logger = logging.getLogger("fastapi_tenancy.cache")
+
 # Every process pays one store read after an invalidation; the counter outlives any sane load.
 GENERATION_TTL_SECONDS = 24 * 3600
 CLEAR_ALL = "*"
 
-_SET_IF_GENERATION = """
-local generation = redis.call('GET', KEYS[2]) or '0'
-if generation ~= ARGV[1] then
+# KEYS: entry, generation, server mark. ARGV: generation ('' for no check), mark, value, ms.
+_SET_IF_CURRENT = """
+local mark = redis.call('GET', KEYS[3]) or ''
+if ARGV[1] ~= '' then
+    if mark ~= ARGV[2] or (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], mark .. '|' .. ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: server mark. ARGV: the server's run_id. Returns 1 if it moved from another server's mark.
+_MARK_SERVER = """
+local mark = redis.call('GET', KEYS[1])
+if mark == ARGV[1] then
     return 0
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+redis.call('SET', KEYS[1], ARGV[1])
+if mark then
+    return 1
+end
+return 0
 """
 
 _ABSENT = '{"absent":true}'
@@ -85,7 +112,9 @@ class RedisTenantCache:
         self.client = client
         self.prefix = prefix
         self.channel = f"{prefix}:invalidate"
-        self._set_if_generation = client.register_script(_SET_IF_GENERATION)
+        self._server_key = f"{prefix}:server"
+        self._set_if_current = client.register_script(_SET_IF_CURRENT)
+        self._mark_server = client.register_script(_MARK_SERVER)
 
     def _key(self, identifier: str) -> str:
         return f"{self.prefix}:tenant:{identifier}"
@@ -95,26 +124,54 @@ class RedisTenantCache:
 
     async def get(self, identifier: str) -> CachedLookup | None:
         """The cached lookup, or ``None`` on a miss or after its TTL ran out."""
-        raw = await self.client.get(self._key(identifier))
-        if raw is None:
-            return None
-        return _decode(raw)
+        hit, _ = await self.get_with_ttl(identifier)
+        return hit
 
     async def get_with_ttl(self, identifier: str) -> tuple[CachedLookup | None, float]:
-        """The cached lookup and the seconds it has left, in one round trip."""
+        """The cached lookup and the seconds it has left, in one round trip.
+
+        An entry written under another server mark (before a Redis restart) is a miss.
+        """
         key = self._key(identifier)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.pttl(key)
-            raw, milliseconds = await pipe.execute()
+            pipe.get(self._server_key)
+            raw, milliseconds, mark = await pipe.execute()
         if raw is None or milliseconds <= 0:
             return None, 0.0
-        return _decode(raw), milliseconds / 1000
+        written_under, _, value = str(raw).partition("|")
+        if written_under != (mark or ""):
+            return None, 0.0
+        return _decode(value), milliseconds / 1000
 
     async def read_token(self, identifier: str) -> str:
-        """The identifier's generation; pass it to `set` to refuse a write that lost a race."""
-        generation = await self.client.get(self._generation_key(identifier))
-        return str(generation or "0")
+        """The server mark and the identifier's generation, for `set` to refuse a lost race."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self._generation_key(identifier))
+            pipe.get(self._server_key)
+            generation, mark = await pipe.execute()
+        return f"{generation or '0'}@{mark or ''}"
+
+    async def sync_server(self) -> bool:
+        """Move the server mark to the Redis process now answering; ``True`` if another was there.
+
+        Called on every (re)subscription. A moved mark invalidates every entry and token from
+        before, so a Redis restored from a snapshot never serves what it restored. A server that
+        refuses INFO (some managed services rename it) cannot be told apart from its restart:
+        that is logged, and entries are then trusted until their TTL.
+        """
+        from redis.exceptions import ResponseError  # redis-py is an optional extra
+
+        try:
+            info = await self.client.info("server")
+        except ResponseError as exc:
+            logger.warning("tenant cache: Redis refuses INFO (%s); restarts go unnoticed", exc)
+            return False
+        run_id = str(info.get("run_id", ""))
+        if not run_id:
+            return False
+        return bool(await self._mark_server(keys=[self._server_key], args=[run_id]))
 
     async def set(
         self, identifier: str, tenant: Tenant | None, *, ttl: float, token: str | None = None
@@ -129,11 +186,10 @@ class RedisTenantCache:
             await self.client.delete(key)
             return
         value = _ABSENT if tenant is None else tenant.model_dump_json()
-        if token is None:
-            await self.client.set(key, value, px=milliseconds)
-            return
-        await self._set_if_generation(
-            keys=[key, self._generation_key(identifier)], args=[token, value, milliseconds]
+        generation, _, mark = (token or "").partition("@")
+        await self._set_if_current(
+            keys=[key, self._generation_key(identifier), self._server_key],
+            args=[generation, mark, value, milliseconds],
         )
 
     async def delete(self, identifier: str) -> None:
@@ -157,8 +213,8 @@ class RedisTenantCache:
         await self.client.aclose()
 
 
-def _decode(raw: str | bytes) -> CachedLookup | None:
-    if raw in (_ABSENT, _ABSENT.encode()):
+def _decode(raw: str) -> CachedLookup | None:
+    if raw == _ABSENT:
         return CachedLookup(tenant=None)
     try:
         return CachedLookup(Tenant.model_validate_json(raw))
