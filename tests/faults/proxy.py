@@ -8,7 +8,12 @@ until a test injects a fault:
 * `cut` aborts every live connection at once, the way a server restart or a network failure does;
 * `pause` blackholes traffic: new connections are accepted but not forwarded, and bytes on live
   connections are held back, the way a stalled network looks;
-* `restore` undoes all three: the port listens again and held bytes flow.
+* `hang_up` accepts new connections and closes them at once, the way a connection cut during the
+  handshake looks; live connections keep working;
+* `greet_with_postgres_error` answers each new connection's start-up message with a PostgreSQL
+  error, the way a server that is starting up (57P03) or out of slots (53300) refuses;
+* `restore` undoes all of them: the port listens again, new connections are forwarded, held
+  bytes flow.
 
 The shared servers are never touched: only connections that go through the proxy are affected.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from types import TracebackType
 from typing import Self
 
@@ -25,6 +31,8 @@ from sqlalchemy.engine import make_url
 __all__ = ["FaultProxy"]
 
 CHUNK = 65536
+# PostgreSQL's SSLRequest and GSSENCRequest codes: a client may send one before its start-up.
+_PG_ENCRYPTION_REQUESTS = {80877103, 80877104}
 
 
 class FaultProxy:
@@ -46,6 +54,8 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._hanging_up = False
+        self._greeting: bytes | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # How many connections the proxy has accepted and cut, for the tests' own checks.
@@ -98,8 +108,23 @@ class FaultProxy:
         """Hold every byte and every new connection until `restore`."""
         self._flowing.clear()
 
+    def hang_up(self) -> None:
+        """Close every new connection as soon as it is accepted; live ones keep working."""
+        self._hanging_up = True
+
+    def greet_with_postgres_error(self, sqlstate: str, message: str) -> None:
+        """Refuse every new connection with a PostgreSQL ``FATAL`` error, as the server does."""
+        fields = b"".join(
+            code + value.encode() + b"\0"
+            for code, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
+        )
+        body = fields + b"\0"
+        self._greeting = b"E" + struct.pack("!I", len(body) + 4) + body
+
     async def restore(self) -> None:
         """Accept and forward again."""
+        self._hanging_up = False
+        self._greeting = None
         if self._server is None:
             await self.start()
         self._flowing.set()
@@ -137,6 +162,12 @@ class FaultProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self._hanging_up:
+            writer.transport.abort()
+            return
+        if self._greeting is not None:
+            await self._greet(reader, writer, self._greeting)
+            return
         await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
@@ -151,6 +182,24 @@ class FaultProxy:
             self._links.discard(link)
             writer.transport.abort()
             up_writer.transport.abort()
+
+    @staticmethod
+    async def _greet(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, greeting: bytes
+    ) -> None:
+        # Read the start-up message (declining encryption first if asked), then refuse.
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                payload = await reader.readexactly(length - 4)
+                if length == 8 and struct.unpack("!I", payload)[0] in _PG_ENCRYPTION_REQUESTS:
+                    writer.write(b"N")
+                    await writer.drain()
+                    continue
+                writer.write(greeting)
+                await writer.drain()
+                break
+        writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):

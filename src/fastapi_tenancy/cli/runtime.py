@@ -26,6 +26,7 @@ from fastapi_tenancy.exceptions import (
     TenancyError,
 )
 from fastapi_tenancy.tenancy import Tenancy
+from fastapi_tenancy.unavailable import is_unavailable
 
 __all__ = [
     "EXIT_FAILURE",
@@ -130,7 +131,7 @@ def run_with_config(
         # The driver's own message; SQLAlchemy's wrapper would add the statement's parameters.
         cause = exc.orig if exc.orig is not None else exc
         print_error(scrub(f"database error: {type(cause).__name__}: {cause}", urls))
-        return EXIT_UNAVAILABLE if exc.connection_invalidated else EXIT_FAILURE
+        return EXIT_UNAVAILABLE if is_unavailable(exc) else EXIT_FAILURE
     except SQLAlchemyError as exc:
         print_error(scrub(f"database error: {type(exc).__name__}: {exc}", urls))
         return EXIT_FAILURE

@@ -8,21 +8,22 @@ background, and a global budget caps the server connections of all tenant engine
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.engines import create_engine, redact_url
-from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.servers import create_database, drop_database
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.unavailable import unavailable_as_503
 
 __all__ = ["DatabaseIsolation"]
 
@@ -136,13 +137,6 @@ class DatabaseIsolation:
         )
 
 
-@contextmanager
-def _reachable(url: str) -> Iterator[None]:
-    # Drivers raise connection failures unwrapped (refused, timed out, unresolvable host); the
-    # tenant's server being down is a 503-kind failure, reported without the URL's password.
-    try:
-        yield
-    except OSError as exc:
-        raise ServiceUnavailable(
-            f"tenant database server at {redact_url(url)} is unreachable: {type(exc).__name__}"
-        ) from exc
+def _reachable(url: str) -> AbstractContextManager[None]:
+    # The tenant's server being unreachable is a 503-kind failure, reported without the password.
+    return unavailable_as_503(f"tenant database server at {redact_url(url)}")

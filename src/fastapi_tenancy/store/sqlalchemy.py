@@ -31,21 +31,18 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import URL, Dialect, Row
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
 from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.unavailable import describe, is_unavailable
 
 __all__ = ["SQLAlchemyTenantStore", "tenants_metadata", "tenants_table"]
 
-# Failures that mean "the database cannot be reached right now". OSError covers ConnectionError,
-# TimeoutError and asyncio.TimeoutError, which drivers raise unwrapped while connecting.
-UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, OSError)
 # Tries at creating the tenants table when other processes race to create it too.
 CREATE_ATTEMPTS = 5
 
@@ -132,7 +129,7 @@ class SQLAlchemyTenantStore:
                     await self._create_table()
                     return
                 except DBAPIError as exc:
-                    if exc.connection_invalidated or attempt == CREATE_ATTEMPTS - 1:
+                    if is_unavailable(exc) or attempt == CREATE_ATTEMPTS - 1:
                         raise
                     # Another process created the table between the existence check and CREATE
                     # TABLE; a later check sees it once that process has committed. A real
@@ -244,17 +241,21 @@ class SQLAlchemyTenantStore:
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
-        """Turn driver errors into the library's: unreachable -> 503, duplicate -> 409."""
+        """Turn driver errors into the library's: unreachable -> 503, duplicate -> 409.
+
+        Any other error, a missing table above all, is a bug and propagates unchanged.
+        """
         try:
             yield
         except IntegrityError as exc:
             raise TenantAlreadyExists("a tenant with this id or identifier already exists") from exc
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(self._engine.url, exc) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(self._engine.url, exc) from exc
-            raise
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # The driver's message may echo connection parameters: only the code goes out.
+            raise ServiceUnavailable(
+                f"tenant store at {redact_url(self._engine.url)} is unavailable: {describe(exc)}"
+            ) from exc
 
 
 async def _claim(conn: AsyncConnection, seen: Tenant, claimed: builtins.list[Tenant]) -> None:
@@ -281,15 +282,6 @@ async def _claim(conn: AsyncConnection, seen: Tenant, claimed: builtins.list[Ten
     )
     if (await conn.execute(claim)).rowcount == 1:
         claimed.append(stored)
-
-
-def _unavailable(url: URL, exc: Exception) -> ServiceUnavailable:
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    message = f"tenant store at {redact_url(url)} is unavailable: {type(cause).__name__}: {cause}"
-    # A driver may echo connection parameters; the password never leaves this function.
-    if url.password:
-        message = message.replace(str(url.password), "***")
-    return ServiceUnavailable(message)
 
 
 def _in_utc(tenant: Tenant) -> Tenant:
