@@ -1,8 +1,9 @@
 """Tenant sessions: unreachable storage becomes `ServiceUnavailable`; every other error stays.
 
 The fault tests (tests/faults/) break real servers; these pin down the classification itself on
-the embedded SQLite database: a statement error or an app's own ``OSError`` inside a session is
-never mistaken for an outage, while a pool that hands out no connection is one.
+the embedded SQLite database: a statement error (a missing table) or an app's own ``OSError`` is
+never mistaken for an outage, while a pool that hands out no connection or a locked database is
+one.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
+from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.store import SQLAlchemyTenantStore
 from fastapi_tenancy.unavailable import is_unavailable
 from tests.models import Base
 
@@ -61,3 +66,32 @@ async def test_a_pool_with_no_free_connection_is_service_unavailable(tenancy: Te
     cause = failure.value.__cause__
     assert cause is not None
     assert is_unavailable(cause)
+
+
+async def test_a_missing_tenants_table_is_the_stores_error_not_an_outage(tmp_path: Path) -> None:
+    engine = create_engine(TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
+    try:
+        store = SQLAlchemyTenantStore(engine)  # never initialised: no tenants table
+        with pytest.raises(OperationalError, match="no such table") as failure:
+            await store.get_by_identifier("acme")
+    finally:
+        await engine.dispose()
+    assert not is_unavailable(failure.value)
+
+
+async def test_a_locked_database_is_service_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    # No busy wait: a locked database answers at once instead of after SQLite's 5 s default.
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0})
+    store = SQLAlchemyTenantStore(engine)
+    await store.initialize()
+    locker = await aiosqlite.connect(path)
+    try:
+        await locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ServiceUnavailable, match="SQLITE_BUSY") as failure:
+            await store.get_by_identifier("acme")
+    finally:
+        await locker.close()
+        await engine.dispose()
+    assert isinstance(failure.value.__cause__, OperationalError)
+    assert "database is locked" in str(failure.value.__cause__)
