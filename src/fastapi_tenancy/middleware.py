@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
@@ -28,6 +28,10 @@ from fastapi_tenancy.resolution.base import Resolution
 from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi_tenancy.unavailable import describe, is_unavailable
+
+if TYPE_CHECKING:
+    from fastapi_tenancy.metrics import TenancyMetrics
 
 __all__ = ["SCOPE_KEY", "TenancyMiddleware"]
 
@@ -122,7 +126,7 @@ class TenancyMiddleware:
             if kind == "http" and tenancy.hooks.wants(RequestCompleted):
                 await self._call_observed(child, receive, send, tenant, resolution)
             else:
-                await _serve(self.app, child, receive, send)
+                await _serve(self.app, child, receive, send, metrics)
         finally:
             _current.reset(token)
 
@@ -139,7 +143,7 @@ class TenancyMiddleware:
             await send(message)
 
         try:
-            await _serve(self.app, scope, receive, send_observed)
+            await _serve(self.app, scope, receive, send_observed, self.tenancy.metrics)
         finally:
             subject = (resolution.claims or {}).get("sub")
             await self.tenancy.hooks.emit(
@@ -222,25 +226,48 @@ def _replay(first: Message, receive: Receive) -> Receive:
     return replaying_receive
 
 
-async def _serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run the app; tenant storage failing inside it (its session) answers 503, like the lookup."""
-    answered = False
+async def _serve(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: TenancyMetrics | None
+) -> None:
+    """Run the app; tenant storage failing inside it (its session) answers 503, like the lookup.
+
+    Storage that fails once the response is complete (a session whose connection died closes
+    after FastAPI has sent the response) has no client left to tell: it is logged and counted
+    here, so the server neither logs an application crash nor drops the keep-alive connection.
+    """
+    answered = finished = False
 
     async def send_tracked(message: Message) -> None:
-        nonlocal answered
+        nonlocal answered, finished
         answered = answered or message["type"] in _ANSWERED
+        finished = finished or _finishes(message)
         await send(message)
 
     try:
         await app(scope, receive, send_tracked)
-    except ServiceUnavailable as exc:
-        if answered:
+    except Exception as exc:
+        if finished and is_unavailable(exc):
+            reason = exc if isinstance(exc, ServiceUnavailable) else describe(exc)
+            logger.warning("tenant storage failed after the response was sent: %s", reason)
+            if metrics is not None:
+                metrics.failed_after_response()
+            return
+        if answered or not isinstance(exc, ServiceUnavailable):
             raise
-        logger.warning("answering 503: %s", exc)
         await _reject(scope, send, exc)
 
 
+def _finishes(message: Message) -> bool:
+    """Whether ``message`` completes the response: the client has all of its answer."""
+    kind = message["type"]
+    if kind in ("http.response.body", "websocket.http.response.body"):
+        return not message.get("more_body", False)
+    return bool(kind == "websocket.close")
+
+
 async def _reject(scope: Scope, send: Send, exc: TenancyError) -> None:
+    if exc.status_code >= 500:
+        logger.warning("answering %d: %s", exc.status_code, exc)
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": exc.ws_close_code, "reason": ""})
         return

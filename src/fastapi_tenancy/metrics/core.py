@@ -160,6 +160,12 @@ class _Families:
             tenant,
             registry=registry,
         )
+        self.failures_after_response = Counter(
+            PREFIX + "storage_failures_after_response",
+            "Tenant storage failures after the response was complete (a session that could not "
+            "close cleanly); logged as warnings, the client already had its answer.",
+            registry=registry,
+        )
         self.cache_lookup_children = {
             (layer, result): self.cache_lookups.labels(layer, result)
             for layer in CACHE_LAYERS
@@ -243,6 +249,7 @@ class TenancyMetrics:
             f.evictions,
             f.checked_out,
             f.slow_queries,
+            f.failures_after_response,
         )
 
     def tenant_label_of(self, tenant: Tenant | None) -> str:
@@ -280,6 +287,10 @@ class TenancyMetrics:
     def slow_query(self, tenant: Tenant | None) -> None:
         """Count one statement slower than ``slow_query_threshold_ms``."""
         self._tenant_child(1, self._families.slow_queries, tenant).inc()
+
+    def failed_after_response(self) -> None:
+        """Count a tenant storage failure that came after the response was complete."""
+        self._families.failures_after_response.inc()
 
     def _tenant_child(self, slot: int, family: Counter, tenant: Tenant | None) -> Any:
         families = self._families
