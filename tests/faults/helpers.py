@@ -1,12 +1,16 @@
 """What the fault tests share: the app (with a route that holds its connection), seeded tenants,
-and the leak check every response goes through."""
+the leak check every response goes through, and the record of the exception behind every 5xx."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import logging
+import traceback
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,10 +20,92 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import Tenancy, TenancyConfig, get_tenant_session
+from fastapi_tenancy.types import ASGIApp, Receive, Scope, Send
 from tests import apps
 from tests.models import Item
 
 GENERIC_503 = {"detail": "Service unavailable"}
+REPOSITORY = str(Path(__file__).resolve().parents[2]) + "/"
+
+
+def explain(exc: BaseException) -> str:
+    """``exc`` and its causes: type, message and where each was raised (file:line in function)."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        # Where it was raised, and the last frame of the library's own code it went through.
+        ours = [frame for frame in frames if frame.filename.startswith(REPOSITORY + "src/")]
+        where = "".join(f" at {_location(frame)}" for frame in frames[-1:])
+        if ours and ours[-1] is not frames[-1]:
+            where += f" via {_location(ours[-1])}"
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__}: {current}{where}")
+        current = current.__cause__ or current.__context__
+    return "\n    caused by ".join(parts)
+
+
+def _location(frame: traceback.FrameSummary) -> str:
+    return f"{frame.filename.removeprefix(REPOSITORY)}:{frame.lineno} in {frame.name}"
+
+
+@dataclass
+class Failures:
+    """The exceptions behind 5xx answers: those that escaped the app (500) and logged 503s."""
+
+    escaped: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+
+    def report(self, limit: int = 20) -> str:
+        """Every escaped exception, then the distinct 503 causes with how often each occurred."""
+        lines = [f"{len(self.escaped)} exception(s) escaped the app (500):"]
+        lines += [f"  {text}" for text in self.escaped[:limit]]
+        causes = Counter(self.unavailable)
+        lines.append(f"{len(self.unavailable)} answer(s) of 503, {len(causes)} distinct cause(s):")
+        lines += [f"  {n} x {text}" for text, n in causes.most_common(limit)]
+        return "\n".join(lines)
+
+
+class _UnavailableLog(logging.Handler):
+    """Records the exception of each 503 the middleware answers and logs."""
+
+    def __init__(self, failures: Failures) -> None:
+        super().__init__(logging.WARNING)
+        self.failures = failures
+
+    def emit(self, record: logging.LogRecord) -> None:
+        errors = [arg for arg in record.args or () if isinstance(arg, BaseException)]
+        if record.getMessage().startswith("answering 5"):
+            self.failures.unavailable.append(explain(errors[0]) if errors else record.getMessage())
+
+
+@contextmanager
+def recording_unavailable(failures: Failures) -> Iterator[None]:
+    """Record the 503s logged in the block into ``failures`` (once, however deeply nested)."""
+    logger = logging.getLogger("fastapi_tenancy")
+    if any(isinstance(h, _UnavailableLog) and h.failures is failures for h in logger.handlers):
+        yield
+        return
+    handler = _UnavailableLog(failures)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def recording_escapes(app: ASGIApp, failures: Failures) -> ASGIApp:
+    """``app``, recording every exception that escapes it: the server answers those with 500."""
+
+    async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            failures.escaped.append(f"{scope.get('path')}: {explain(exc)}")
+            raise
+
+    return recorded
 
 
 @dataclass
@@ -52,6 +138,7 @@ class Running:
     app: FastAPI
     client: httpx.AsyncClient
     ids: dict[str, str]
+    failures: Failures = field(default_factory=Failures)
 
     @property
     def tenancy(self) -> Tenancy:
@@ -83,24 +170,31 @@ async def running(
     *,
     holder: Holder | None = None,
     database_urls: dict[str, str] | None = None,
+    failures: Failures | None = None,
 ) -> AsyncIterator[Running]:
     """Start the fault app, create ``identifiers`` with two rows each, and yield a client.
 
-    ``database_urls`` gives some tenants an explicit database (database isolation).
+    ``database_urls`` gives some tenants an explicit database (database isolation). The
+    exceptions behind 5xx answers go to ``failures`` (apps that run together share one: the
+    503 log does not say which app wrote it).
     """
     app = fault_app(config, holder)
-    async with LifespanManager(app):
-        tenancy: Tenancy = app.state.tenancy
-        ids = {}
-        for identifier in identifiers:
-            url = (database_urls or {}).get(identifier)
-            ids[identifier] = (await tenancy.create_tenant(identifier, database_url=url)).id
-            async with tenancy.session(identifier) as session:
-                session.add_all([Item(name=f"{identifier}:seed-{n}") for n in range(2)])
-                await session.commit()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://faults") as client:
-            yield Running(app, client, ids)
+    failures = failures if failures is not None else Failures()
+    with recording_unavailable(failures):
+        async with LifespanManager(app):
+            tenancy: Tenancy = app.state.tenancy
+            ids = {}
+            for identifier in identifiers:
+                url = (database_urls or {}).get(identifier)
+                ids[identifier] = (await tenancy.create_tenant(identifier, database_url=url)).id
+                async with tenancy.session(identifier) as session:
+                    session.add_all([Item(name=f"{identifier}:seed-{n}") for n in range(2)])
+                    await session.commit()
+            transport = httpx.ASGITransport(
+                app=recording_escapes(app, failures), raise_app_exceptions=False
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://faults") as client:
+                yield Running(app, client, ids, failures)
 
 
 def foreign_rows(response: httpx.Response, identifier: str, ids: dict[str, str]) -> list[Any]:

@@ -15,7 +15,9 @@ only its own rows.
 
 Bounded in count and time; scale it with TENANCY_SOAK_REQUESTS, TENANCY_SOAK_SECONDS,
 TENANCY_SOAK_CONCURRENCY and TENANCY_SOAK_SEED. The summary line is printed at the end:
-``soak: requests=... faults=... errors_by_status=... leaks=0``.
+``soak: requests=... faults=... errors_by_status=... leaks=0``, followed by the exception behind
+every 5xx: each one that escaped an app (a 500) with its type, message and where it was raised,
+and the distinct causes of the 503s with their counts. Any 500 fails the soak with that list.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.isolation.servers import create_database, drop_database
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.helpers import GENERIC_503, Running, foreign_rows, running
+from tests.faults.helpers import GENERIC_503, Failures, Running, foreign_rows, running
 from tests.faults.proxy import FaultProxy
 from tests.models import Item
 from tests.redis_server import PrivateRedis
@@ -86,6 +88,7 @@ class Tally:
     leaks: list[str] = field(default_factory=list)
     bad_bodies: list[str] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)
+    failures: Failures = field(default_factory=Failures)
 
     def record(self, response: httpx.Response, identifier: str, ids: dict[str, str]) -> None:
         self.statuses[response.status_code] += 1
@@ -101,7 +104,8 @@ class Tally:
         return (
             f"soak: requests={requests} faults={sum(self.faults.values())} "
             f"errors_by_status={errors} leaks={len(self.leaks)} "
-            f"fault_kinds={kinds} exceptions={len(self.exceptions)} seconds={seconds:.1f}"
+            f"fault_kinds={kinds} exceptions={len(self.exceptions)} seconds={seconds:.1f}\n"
+            + self.failures.report()
         )
 
 
@@ -122,7 +126,7 @@ async def central_database(url: str) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def deployments(redis: PrivateRedis) -> AsyncIterator[list[Deployment]]:
+async def deployments(redis: PrivateRedis, failures: Failures) -> AsyncIterator[list[Deployment]]:
     async with AsyncExitStack() as stack:
         started = []
         for name, strategy, server_url in DEPLOYMENTS:
@@ -141,7 +145,9 @@ async def deployments(redis: PrivateRedis) -> AsyncIterator[list[Deployment]]:
             # The template follows the proxied URL: tenant databases are behind the proxy too.
             config = isolation_config((strategy, proxy.url_for(url)), **overrides)
             identifiers = [f"{name}t{n}" for n in range(TENANTS_PER_DEPLOYMENT)]
-            service = await stack.enter_async_context(running(config, identifiers))
+            service = await stack.enter_async_context(
+                running(config, identifiers, failures=failures)
+            )
             started.append(Deployment(name, proxy, service))
         yield started
 
@@ -292,7 +298,7 @@ async def test_soak_mixed_tenants_with_random_faults_never_leaks_nor_fails_with_
     tally = Tally()
     started = time.monotonic()
     try:
-        async with PrivateRedis() as redis, deployments(redis) as fleet:
+        async with PrivateRedis() as redis, deployments(redis, tally.failures) as fleet:
             stop = asyncio.Event()
             injector = asyncio.create_task(inject_faults(rng, fleet, redis, tally, stop))
             try:
@@ -321,6 +327,7 @@ async def test_soak_mixed_tenants_with_random_faults_never_leaks_nor_fails_with_
     assert tally.leaks == [], summary
     assert foreign == [], summary
     assert set(tally.statuses) <= {200, 503}, summary
+    assert tally.failures.escaped == [], summary
     assert tally.bad_bodies == [], summary
     assert tally.exceptions == [], summary
     assert unrecovered == [], summary
