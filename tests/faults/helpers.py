@@ -41,7 +41,9 @@ def explain(exc: BaseException) -> str:
         where = "".join(f" at {_location(frame)}" for frame in frames[-1:])
         if ours and ours[-1] is not frames[-1]:
             where += f" via {_location(ours[-1])}"
-        parts.append(f"{type(current).__module__}.{type(current).__qualname__}: {current}{where}")
+        # The first line only: SQLAlchemy appends the statement and its parameters.
+        message = next(iter(str(current).splitlines()), "")
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__}: {message}{where}")
         current = current.__cause__ or current.__context__
     return "\n    caused by ".join(parts)
 
@@ -58,10 +60,10 @@ class Failures:
     unavailable: list[str] = field(default_factory=list)
 
     def report(self, limit: int = 20) -> str:
-        """Every escaped exception, then the distinct 503 causes with how often each occurred."""
+        """Every escaped exception with its causes, then each distinct 503 and how often it came."""
         lines = [f"{len(self.escaped)} exception(s) escaped the app (500):"]
         lines += [f"  {text}" for text in self.escaped[:limit]]
-        causes = Counter(self.unavailable)
+        causes = Counter(text.splitlines()[0] for text in self.unavailable)
         lines.append(f"{len(self.unavailable)} answer(s) of 503, {len(causes)} distinct cause(s):")
         lines += [f"  {n} x {text}" for text, n in causes.most_common(limit)]
         return "\n".join(lines)
