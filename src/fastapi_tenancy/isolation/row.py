@@ -15,7 +15,7 @@ session's tenant transaction-locally at every BEGIN, for the policies to read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
@@ -31,10 +31,15 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.orm.util import LoaderCriteriaOption
-from sqlalchemy.sql import Insert
-from sqlalchemy.sql.elements import BindParameter
 
 from fastapi_tenancy.exceptions import CrossTenantAccess, TenantContextMissing
+from fastapi_tenancy.isolation.confine import (
+    confine_insert,
+    confine_update_or_delete,
+    refuse_leaky_bases,
+    scoped_facts,
+    verify_flush,
+)
 from fastapi_tenancy.isolation.rls import BIND_TENANT, verify_row_level_security
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -64,33 +69,45 @@ def session_tenant_id(session: Session) -> str:
     return tenant_id
 
 
-def _is_tenant_scoped(state: ORMExecuteState) -> bool:
-    mapper = state.bind_mapper
-    return mapper is not None and issubclass(mapper.class_, TenantScoped)
-
-
 @event.listens_for(TenantSession, "do_orm_execute")
 def _confine_statement(state: ORMExecuteState) -> None:
-    if state.is_insert:
-        if _is_tenant_scoped(state):
-            _stamp_insert(state, session_tenant_id(state.session))
+    statement: Any = state.statement
+    mapper = state.bind_mapper
+    facts = scoped_facts(mapper) if mapper is not None else None
+    if state.is_select:
+        tenant_id = session_tenant_id(state.session)
+        refuse_leaky_bases(statement)
+        statement = statement.options(_tenant_criteria(tenant_id))
+        if facts is not None and state.is_column_load:
+            # Loader criteria skip refreshes and expired-attribute loads, which select by
+            # primary key alone: an object forged with another tenant's key must load nothing.
+            statement = statement.where(facts.tenant_column == tenant_id)
+        state.statement = statement
         return
-    if not (state.is_select or state.is_update or state.is_delete):
+    if not (state.is_insert or state.is_update or state.is_delete):
         return
     tenant_id = session_tenant_id(state.session)
-    if (state.is_update or state.is_delete) and isinstance(state.parameters, list):
-        # Bulk UPDATE by primary key ignores loader criteria, so the tenant goes in the WHERE.
-        if _is_tenant_scoped(state):
-            _refuse_foreign_values(state.parameters, tenant_id)
-            model: Any = state.bind_mapper.class_  # type: ignore[union-attr]
-            statement: Any = state.statement
-            state.statement = statement.where(model.tenant_id == tenant_id).execution_options(
-                synchronize_session=None
+    refuse_leaky_bases(statement)
+    if state.is_insert:
+        if facts is not None:
+            statement, state.parameters = confine_insert(
+                statement, state.parameters, facts, tenant_id
             )
+        # The option reaches SELECTs inside the INSERT: from_select(), subqueries in values.
+        state.statement = statement.options(_tenant_criteria(tenant_id))
         return
-    if state.is_update and _is_tenant_scoped(state):
-        _refuse_foreign_values([_statement_values(state.statement)], tenant_id)
-    state.statement = state.statement.options(_tenant_criteria(tenant_id))
+    if facts is not None:
+        dialect = state.session.get_bind(mapper=mapper).dialect.name
+        statement = confine_update_or_delete(
+            statement, state.parameters, facts, tenant_id, dialect=dialect
+        )
+    if state.is_update and isinstance(state.parameters, list):
+        # Bulk UPDATE by primary key ignores loader criteria, so the tenant goes in the WHERE.
+        if facts is not None:
+            statement = statement.where(facts.mapper.class_.tenant_id == tenant_id)
+            state.statement = statement.execution_options(synchronize_session=None)
+        return
+    state.statement = statement.options(_tenant_criteria(tenant_id))
 
 
 @lru_cache(maxsize=4096)
@@ -102,53 +119,6 @@ def _tenant_criteria(tenant_id: str) -> LoaderCriteriaOption:
         lambda cls: cls.tenant_id == tenant_id,
         include_aliases=True,
     )
-
-
-def _statement_values(statement: Any) -> dict[str, Any]:
-    return _plain_values(getattr(statement, "_values", None) or {})
-
-
-def _plain_values(values: Mapping[Any, Any]) -> dict[str, Any]:
-    # Statement values are keyed by Column or by name, and hold literals or BindParameters.
-    plain = {}
-    for key, value in values.items():
-        name = key if isinstance(key, str) else getattr(key, "key", str(key))
-        plain[name] = value.value if isinstance(value, BindParameter) else value
-    return plain
-
-
-def _refuse_foreign_values(rows: Iterable[Mapping[str, Any]], tenant_id: str) -> None:
-    for row in rows:
-        if "tenant_id" in row and row["tenant_id"] != tenant_id:
-            raise CrossTenantAccess("a statement sets tenant_id to another tenant")
-
-
-def _stamp_insert(state: ORMExecuteState, tenant_id: str) -> None:
-    params = state.parameters
-    if isinstance(params, list):
-        _refuse_foreign_values(params, tenant_id)
-        state.parameters = [{**row, "tenant_id": tenant_id} for row in params]
-        return
-    if isinstance(params, Mapping) and params:
-        _refuse_foreign_values([params], tenant_id)
-        state.parameters = {**params, "tenant_id": tenant_id}
-        return
-    statement = state.statement
-    assert isinstance(statement, Insert)
-    multi = getattr(statement, "_multi_values", ())
-    if multi:
-        # insert(Model).values([...]): every row must already name this tenant.
-        for rows in multi:
-            for row in rows:
-                if _plain_values(row).get("tenant_id") != tenant_id:
-                    raise CrossTenantAccess(
-                        "a multi-row INSERT must set tenant_id to the current tenant on every row"
-                    )
-        return
-    values = _statement_values(statement)
-    _refuse_foreign_values([values], tenant_id)
-    if "tenant_id" not in values:
-        state.statement = statement.values(tenant_id=tenant_id)
 
 
 @event.listens_for(TenantSession, "after_begin")
@@ -177,6 +147,8 @@ def _guard_flush(session: Session, _flush: UOWTransaction, _instances: object) -
     for obj in changed + removed:
         if obj.tenant_id != tenant_id:
             raise CrossTenantAccess(f"cannot write a {type(obj).__name__} of another tenant")
+    written = [obj for obj in changed if session.is_modified(obj, include_collections=False)]
+    verify_flush(session, written + removed, tenant_id)
 
 
 class RowIsolation:
