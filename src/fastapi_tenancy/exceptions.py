@@ -12,7 +12,7 @@
     ├── TenantAlreadyExists           lifecycle: identifier taken
     ├── InvalidTransition             lifecycle: e.g. suspending a deleted tenant
     ├── TenantContextMissing          code needs a tenant but none is bound
-    └── CrossTenantAccess             a write names another tenant's row (row isolation)
+    └── CrossTenantAccess             a statement could reach another tenant's rows (row isolation)
 
 Each error that can end a request carries its HTTP status, its WebSocket close code and the public
 detail sent to the client. The public detail never says which tenants exist or why one was refused.
@@ -148,4 +148,7 @@ class TenantContextMissing(TenancyError):
 
 
 class CrossTenantAccess(TenancyError):
-    """A statement would write a row that belongs to another tenant."""
+    """A statement would reach another tenant's rows, or cannot be confined to one tenant.
+
+    Raised before any SQL runs; the message names the construct and what to write instead.
+    """

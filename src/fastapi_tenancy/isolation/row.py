@@ -3,8 +3,11 @@
 A `TenantSession` carries its tenant's id in ``session.info``. Two session events enforce it:
 
 * ``do_orm_execute`` adds ``tenant_id = :tenant`` to every ORM SELECT, UPDATE and DELETE (also
-  relationship and lazy loads) and stamps every ORM INSERT;
-* ``before_flush`` stamps new objects and refuses to flush an object of another tenant.
+  relationship and lazy loads, refreshes, and SELECTs inside an INSERT) and stamps every ORM
+  INSERT; what the criteria cannot reach (written tenant_id values, upserts, joined-inheritance
+  UPDATE/DELETE) is checked or rewritten by `fastapi_tenancy.isolation.confine`;
+* ``before_flush`` stamps new objects and refuses to flush an object of another tenant, reading
+  back the stored tenant of every row a flush is about to UPDATE or DELETE.
 
 The binding lives on the session, not on a connection, so it holds across ``commit()`` and no
 pooled connection ever carries a tenant. Raw SQL (``text()``, ``session.connection()``) and Core
