@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
@@ -32,10 +32,13 @@ def create_engine(
     *,
     pool_size: int | None = None,
     max_overflow: int | None = None,
+    null_pool: bool = False,
 ) -> AsyncEngine:
     """An AsyncEngine for ``url`` (default: ``config.database_url``) with the configured pool.
 
     ``pool_size`` and ``max_overflow`` override the central pool's sizes (tenant engines are small).
+    ``null_pool`` opens a new connection for every use and keeps none (readiness checks), except
+    for an in-memory SQLite database, which only exists in its one shared connection.
     """
     try:
         parsed = make_url(url or config.database_url)
@@ -44,13 +47,15 @@ def create_engine(
             f"database URL {redact_url(url or config.database_url)} cannot be parsed"
         ) from exc
     options: dict[str, Any] = {"echo": config.database_echo}
-    pool = {
+    pool: dict[str, Any] = {
         "pool_size": config.database_pool_size if pool_size is None else pool_size,
         "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
         "pool_timeout": config.database_pool_timeout,
         "pool_recycle": config.database_pool_recycle,
         "pool_pre_ping": config.database_pool_pre_ping,
     }
+    if null_pool:
+        pool = {"poolclass": NullPool}
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(parsed, options, pool)

@@ -3,27 +3,29 @@
     app.include_router(health_router())     # GET /health/live, GET /health/ready
 
 Both live under ``/health``, which ``excluded_paths`` leaves out of tenant resolution by default.
-Readiness answers ``503`` with the failing check's name only, never its error text.
+Readiness (`fastapi_tenancy.readiness`) reports each dependency with its status and latency and
+answers ``503`` only when a required one is down; it never shows an error's text.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from fastapi_tenancy.dependencies import get_tenancy
+from fastapi_tenancy.readiness import DEFAULT_TIMEOUT_SECONDS
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["health_router"]
 
-READINESS_TIMEOUT_SECONDS = 5.0
 
+def health_router(
+    prefix: str = "/health", *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> APIRouter:
+    """``{prefix}/live``: the process answers; ``{prefix}/ready``: it can serve requests.
 
-def health_router(prefix: str = "/health") -> APIRouter:
-    """``{prefix}/live``: the process answers; ``{prefix}/ready``: it can reach its database."""
+    Each readiness check gives up after ``timeout`` seconds: keep it below the probe's timeout.
+    """
     router = APIRouter(prefix=prefix, tags=["health"])
 
     @router.get("/live")
@@ -32,23 +34,7 @@ def health_router(prefix: str = "/health") -> APIRouter:
 
     @router.get("/ready")
     async def ready(tenancy: Tenancy = Depends(get_tenancy)) -> JSONResponse:
-        checks = {"database": await _database_ready(tenancy)}
-        healthy = all(state == "ok" for state in checks.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks},
-            status_code=200 if healthy else 503,
-        )
+        report = await tenancy.readiness.check(timeout)
+        return JSONResponse(report.as_json(), status_code=200 if report.ready else 503)
 
     return router
-
-
-async def _database_ready(tenancy: Tenancy) -> str:
-    timeout = min(READINESS_TIMEOUT_SECONDS, tenancy.config.database_pool_timeout)
-    try:
-        async with asyncio.timeout(timeout):
-            await tenancy.start()
-            async with tenancy.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-    except Exception:
-        return "unavailable"
-    return "ok"

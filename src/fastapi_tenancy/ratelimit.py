@@ -9,6 +9,7 @@ decides, explicitly: refuse with 503, or let the request through.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -86,6 +87,8 @@ class TenantRateLimiter:
         self._plans = {plan: RateLimitItemPerMinute(n) for plan, n in (plans or {}).items()}
         self._fail_closed = fail_closed
         self._uri = storage_uri
+        # Anything but the in-process memory storage lives in a server that can go down.
+        self.shared = "memory" not in storage_uri.split("://")[0]
         self.storage_failures = 0
 
     @classmethod
@@ -100,6 +103,16 @@ class TenantRateLimiter:
             fail_closed=config.rate_limit_fail_closed,
             timeout=config.redis_timeout,
         )
+
+    @property
+    def fail_closed(self) -> bool:
+        """Whether a failed storage refuses requests (503) rather than letting them through."""
+        return self._fail_closed
+
+    async def storage_ready(self) -> bool:
+        """Whether the storage answers (a Redis ``PING``); never raises."""
+        healthy = self._storage.check()
+        return bool(await healthy if inspect.isawaitable(healthy) else healthy)
 
     async def close(self) -> None:
         """Close the Redis connections, if any."""

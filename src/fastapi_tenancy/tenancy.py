@@ -26,6 +26,7 @@ from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.observability import watch_engines
 from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
+from fastapi_tenancy.readiness import Readiness
 from fastapi_tenancy.resolution import UnknownSigningKey, build_resolver
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
 from fastapi_tenancy.slowquery import SlowQueryLog
@@ -105,6 +106,7 @@ class Tenancy:
             self.audit = AuditTrail([LoggingAuditSink(), DatabaseAuditSink(self.engine)])
             self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
+        self.readiness = Readiness(self)
         self._lock = asyncio.Lock()
         self._started = False
 
@@ -157,6 +159,7 @@ class Tenancy:
             if self.cache is not None:
                 await self.cache.close()
         finally:
+            await self.readiness.close()
             await self.engine.dispose()
             self._started = False
 

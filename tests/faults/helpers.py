@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import Tenancy, TenancyConfig, get_tenant_session
+from fastapi_tenancy.health import health_router
 from fastapi_tenancy.types import ASGIApp, Receive, Scope, Send
 from tests import apps
 from tests.models import Item
@@ -119,8 +120,10 @@ class Holder:
 
 
 def fault_app(config: TenancyConfig, holder: Holder | None = None) -> FastAPI:
-    """The example app of tests/apps.py plus ``/hold``, which keeps its connection checked out."""
+    """The example app of tests/apps.py plus ``/hold``, which keeps its connection checked out,
+    and the health endpoints."""
     app = apps.create_app(config)
+    app.include_router(health_router())
     held = holder or Holder()
 
     @app.get("/hold")
