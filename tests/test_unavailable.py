@@ -3,18 +3,19 @@
 The fault tests (tests/faults/) break real servers; these pin down the classification itself on
 the embedded SQLite database: a statement error (a missing table) or an app's own ``OSError`` is
 never mistaken for an outage, while a pool that hands out no connection or a locked database is
-one.
+one; and the classifier's table of driver error codes, on the drivers' own exception classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
@@ -95,3 +96,40 @@ async def test_a_locked_database_is_service_unavailable(tmp_path: Path) -> None:
         await engine.dispose()
     assert isinstance(failure.value.__cause__, OperationalError)
     assert "database is locked" in str(failure.value.__cause__)
+
+
+def driver_errors() -> list[Any]:
+    """Driver exceptions as the drivers raise them, and whether each means "unavailable"."""
+    from aiomysql import OperationalError as MyOperational
+    from aiomysql import ProgrammingError as MyProgramming
+    from asyncpg import exceptions as pg
+
+    return [
+        pytest.param(pg.TooManyConnectionsError("too many clients"), True, id="pg-53300"),
+        pytest.param(pg.CannotConnectNowError("starting up"), True, id="pg-57P03"),
+        pytest.param(pg.AdminShutdownError("terminating connection"), True, id="pg-57P01"),
+        pytest.param(pg.CrashShutdownError("crash"), True, id="pg-57P02"),
+        pytest.param(pg.ConnectionFailureError("connection failure"), True, id="pg-08006"),
+        pytest.param(pg.DiskFullError("disk full"), True, id="pg-53100"),
+        pytest.param(pg.UndefinedTableError("no relation"), False, id="pg-42P01"),
+        pytest.param(pg.PostgresSyntaxError("syntax"), False, id="pg-42601"),
+        pytest.param(pg.InvalidPasswordError("password"), False, id="pg-28P01"),
+        pytest.param(pg.QueryCanceledError("statement timeout"), False, id="pg-57014"),
+        pytest.param(pg.DeadlockDetectedError("deadlock"), False, id="pg-40P01"),
+        # Unavailable only while connecting (the database was dropped), not in a statement.
+        pytest.param(pg.InvalidCatalogNameError("no database"), False, id="pg-3D000"),
+        pytest.param(MyOperational(1040, "Too many connections"), True, id="my-1040"),
+        pytest.param(MyOperational(1203, "max_user_connections"), True, id="my-1203"),
+        pytest.param(MyOperational(2006, "server has gone away"), True, id="my-2006"),
+        pytest.param(MyOperational(2013, "Lost connection"), True, id="my-2013"),
+        pytest.param(MyProgramming(1146, "doesn't exist"), False, id="my-1146"),
+        pytest.param(MyOperational(1045, "Access denied"), False, id="my-1045"),
+        pytest.param(MyOperational(1049, "Unknown database"), False, id="my-1049"),
+    ]
+
+
+@pytest.mark.parametrize(("error", "unavailable"), driver_errors())
+def test_driver_errors_are_classified_by_their_code(error: Exception, unavailable: bool) -> None:
+    wrapped = DBAPIError("SELECT 1", None, error)
+    assert is_unavailable(wrapped) is unavailable
+    assert is_unavailable(error) is unavailable

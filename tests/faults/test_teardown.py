@@ -31,7 +31,6 @@ POLLS = 200
 
 CASES = [
     pytest.param(("row", "postgres"), marks=pytest.mark.postgres, id="row-postgres"),
-    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
     pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
     pytest.param(("row", "mysql"), marks=pytest.mark.mysql, id="row-mysql"),
 ]
