@@ -240,6 +240,14 @@ async def test_upsert_setting_tenant_id_to_another_tenant_raises(isolation: RowI
                 await session.execute(upsert(session, {"id": A_GADGET, "name": "x"}, set_))
 
 
+async def test_insert_or_replace_raises(isolation: RowIsolation, engine: AsyncEngine) -> None:
+    async with isolation.session(A) as session:
+        replace = insert(Gadget).values(id=B_GADGET, name="replaced").prefix_with("OR REPLACE")
+        with pytest.raises(CrossTenantAccess, match="OR REPLACE"):
+            await session.execute(replace)
+    assert await b_gadget_name(engine) == "b-gadget"
+
+
 async def test_upsert_subqueries_see_only_own_rows(
     isolation: RowIsolation, engine: AsyncEngine
 ) -> None:
@@ -443,6 +451,7 @@ async def test_updates_naming_another_tenant_through_parameters_raise(
                 (update(Gadget).values(name="x"), {"tenant_id": B.id}),
                 (update(Gadget).values(tenant_id=bindparam("t")), {"t": B.id}),
                 (update(Gadget).values(tenant_id=func.lower(B.id)), None),
+                (update(Gadget).ordered_values(("name", "x"), ("tenant_id", B.id)), None),
             ]
         for statement, parameters in attempts:
             with pytest.raises(CrossTenantAccess):
@@ -550,6 +559,21 @@ async def test_refreshing_a_forged_object_loads_no_foreign_data(isolation: RowIs
         session.add(forged_manager)
         with pytest.raises(InvalidRequestError):
             await session.refresh(forged_manager)
+
+
+async def test_loading_an_unloaded_attribute_of_a_forged_object_loads_no_foreign_data(
+    isolation: RowIsolation,
+) -> None:
+    async with isolation.session(B) as other:
+        b_manager = (await other.scalars(select(Manager.id))).one()
+    async with isolation.session(A) as session:
+        # Only the subclass table's column is missing: the ORM selects from that table alone.
+        forged = Manager(id=b_manager, tenant_id=A.id, kind="manager", name="x")
+        make_transient_to_detached(forged)
+        session.add(forged)
+        # The confined load finds no row; the ORM reports that as a KeyError for this loader.
+        with pytest.raises(KeyError, match="level"):
+            await session.run_sync(lambda _: forged.level)
 
 
 async def test_ordinary_loads_and_writes_still_work(isolation: RowIsolation) -> None:

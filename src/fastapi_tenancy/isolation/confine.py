@@ -31,7 +31,8 @@ from typing import Any
 from sqlalchemy import and_, case, event, inspect, literal, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Mapper, Session
-from sqlalchemy.sql import visitors
+from sqlalchemy.orm.context import FromStatement
+from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.elements import BindParameter, ColumnClause, ColumnElement
 from sqlalchemy.sql.schema import Column, Table
 
@@ -40,6 +41,7 @@ from fastapi_tenancy.isolation.scoped import TenantScoped
 
 __all__ = [
     "ScopedFacts",
+    "confine_column_load",
     "confine_insert",
     "confine_update_or_delete",
     "refuse_leaky_bases",
@@ -190,6 +192,11 @@ def confine_insert(
             f"an upsert on {facts.mapper.class_.__name__}, a joined-inheritance subclass, cannot "
             "be confined to one tenant: its tenant_id lives in another table; select the row in "
             "your own tenant first, then update or insert it"
+        )
+    if any("replace" in str(prefix).lower() for prefix, _ in statement._prefixes):
+        raise CrossTenantAccess(
+            "INSERT OR REPLACE deletes the row that holds the key, whichever tenant's it is: use "
+            "on_conflict_do_update(), which row isolation confines to the current tenant"
         )
     rows = parameter_rows(parameters)
     check_parameters(rows, tenant_id)
@@ -348,6 +355,23 @@ def confine_update_or_delete(
     # table, which would match every tenant's subclass rows.
     hint = "is_delete_using" if statement.is_delete else "is_update_from"
     return statement.where(*facts.joins_to_tenant_table).execution_options(**{hint: True})
+
+
+def confine_column_load(statement: Any, facts: ScopedFacts, tenant_id: str) -> Any:
+    """Add the tenant to a refresh or an expired-attribute load, which select by key alone."""
+    confine = (facts.tenant_column == tenant_id, *facts.joins_to_tenant_table)
+    if isinstance(statement, FromStatement):
+        # Loading only a joined subclass's own columns selects from that table alone.
+        inner = statement.element
+        if not isinstance(inner, Select):
+            raise CrossTenantAccess(
+                f"cannot confine a load of {facts.mapper.class_.__name__} attributes from "
+                f"{type(inner).__name__}: load the object with select() instead"
+            )
+        confined = statement._generate()
+        confined.element = inner.where(*confine)
+        return confined
+    return statement.where(*confine)
 
 
 def verify_flush(session: Session, objects: Iterable[Any], tenant_id: str) -> None:
