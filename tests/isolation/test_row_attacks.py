@@ -22,6 +22,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -380,6 +381,33 @@ async def test_insert_from_select_into_a_scoped_table_is_stamped(
         (B_GADGET, B.id),
         (11, A.id),
         (21, A.id),
+    ]
+
+
+async def test_insert_from_a_union_is_filtered_and_stamped(
+    isolation: RowIsolation, engine: AsyncEngine
+) -> None:
+    async with isolation.session(A) as session:
+        names = union(select(Gadget.id + 40, Gadget.name), select(Staff.id + 50, Staff.name))
+        await session.execute(insert(Gadget).from_select(["id", "name"], names))
+        await session.execute(
+            insert(Ledger).from_select(["name"], union(select(Gadget.name), select(Car.name)))
+        )
+        await session.commit()
+        forged = union(
+            select(Gadget.id + 60, Gadget.name, Gadget.tenant_id),
+            select(Staff.id + 70, Staff.name, literal(B.id)),
+        )
+        with pytest.raises(CrossTenantAccess, match="from_select"):
+            await session.execute(insert(Gadget).from_select(["id", "name", "tenant_id"], forged))
+    gadgets = await raw(engine, "SELECT name, tenant_id FROM attack_gadgets WHERE id > 40")
+    assert sorted(gadgets) == [("a-gadget", A.id), ("a-manager", A.id), ("a-staff", A.id)]
+    # The gadgets just copied from the staff names are A's too.
+    assert sorted(await raw(engine, "SELECT name FROM attack_ledger")) == [
+        ("a-car",),
+        ("a-gadget",),
+        ("a-manager",),
+        ("a-staff",),
     ]
 
 

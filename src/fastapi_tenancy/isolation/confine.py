@@ -32,8 +32,8 @@ from sqlalchemy import and_, case, event, inspect, literal, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.context import FromStatement
-from sqlalchemy.sql import Select, visitors
-from sqlalchemy.sql.elements import BindParameter, ColumnClause, ColumnElement
+from sqlalchemy.sql import CompoundSelect, Select, visitors
+from sqlalchemy.sql.elements import BindParameter, ColumnClause, ColumnElement, Label
 from sqlalchemy.sql.schema import Column, Table
 
 from fastapi_tenancy.exceptions import CrossTenantAccess
@@ -230,12 +230,13 @@ def _confine_from_select(
     names = [_key_name(name) for name in statement._select_names]
     source = statement.select
     if TENANT_KEY in names:
-        value = source.selected_columns[names.index(TENANT_KEY)]
-        while hasattr(value, "element") and value.__class__.__name__ == "Label":
-            value = value.element
-        if _is_filtered_tenant_column(value):
-            return statement
-        _check_tenant_value(value, tenant_id, rows, "the SELECT of insert().from_select()")
+        index = names.index(TENANT_KEY)
+        for branch in _union_branches(source):
+            value = branch.selected_columns[index]
+            while isinstance(value, Label):
+                value = value.element
+            if not _is_filtered_tenant_column(value):
+                _check_tenant_value(value, tenant_id, rows, "the SELECT of insert().from_select()")
         return statement
     stamp = literal(tenant_id, facts.tenant_column.type).label(TENANT_KEY)
     if hasattr(source, "add_columns"):
@@ -247,6 +248,13 @@ def _confine_from_select(
     rewritten._select_names = [*statement._select_names, TENANT_KEY]
     rewritten.select = source
     return rewritten
+
+
+def _union_branches(source: Any) -> list[Any]:
+    # A UNION's column list is its first SELECT's; every SELECT in it supplies rows.
+    if isinstance(source, CompoundSelect):
+        return [branch for inner in source.selects for branch in _union_branches(inner)]
+    return [source]
 
 
 def _is_filtered_tenant_column(value: Any) -> bool:
