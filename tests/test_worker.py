@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, inspect
 
-from fastapi_tenancy import Tenancy, TenantStatus
+from fastapi_tenancy import InvalidTransition, Tenancy, TenantStatus
 from fastapi_tenancy.worker import ProvisioningWorker
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.cli.helpers import CLI
@@ -120,3 +120,19 @@ async def test_two_worker_processes_provision_each_tenant_exactly_once(database_
         async with tenancy.engine.connect() as conn:
             schemas = set(await conn.run_sync(lambda c: inspect(c).get_schema_names()))
         assert {t.storage_name for t in tenants} <= schemas
+
+
+async def test_a_worker_whose_claim_was_taken_over_cannot_undo_the_new_workers_result(
+    tenancy: Tenancy,
+) -> None:
+    await tenancy.create_tenant("slow", provision=False)
+    [stale] = await tenancy.store.claim_for_provisioning(limit=1, stale_before=LONG_AGO)
+    await asyncio.sleep(0.05)
+    assert (await ProvisioningWorker(tenancy, stale_after=0.01).run_once()).provisioned == 1
+
+    with pytest.raises(InvalidTransition, match="it changed meanwhile"):
+        await tenancy.lifecycle.provision_claimed(stale, max_attempts=1)
+
+    slow = await tenancy.get_tenant("slow")
+    assert slow is not None
+    assert slow.status is TenantStatus.ACTIVE

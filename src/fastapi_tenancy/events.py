@@ -32,6 +32,7 @@ LifecycleAction = Literal[
     "delete",
     "restore",
     "purge",
+    "update",
 ]
 
 

@@ -1,8 +1,13 @@
-"""Tenant lifecycle: create, suspend, activate, soft delete, restore and purge.
+"""Tenant lifecycle: create, update, suspend, activate, soft delete, restore, retry and purge.
 
 Off the request path: the middleware never imports this module. Each change is stored first, then
-this process's lookup cache forgets the tenant (so it stops or starts serving at once), then a
-`TenantChanged` event goes to the hooks. Purging follows the order mark, invalidate, drain, destroy.
+the tenant is invalidated in every process the cache reaches (so it stops or starts serving at
+once), then a `TenantChanged` event goes to the hooks.
+
+Every change is a compare-and-set on the record as it was read (`TenantStore.update_if_unchanged`):
+of two concurrent changes one wins and the other raises `InvalidTransition`, never both. Purging
+follows the order invalidate, drain, mark ``purging`` (only if the record is still the deleted one
+that was read: a restore that won the race stops the purge), destroy, remove the record.
 """
 
 from __future__ import annotations
@@ -11,12 +16,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.events import Hooks, LifecycleAction, TenantChanged
-from fastapi_tenancy.exceptions import InvalidTransition, ServiceUnavailable, TenantNotFound
+from fastapi_tenancy.exceptions import (
+    InvalidTransition,
+    ServiceUnavailable,
+    TenantAlreadyExists,
+    TenantNotFound,
+)
 from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.lookup import TenantLookup
@@ -33,11 +45,13 @@ _S = TenantStatus
 TRANSITIONS: dict[LifecycleAction, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "start_provisioning": (frozenset({_S.PENDING}), _S.PROVISIONING),
     "provision": (frozenset({_S.PROVISIONING}), _S.ACTIVE),
-    "retry": (frozenset({_S.PROVISIONING}), _S.PENDING),
+    # Back to pending: a worker's attempt failed or was interrupted, or an operator retries a
+    # tenant whose provisioning failed for good.
+    "retry": (frozenset({_S.PROVISIONING, _S.FAILED}), _S.PENDING),
     "fail": (frozenset({_S.PROVISIONING}), _S.FAILED),
     "suspend": (frozenset({_S.ACTIVE}), _S.SUSPENDED),
     "activate": (frozenset({_S.SUSPENDED}), _S.ACTIVE),
-    "delete": (frozenset({_S.ACTIVE, _S.SUSPENDED}), _S.DELETED),
+    "delete": (frozenset({_S.ACTIVE, _S.SUSPENDED, _S.FAILED}), _S.DELETED),
     "restore": (frozenset({_S.DELETED}), _S.ACTIVE),
 }
 
@@ -73,6 +87,8 @@ class TenantLifecycle:
         database_url: str | None = None,
         provision: bool = True,
     ) -> Tenant:
+        if database_url is not None:
+            await self._refuse_shared_database(database_url)
         tenant = Tenant(
             identifier=validate_identifier(identifier),
             name=name if name is not None else identifier,
@@ -95,6 +111,63 @@ class TenantLifecycle:
             await self._lookup.invalidate(identifier)
             raise
         return await self._move(provisioning, "provision")
+
+    async def retry(self, identifier: str, *, provision: bool = True) -> Tenant:
+        """Give a ``failed`` tenant a fresh start: back to ``pending`` with no attempts counted.
+
+        With ``provision`` its storage is provisioned at once, reusing storage an earlier attempt
+        made for it; a failure leaves it ``failed`` again and raises. Without, a worker takes it.
+        """
+        tenant = await self.require(identifier)
+        if tenant.status is not _S.FAILED:
+            raise InvalidTransition(
+                f"cannot retry tenant {identifier!r}: it is {tenant.status.value}, not failed"
+            )
+        pending = await self._move(tenant, "retry", provisioning_attempts=0)
+        if not provision:
+            return pending
+        provisioning = await self._move(pending, "start_provisioning", provisioning_attempts=1)
+        try:
+            await self._isolation.provision(provisioning)
+        except Exception:
+            await self._move(provisioning, "fail")
+            raise
+        return await self._move(provisioning, "provision")
+
+    async def release(self, tenant: Tenant, *, attempted: bool) -> Tenant | None:
+        """Hand a claimed tenant back to ``pending`` after its worker was interrupted.
+
+        Its attempt counts only if it was ``attempted``. Returns ``None`` when the record is no
+        longer the claim that was read (another worker or an operator changed it): nothing to do.
+        """
+        attempts = tenant.provisioning_attempts - (0 if attempted else 1)
+        try:
+            return await self._move(tenant, "retry", provisioning_attempts=max(attempts, 0))
+        except InvalidTransition:
+            return None
+
+    async def update(
+        self,
+        identifier: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Tenant:
+        """Change the tenant's ``name`` and/or replace its ``metadata``; the status stays.
+
+        Invalidated everywhere like a status change, so plans and limits read from the metadata
+        take effect in every process at once; a `TenantChanged` event with action ``update``
+        follows.
+        """
+        tenant = await self.require(identifier)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = name
+        if metadata is not None:
+            changes["metadata"] = dict(metadata)
+        if not changes:
+            return tenant
+        return await self._move(tenant, "update", **changes)
 
     async def provision_claimed(
         self,
@@ -155,8 +228,14 @@ class TenantLifecycle:
         return deleted
 
     async def purge(self, identifier: str) -> None:
+        """Destroy a deleted tenant's data and record; finishes a purge that was interrupted.
+
+        Right before anything is destroyed the record moves to ``purging``, only if it is still
+        the deleted record read at the start: a restore (or any change) made while the purge
+        waited for in-flight work wins, and the purge stops with `InvalidTransition`.
+        """
         tenant = await self.require(identifier)
-        if tenant.status is not _S.DELETED:
+        if tenant.status not in (_S.DELETED, _S.PURGING):
             raise InvalidTransition(
                 f"cannot purge tenant {identifier!r}: delete it first (it is {tenant.status.value})"
             )
@@ -169,21 +248,66 @@ class TenantLifecycle:
                 f"tenant {identifier!r} still has work running after {self._drain_timeout}s; "
                 "nothing was purged, try again"
             ) from None
+        if tenant.status is _S.DELETED:
+            marked = await self._store.update_if_unchanged(
+                tenant.model_copy(update={"status": _S.PURGING}), expected=tenant
+            )
+            if marked is None:
+                current = await self._store.get(tenant.id)
+                now = "gone" if current is None else current.status.value
+                raise InvalidTransition(
+                    f"tenant {identifier!r} changed while its purge waited (it is now {now}); "
+                    "nothing was purged"
+                )
         await self._isolation.purge(tenant)
         await self._store.delete(tenant.id)
         await self._lookup.invalidate(identifier)
         await self._hooks.emit(TenantChanged(action="purge", tenant=tenant, previous=_S.DELETED))
 
-    async def _move(self, tenant: Tenant, action: LifecycleAction) -> Tenant:
-        sources, target = TRANSITIONS[action]
-        if tenant.status not in sources:
-            raise InvalidTransition(
-                f"cannot {action} tenant {tenant.identifier!r}: it is {tenant.status.value}"
-            )
-        deleted_at = datetime.now(UTC) if target is _S.DELETED else None
-        updated = await self._store.update(
-            tenant.model_copy(update={"status": target, "deleted_at": deleted_at})
+    async def _move(self, tenant: Tenant, action: LifecycleAction, **changes: Any) -> Tenant:
+        """Store ``action`` on ``tenant`` (plus ``changes``) if nothing changed it since."""
+        if action == "update":
+            target = tenant.status
+        else:
+            sources, target = TRANSITIONS[action]
+            if tenant.status not in sources:
+                raise InvalidTransition(
+                    f"cannot {action} tenant {tenant.identifier!r}: it is {tenant.status.value}"
+                )
+            changes["status"] = target
+            changes["deleted_at"] = datetime.now(UTC) if target is _S.DELETED else None
+        updated = await self._store.update_if_unchanged(
+            tenant.model_copy(update=changes), expected=tenant
         )
+        if updated is None:
+            current = await self._store.get(tenant.id)
+            now = "gone" if current is None else current.status.value
+            raise InvalidTransition(
+                f"cannot {action} tenant {tenant.identifier!r}: it changed meanwhile (it is now "
+                f"{now}); nothing was changed, try again"
+            )
         await self._lookup.invalidate(tenant.identifier)
         await self._hooks.emit(TenantChanged(action=action, tenant=updated, previous=tenant.status))
         return updated
+
+    async def _refuse_shared_database(self, database_url: str) -> None:
+        """Refuse an explicit database another tenant already has: a purge would destroy both."""
+        wanted = _database_key(database_url)
+        for other in await self._store.list(include_deleted=True):
+            if other.database_url is not None and (
+                _database_key(other.database_url.get_secret_value()) == wanted
+            ):
+                raise TenantAlreadyExists(
+                    f"tenant {other.identifier!r} already uses this database; each tenant needs a "
+                    "database of its own (purging one would destroy the other's tables)"
+                )
+
+
+def _database_key(url: str) -> tuple[str, str, int | None, str]:
+    """What names one database on one server, whatever the user, password and options."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    database = parsed.database or ""
+    if backend == "sqlite":
+        database = str(Path(database).resolve())
+    return (backend, (parsed.host or "").lower(), parsed.port, database)

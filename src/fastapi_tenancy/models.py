@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -12,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from fastapi_tenancy.exceptions import InvalidTenantIdentifier
 
-__all__ = ["IDENTIFIER_PATTERN", "Tenant", "TenantStatus", "new_tenant_id", "validate_identifier"]
+__all__ = [
+    "IDENTIFIER_PATTERN",
+    "Tenant",
+    "TenantStatus",
+    "later_than",
+    "new_tenant_id",
+    "validate_identifier",
+]
 
 # One DNS label: lower-case letters, digits and inner hyphens, 1-63 characters. The same shape works
 # as a subdomain, a path segment and a header value, and never needs quoting.
@@ -38,12 +45,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def later_than(previous: datetime) -> datetime:
+    """Now, or one microsecond after ``previous`` if the clock has not passed it.
+
+    Every write of a record moves its ``updated_at``, so compare-and-set on it never mistakes a
+    changed record for the one read before.
+    """
+    return max(_now(), previous + timedelta(microseconds=1))
+
+
 class TenantStatus(StrEnum):
     """Where a tenant is in its life. Only ``active`` tenants serve requests.
 
     ``pending -> provisioning -> active <-> suspended -> deleted``; ``restore`` brings a deleted
-    tenant back to ``active``, and ``purge`` removes a deleted tenant for good. Provisioning that
-    keeps failing ends in ``failed``.
+    tenant back to ``active``, and ``purge`` removes a deleted tenant for good, going through
+    ``purging`` while its data is destroyed (a purge that was interrupted is finished by purging
+    again; a purging tenant cannot be restored). Provisioning that keeps failing ends in
+    ``failed``, from where it can be retried or deleted.
     """
 
     PENDING = "pending"
@@ -52,6 +70,7 @@ class TenantStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETED = "deleted"
+    PURGING = "purging"
 
 
 class Tenant(BaseModel):

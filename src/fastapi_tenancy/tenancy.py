@@ -270,6 +270,25 @@ class Tenancy:
         await self.start()
         return await self.store.list(include_deleted=include_deleted)
 
+    async def update_tenant(
+        self,
+        identifier: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Tenant:
+        """Rename the tenant and/or replace its metadata (plans, rate-limit overrides, ...).
+
+        Every process stops serving the old record at once, as after a status change.
+        """
+        await self.start()
+        return await self.lifecycle.update(identifier, name=name, metadata=metadata)
+
+    async def retry_tenant(self, identifier: str, *, provision: bool = True) -> Tenant:
+        """Provision a ``failed`` tenant again (``provision=False``: leave it to a worker)."""
+        await self.start()
+        return await self.lifecycle.retry(identifier, provision=provision)
+
     async def suspend_tenant(self, identifier: str) -> Tenant:
         """Stop serving the tenant (403) without touching its data."""
         await self.start()

@@ -179,9 +179,34 @@ async def test_a_pubsub_connection_that_redis_py_reconnects_on_its_own_empties_m
             await admin.aclose()
         assert killed == 1
 
-        async def forgotten() -> bool:
-            return await cache.memory.get("acme") is None
+        async def resubscribed() -> bool:
+            return observer.up == [True, True]  # the resubscription, with no loss reported
 
-        await eventually(forgotten)
-        assert observer.up == [True, True]  # the resubscription, with no loss reported
+        await eventually(resubscribed)
+        assert await cache.memory.get("acme") is None
         assert cache.redis_available
+
+
+async def test_an_update_reaches_the_memory_of_another_process(tmp_path: Path) -> None:
+    require_server("Redis", REDIS_URL, 6379)
+    config = isolation_config(
+        ("row", f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"),
+        redis_url=REDIS_URL,
+        cache_key_prefix=f"tt-{uuid.uuid4().hex[:12]}",
+        cache_ttl=3600,  # only the invalidation can make the other process see the change
+    )
+    async with Tenancy(config) as admin, Tenancy(config) as app:
+        await admin.create_tenant("acme", metadata={"plan": "free"})
+        assert (await app.lookup.resolve("acme")).metadata == {"plan": "free"}
+        cache = app.cache
+        assert isinstance(cache, LayeredTenantCache)
+        assert await cache.memory.get("acme") is not None  # served from memory from now on
+
+        await admin.update_tenant("acme", metadata={"plan": "pro", "rate_limit": 600})
+
+        async def sees_the_new_plan() -> bool:
+            return bool((await app.lookup.resolve("acme")).metadata["plan"] == "pro")
+
+        await eventually(sees_the_new_plan)
+        assert (await app.lookup.resolve("acme")).metadata == {"plan": "pro", "rate_limit": 600}
+        await cache.clear()

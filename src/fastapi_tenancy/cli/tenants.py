@@ -1,4 +1,4 @@
-"""``fastapi-tenancy tenants ...``: create, list, show and move tenants through their lifecycle."""
+"""``fastapi-tenancy tenants ...``: create, list, show, update, retry and move tenants."""
 
 from __future__ import annotations
 
@@ -117,6 +117,36 @@ def register(
         parser.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
         parser.set_defaults(handler=_transition(method, done))
 
+    update = sub.add_parser(
+        "update",
+        help="rename a tenant or replace its metadata",
+        description="Change a tenant's name and/or replace its metadata (e.g. its plan). Every "
+        "app process serves the new record at once, as after a status change.",
+        parents=[common],
+    )
+    update.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    update.add_argument("--name", help="new display name")
+    update.add_argument(
+        "--metadata",
+        type=metadata,
+        metavar="JSON",
+        help='a JSON object that replaces the whole metadata, e.g. \'{"plan": "pro"}\'',
+    )
+    update.set_defaults(handler=_update)
+
+    retry = sub.add_parser(
+        "retry",
+        help="provision a failed tenant again",
+        description="Provision a tenant whose provisioning failed, reusing the storage an "
+        "earlier attempt made for it. With --no-provision it goes back to pending for a worker.",
+        parents=[common],
+    )
+    retry.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    retry.add_argument(
+        "--no-provision", action="store_true", help="leave the provisioning to a worker"
+    )
+    retry.set_defaults(handler=_retry)
+
     purge = sub.add_parser(
         "purge",
         help="destroy a deleted tenant's data and record (needs --yes)",
@@ -190,6 +220,30 @@ def _transition(method: str, done: str) -> Callable[[argparse.Namespace], int]:
         return run_with_tenancy(args, move)
 
     return handler
+
+
+def _update(args: argparse.Namespace) -> int:
+    if args.name is None and args.metadata is None:
+        print_error("tenants update: give --name and/or --metadata")
+        return EXIT_USAGE
+
+    async def update(tenancy: Tenancy) -> int:
+        tenant = await tenancy.update_tenant(
+            args.identifier, name=args.name, metadata=args.metadata
+        )
+        print(f"updated tenant {tenant.identifier} ({tenant.status.value})")
+        return EXIT_OK
+
+    return run_with_tenancy(args, update)
+
+
+def _retry(args: argparse.Namespace) -> int:
+    async def retry(tenancy: Tenancy) -> int:
+        tenant = await tenancy.retry_tenant(args.identifier, provision=not args.no_provision)
+        print(f"retried tenant {tenant.identifier} ({tenant.status.value})")
+        return EXIT_OK
+
+    return run_with_tenancy(args, retry)
 
 
 def _purge(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
 
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -19,8 +20,9 @@ from fastapi_tenancy.engines import create_engine, redact_url
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
-from fastapi_tenancy.isolation.servers import create_database, drop_database
+from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.unavailable import unavailable_as_503
@@ -86,17 +88,28 @@ class DatabaseIsolation:
             yield session
 
     async def provision(self, tenant: Tenant) -> None:
+        """Create the tenant's database, marked as its own, and its tables; safe to repeat.
+
+        A database an interrupted attempt made for this tenant is reused; one that belongs to
+        anyone else raises `StorageConflict`, untouched. An explicit ``database_url`` names a
+        database the operator made: it is used as it is, never created or dropped.
+        """
         name = checked_storage_name(tenant.storage_name)
         url = self._url(tenant)
-        # An explicit URL names a database the operator made: use it, never create or drop it.
-        ours = tenant.database_url is None
+        created = False
         with _reachable(url):
-            if ours:
-                await create_database(url, name)
+            if tenant.database_url is None:
+                found = await database_mark(url, name)
+                if found is None:
+                    await create_database(url, name, mark=owner_mark(tenant))
+                    created = True
+                else:
+                    tables = 0 if found else await self._count_tables(url)
+                    check_owner(f"database {name}", tenant, found, tables)
             try:
                 await self._on_tables(url, create=True)
             except BaseException:
-                if ours:
+                if created:
                     await drop_database(url, name)
                 raise
 
@@ -106,9 +119,21 @@ class DatabaseIsolation:
         await self._engines.discard(name)
         with _reachable(url):
             if tenant.database_url is None:
-                await drop_database(url, name)
+                found = await database_mark(url, name)
+                if found:
+                    check_owner(f"database {name}", tenant, found, 0)
+                if found is not None:
+                    await drop_database(url, name)
             else:
                 await self._on_tables(url, create=False)
+
+    async def _count_tables(self, url: str) -> int:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                return len(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+        finally:
+            await engine.dispose()
 
     async def _on_tables(self, url: str, *, create: bool) -> None:
         # A one-off connection: provisioning and purging never touch the engine cache.

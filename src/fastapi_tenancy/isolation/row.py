@@ -223,5 +223,6 @@ class RowIsolation:
             if self._rls:
                 # The policies hide every row from a transaction that names no tenant.
                 await conn.execute(BIND_TENANT, {"tenant_id": tenant.id})
-            for table in self._tables.scoped_tables_children_first():
+            # Every tenant_id table in the database, Alembic-owned ones included.
+            for table in await conn.run_sync(self._tables.existing_scoped_tables):
                 await conn.execute(delete(table).where(table.c.tenant_id == tenant.id))

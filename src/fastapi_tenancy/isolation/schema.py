@@ -33,6 +33,7 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
@@ -111,27 +112,52 @@ class SchemaIsolation:
             yield session
 
     async def provision(self, tenant: Tenant) -> None:
+        """Create the tenant's schema, marked as its own, and its tables; safe to repeat.
+
+        A schema that an interrupted attempt made for this tenant is reused (its missing tables
+        are created); one that belongs to anyone else raises `StorageConflict`, untouched.
+        """
         schema = checked_storage_name(tenant.storage_name)
+        mark = owner_mark(tenant)
         if self._postgres:
-            # DDL is transactional on PostgreSQL: a failure removes the schema with the tables.
+            # DDL is transactional on PostgreSQL: schema, mark and tables appear together or not.
             async with self._engine.begin() as conn:
-                await conn.execute(CreateSchema(schema))
+                found = await _schema_mark(conn, schema)
+                if found is None:
+                    await conn.execute(CreateSchema(schema))
+                    await conn.execute(text(f"COMMENT ON SCHEMA \"{schema}\" IS '{mark}'"))
+                else:
+                    check_owner(f"schema {schema}", tenant, found, await _tables(conn, schema))
                 await self._create_tables(conn, schema)
             return
         async with self._engine.begin() as conn:
-            await conn.execute(CreateSchema(schema))  # fails if it exists: not ours to drop
+            found = await _schema_mark(conn, schema)
+            if found is not None:
+                check_owner(f"database {schema}", tenant, found, await _tables(conn, schema))
+            else:
+                comment = f" COMMENT '{mark}'" if _mariadb(conn) else ""
+                await conn.execute(
+                    text(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4{comment}")
+                )
         try:
             async with self._engine.begin() as conn:
                 await self._create_tables(conn, schema)
         except BaseException:
-            async with self._engine.begin() as conn:
-                await conn.execute(DropSchema(schema))  # created just above by this call
+            if found is None:
+                async with self._engine.begin() as conn:
+                    await conn.execute(DropSchema(schema))  # created just above by this call
             raise
 
     async def purge(self, tenant: Tenant) -> None:
+        """Drop the tenant's schema with everything in it; refuses one marked as another's."""
         schema = checked_storage_name(tenant.storage_name)
         self._binds.pop(schema, None)
         async with self._engine.begin() as conn:
+            found = await _schema_mark(conn, schema)
+            if found is None:
+                return
+            if found and found != owner_mark(tenant):
+                check_owner(f"schema {schema}", tenant, found, 0)
             await conn.execute(DropSchema(schema, cascade=self._postgres, if_exists=True))
 
     async def _create_tables(self, conn: AsyncConnection, schema: str) -> None:
@@ -145,3 +171,30 @@ class SchemaIsolation:
             bind = self._engine.execution_options(schema_translate_map={None: schema})
             self._binds[schema] = bind
         return bind
+
+
+async def _schema_mark(conn: AsyncConnection, schema: str) -> str | None:
+    """``None`` if ``schema`` does not exist, else its owner mark (``""`` when unmarked)."""
+    if conn.dialect.name == "postgresql":
+        statement = text(
+            "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') "
+            "FROM pg_namespace WHERE nspname = :name"
+        )
+    elif _mariadb(conn):
+        statement = text(
+            "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :name"
+        )
+    else:
+        statement = text("SELECT '' FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :name")
+    row = (await conn.execute(statement, {"name": schema})).first()
+    return None if row is None else str(row[0] or "")
+
+
+async def _tables(conn: AsyncConnection, schema: str) -> int:
+    statement = text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :name")
+    return int((await conn.execute(statement, {"name": schema})).scalar_one())
+
+
+def _mariadb(conn: AsyncConnection) -> bool:
+    # MariaDB keeps a comment on a database (10.5+); MySQL has nowhere to keep one.
+    return bool(getattr(conn.dialect, "is_mariadb", False))

@@ -11,29 +11,65 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.exceptions import ConfigurationError
 
-__all__ = ["create_database", "drop_database"]
+__all__ = ["create_database", "database_mark", "drop_database"]
 
 _SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
-async def create_database(url: str, name: str) -> None:
-    """Create the database ``url`` points at, named ``name``; fails if it already exists."""
+async def create_database(url: str, name: str, *, mark: str = "") -> None:
+    """Create the database ``url`` points at, named ``name``; fails if it already exists.
+
+    ``mark`` (already safe to inline) becomes the database's comment where the server keeps one:
+    PostgreSQL (set right after creating) and MariaDB (in the same statement).
+    """
     parsed = _checked(url, name)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         await asyncio.to_thread(_create_sqlite_file, Path(parsed.database or ""))
         return
-    statement = (
-        f"CREATE DATABASE {_quote(parsed, name)}"
-        if backend == "postgresql"
-        else f"CREATE DATABASE {_quote(parsed, name)} CHARACTER SET utf8mb4"
-    )
-    await _run_on_server(parsed, statement)
+    quoted = _quote(parsed, name)
+    if backend == "postgresql":
+        statements = [f"CREATE DATABASE {quoted}"]
+        if mark:
+            statements.append(f"COMMENT ON DATABASE {quoted} IS '{mark}'")
+    else:
+        statements = [f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4"]
+        if mark:
+            statements = [f"{statements[0]} /*M!100500 COMMENT '{mark}' */"]
+    await _run_on_server(parsed, *statements)
+
+
+async def database_mark(url: str, name: str) -> str | None:
+    """``None`` if the database does not exist, else its comment (``""`` when it has none)."""
+    parsed = _checked(url, name)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        exists = await asyncio.to_thread(Path(parsed.database or "").exists)
+        return "" if exists else None
+    if backend == "postgresql":
+        query = (
+            "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+            "WHERE datname = :name"
+        )
+    else:
+        # SCHEMA_COMMENT exists on MariaDB only; MySQL databases have no comment.
+        query = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :name"
+    engine = _server_engine(parsed)
+    try:
+        async with engine.connect() as conn:
+            if getattr(conn.dialect, "is_mariadb", False):
+                query = query.replace("SELECT SCHEMA_NAME", "SELECT SCHEMA_COMMENT")
+            row = (await conn.execute(text(query), {"name": name})).first()
+    finally:
+        await engine.dispose()
+    if row is None:
+        return None
+    return "" if backend != "postgresql" and row[0] == name else str(row[0] or "")
 
 
 async def drop_database(url: str, name: str) -> None:
@@ -72,18 +108,23 @@ def _checked(url: str, name: str) -> URL:
     return parsed
 
 
-async def _run_on_server(parsed: URL, statement: str) -> None:
+async def _run_on_server(parsed: URL, *statements: str) -> None:
+    engine = _server_engine(parsed)
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _server_engine(parsed: URL) -> AsyncEngine:
     # CREATE/DROP DATABASE cannot run inside a transaction, nor while connected to that database.
     # PostgreSQL always needs some database to connect to; MySQL connects to the server itself.
     maintenance = "postgres" if parsed.get_backend_name() == "postgresql" else None
-    engine = create_async_engine(
+    return create_async_engine(
         parsed._replace(database=maintenance), poolclass=NullPool, isolation_level="AUTOCOMMIT"
     )
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def _quote(parsed: URL, name: str) -> str:

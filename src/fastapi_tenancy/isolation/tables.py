@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import MetaData, Table, inspect
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.util import sort_tables
 
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.scoped import tenant_scoped_classes
 
-__all__ = ["TenantTables", "load_metadata"]
+__all__ = ["LIBRARY_TABLE_PREFIX", "TenantTables", "load_metadata"]
+
+# The library's own tables (tenant records, the audit trail) outlive the tenants they name.
+LIBRARY_TABLE_PREFIX = "tenancy_"
+TENANT_COLUMN = "tenant_id"
 
 
 def load_metadata(spec: str | MetaData) -> MetaData:
@@ -64,3 +69,32 @@ class TenantTables:
         tables = [table for metadata in self.metadatas() for table in metadata.tables.values()]
         ordered = sort_tables(tables)
         return [table for table in reversed(ordered) if "tenant_id" in table.c]
+
+    def existing_scoped_tables(self, connection: Connection) -> list[Table]:
+        """Every table in the database with a ``tenant_id`` column, children first.
+
+        Found by reflecting the database, not only the metadata: tables that Alembic owns (and
+        no metadata names), or that were added after start-up, hold tenant rows too. The
+        library's own ``tenancy_*`` tables are left out. Schemas searched: the connection's
+        default one and any a configured table names.
+        """
+        inspector = inspect(connection)
+        schemas: set[str | None] = {None}
+        schemas.update(t.schema for m in self.metadatas() for t in m.tables.values() if t.schema)
+        reflected = MetaData()
+        for schema in schemas:
+            columns = inspector.get_multi_columns(schema=schema)
+            names = [
+                name
+                for (_, name), found in columns.items()
+                if any(column["name"] == TENANT_COLUMN for column in found)
+                and not name.startswith(LIBRARY_TABLE_PREFIX)
+            ]
+            if names:
+                reflected.reflect(connection, schema=schema, only=names)
+        ordered = sort_tables(reflected.tables.values())
+        return [
+            table
+            for table in reversed(ordered)
+            if TENANT_COLUMN in table.c and not table.name.startswith(LIBRARY_TABLE_PREFIX)
+        ]

@@ -41,6 +41,15 @@ class TenantStore(Protocol):
         """
         ...
 
+    async def update_if_unchanged(self, tenant: Tenant, *, expected: Tenant) -> Tenant | None:
+        """Write ``tenant`` only if the stored record still has ``expected``'s status and time.
+
+        A compare-and-set on ``status`` and ``updated_at``: returns what was stored, or ``None``
+        when the record changed (or went) since ``expected`` was read. The new ``updated_at`` is
+        later than ``expected.updated_at``, so every write moves it.
+        """
+        ...
+
     async def delete(self, tenant_id: str) -> None:
         """Remove the record for good (no error if it is already gone)."""
         ...

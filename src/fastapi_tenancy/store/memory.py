@@ -6,9 +6,11 @@ import builtins
 from datetime import UTC, datetime
 
 from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
-from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 
 __all__ = ["MemoryTenantStore"]
+
+GONE = (TenantStatus.DELETED, TenantStatus.PURGING)
 
 
 class MemoryTenantStore:
@@ -61,11 +63,24 @@ class MemoryTenantStore:
         owner = self._id_by_identifier.get(tenant.identifier)
         if owner is not None and owner != tenant.id:
             raise TenantAlreadyExists(f"identifier {tenant.identifier!r} is taken")
-        stored = tenant.model_copy(update={"updated_at": datetime.now(UTC)})
+        stored = tenant.model_copy(update={"updated_at": later_than(tenant.updated_at)})
         del self._id_by_identifier[current.identifier]
         self._id_by_identifier[stored.identifier] = stored.id
         self._by_id[stored.id] = stored
         return stored
+
+    async def update_if_unchanged(self, tenant: Tenant, *, expected: Tenant) -> Tenant | None:
+        """Write ``tenant`` if the record still has ``expected``'s status and ``updated_at``."""
+        current = self._by_id.get(expected.id)
+        if (
+            current is None
+            or current.status is not expected.status
+            or current.updated_at != expected.updated_at
+        ):
+            return None
+        return await self.update(
+            tenant.model_copy(update={"updated_at": later_than(expected.updated_at)})
+        )
 
     async def delete(self, tenant_id: str) -> None:
         """Remove the record for good; no error if it is already gone."""
@@ -100,7 +115,7 @@ class MemoryTenantStore:
             (
                 tenant
                 for tenant in self._by_id.values()
-                if include_deleted or tenant.status != TenantStatus.DELETED
+                if include_deleted or tenant.status not in GONE
             ),
             key=lambda tenant: tenant.identifier,
         )

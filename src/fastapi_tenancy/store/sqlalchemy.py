@@ -38,7 +38,7 @@ from sqlalchemy.types import TypeDecorator
 
 from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
-from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 from fastapi_tenancy.unavailable import describe, is_unavailable
 
 __all__ = ["SQLAlchemyTenantStore", "tenants_metadata", "tenants_table"]
@@ -157,17 +157,36 @@ class SQLAlchemyTenantStore:
 
     async def update(self, tenant: Tenant) -> Tenant:
         """Replace the record with the same id, stamping ``updated_at``; returns what was stored."""
-        stored = _in_utc(tenant.model_copy(update={"updated_at": datetime.now(UTC)}))
+        stored = await self._write(tenant, later_than(tenant.updated_at))
+        if stored is None:
+            raise TenantNotFound(f"no tenant with id {tenant.id!r}")
+        return stored
+
+    async def update_if_unchanged(self, tenant: Tenant, *, expected: Tenant) -> Tenant | None:
+        """Write ``tenant`` only if the record still has ``expected``'s status and ``updated_at``.
+
+        One conditional UPDATE: of two writers that read the same record, exactly one wins.
+        """
+        t = tenants_table
+        return await self._write(
+            tenant,
+            later_than(expected.updated_at),
+            t.c.status == expected.status.value,
+            t.c.updated_at == _utc(expected.updated_at),
+        )
+
+    async def _write(self, tenant: Tenant, updated_at: datetime, *conditions: Any) -> Tenant | None:
+        stored = _in_utc(tenant.model_copy(update={"updated_at": updated_at}))
         values = _row_values(stored)
         del values["id"]
-        statement = update(tenants_table).where(tenants_table.c.id == stored.id).values(values)
+        statement = (
+            update(tenants_table).where(tenants_table.c.id == stored.id, *conditions).values(values)
+        )
         with self._translate_errors():
             async with self._engine.begin() as conn:
                 result = await conn.execute(statement)
-        # SQLAlchemy's MySQL dialects count matched rows, not changed ones, so 0 means "no such id".
-        if result.rowcount == 0:
-            raise TenantNotFound(f"no tenant with id {tenant.id!r}")
-        return stored
+        # SQLAlchemy's MySQL dialects count matched rows, not changed ones, so 0 means "no match".
+        return stored if result.rowcount == 1 else None
 
     async def delete(self, tenant_id: str) -> None:
         """Remove the record for good; no error if it is already gone."""
@@ -221,7 +240,8 @@ class SQLAlchemyTenantStore:
         """All tenants ordered by identifier; soft-deleted ones only when asked for."""
         statement = select(tenants_table)
         if not include_deleted:
-            statement = statement.where(tenants_table.c.status != TenantStatus.DELETED.value)
+            gone = (TenantStatus.DELETED.value, TenantStatus.PURGING.value)
+            statement = statement.where(tenants_table.c.status.not_in(gone))
         with self._translate_errors():
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(statement)).all()
