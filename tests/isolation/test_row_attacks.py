@@ -463,7 +463,7 @@ async def test_inserts_naming_another_tenant_through_parameters_raise(
                 await session.execute(statement, parameters, execution_options=options)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "bulk", "core_only"])
+@pytest.mark.parametrize("strategy", ["auto", "bulk", "core_only", "orm"])
 async def test_updates_naming_another_tenant_through_parameters_raise(
     isolation: RowIsolation, engine: AsyncEngine, strategy: str
 ) -> None:
