@@ -117,7 +117,7 @@ def refuse_leaky_bases(statement: Any) -> None:
 
 
 def _refuse(construct: str, fix: str) -> CrossTenantAccess:
-    return CrossTenantAccess(f"{construct} may name another tenant: {fix}")
+    return CrossTenantAccess(f"{construct}: {fix}")
 
 
 _LEAVE_IT_OUT = "leave tenant_id out and it is stamped with the current tenant"
@@ -129,16 +129,22 @@ def _check_tenant_value(
     """Accept a written tenant_id only when it provably is the session's tenant."""
     if isinstance(value, BindParameter):
         if value.callable is not None:
-            raise _refuse(f"tenant_id in {where} is a callable bindparam", _LEAVE_IT_OUT)
+            raise _refuse(
+                f"tenant_id in {where} is a callable bindparam, which may name another tenant",
+                _LEAVE_IT_OUT,
+            )
         candidates = [row[value.key] for row in rows if value.key in row]
         if len(candidates) < len(rows) or not rows:
             candidates.append(value.value)
         if all(candidate == tenant_id for candidate in candidates):
             return
-        raise _refuse(f"tenant_id in {where} (bindparam {value.key!r})", _LEAVE_IT_OUT)
+        raise _refuse(
+            f"tenant_id in {where} (bindparam {value.key!r}) names another tenant", _LEAVE_IT_OUT
+        )
     if isinstance(value, ColumnElement):
         raise _refuse(
-            f"tenant_id in {where} is an SQL expression ({type(value).__name__})",
+            f"tenant_id in {where} is an SQL expression ({type(value).__name__}), which may name "
+            "another tenant",
             "only a plain value equal to the current tenant's id is accepted; " + _LEAVE_IT_OUT,
         )
     if value != tenant_id:
