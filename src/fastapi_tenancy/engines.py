@@ -8,14 +8,24 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 
-__all__ = ["create_engine", "redact_url"]
+__all__ = ["POSTGRES_SESSION_RESET", "create_engine", "redact_url", "reset_postgres_session"]
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+# Everything a PostgreSQL session keeps beyond its transaction, undone as a connection goes back
+# to the pool: open cursors, session-level SET, temporary tables (PostgreSQL searches pg_temp
+# before every other schema), sequence state (currval), advisory locks and LISTEN channels. One
+# simple-protocol message, so one round trip. Not DISCARD ALL: it cannot share a message with
+# other statements, and its DEALLOCATE ALL would drop asyncpg's cached prepared statements.
+POSTGRES_SESSION_RESET = (
+    "CLOSE ALL; RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; "
+    "SELECT pg_advisory_unlock_all(); UNLISTEN *"
+)
 
 
 def redact_url(url: str | URL) -> str:
@@ -72,12 +82,30 @@ def create_engine(
             "prepared_statement_name_func": _unique_statement_name,
         }
     try:
-        return create_async_engine(parsed, **options)
+        engine = create_async_engine(parsed, **options)
     except ImportError as exc:
         raise ConfigurationError(
             f"the driver for {redact_url(parsed)} is not installed: install "
             "fastapi-tenancy[postgres] (asyncpg) or fastapi-tenancy[mysql] (aiomysql)"
         ) from exc
+    if parsed.get_driver_name() == "asyncpg" and not (config.database_pgbouncer or null_pool):
+        # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer in transaction mode the next transaction may run on any server
+        # connection, so the reset belongs to PgBouncer (server_reset_query_always); see
+        # docs/isolation.md.
+        event.listen(engine.sync_engine, "reset", reset_postgres_session)
+    return engine
+
+
+def reset_postgres_session(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, reset_state: PoolResetState
+) -> None:
+    """Pool ``reset`` hook: nothing one checkout leaves on the connection reaches the next."""
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return  # the connection is being closed, and its session state with it
+    # The rollback comes first: a transaction still open (or failed) would swallow the reset.
+    # With no transaction open (the usual case after a commit) it costs nothing.
+    dbapi_connection.rollback()
+    dbapi_connection.run_async(lambda connection: connection.execute(POSTGRES_SESSION_RESET))
 
 
 def _unique_statement_name() -> str:

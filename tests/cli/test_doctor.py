@@ -19,6 +19,7 @@ from fastapi_tenancy.cli.checks import (
     check_health_path,
     check_jwt,
     check_pool,
+    check_row_isolation_wall,
     check_shared_state,
     check_sqlite_workers,
     check_ssl,
@@ -58,7 +59,7 @@ def test_text_report_has_one_line_per_check_with_a_fix(tmp_path: Path) -> None:
     echo = next(line for line in lines if line.split()[1] == "echo")
     assert echo.startswith("warn")
     assert "TENANCY_DATABASE_ECHO=false" in echo
-    assert lines[-1] == "8 ok, 3 warn, 0 fail"  # echo, sqlite with 2 workers, no shared cache
+    assert lines[-1] == "9 ok, 3 warn, 0 fail"  # echo, sqlite with 2 workers, no shared cache
 
 
 def test_echo_on_warns_without_failing(tmp_path: Path) -> None:
@@ -181,3 +182,19 @@ def test_jwt_keys_from_a_jwks_are_reported_as_such() -> None:
     result = check_jwt(config)
     assert result.status == "ok"
     assert "JWKS at https://issuer.example/.well-known/jwks.json" in result.message
+
+
+def test_row_isolation_on_postgresql_without_row_level_security_warns() -> None:
+    postgres = "postgresql+asyncpg://app@127.0.0.1/app"
+    bare = check_row_isolation_wall(TenancyConfig(database_url=postgres))
+    assert bare.status == "warn"
+    assert "raw SQL" in bare.message
+    assert "TENANCY_ROW_LEVEL_SECURITY=true" in bare.hint
+    walled = TenancyConfig(database_url=postgres, row_level_security=True)
+    assert check_row_isolation_wall(walled).status == "ok"
+    schema = TenancyConfig(database_url=postgres, isolation_strategy="schema")
+    assert check_row_isolation_wall(schema).status == "ok"
+    # SQLite and MariaDB have no row-level security to turn on.
+    assert check_row_isolation_wall(TenancyConfig()).status == "ok"
+    mariadb = TenancyConfig(database_url="mysql+aiomysql://app@127.0.0.1/app")
+    assert check_row_isolation_wall(mariadb).status == "ok"

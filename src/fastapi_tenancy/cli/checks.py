@@ -28,6 +28,7 @@ __all__ = [
     "check_health_path",
     "check_jwt",
     "check_pool",
+    "check_row_isolation_wall",
     "check_row_level_security",
     "check_sqlite_workers",
     "check_ssl",
@@ -287,6 +288,22 @@ def check_row_level_security(
     )
 
 
+def check_row_isolation_wall(config: TenancyConfig) -> CheckResult:
+    """Row isolation on PostgreSQL has row-level security beneath the ORM filter."""
+    if config.isolation_strategy != "row" or config.database_backend != "postgresql":
+        return CheckResult("row-rls", "ok", "not row isolation on PostgreSQL")
+    if config.row_level_security:
+        return CheckResult("row-rls", "ok", "row isolation is backed by row-level security")
+    return CheckResult(
+        "row-rls",
+        "warn",
+        "row isolation on PostgreSQL without row-level security: raw SQL (text()) and Core "
+        "statements on Table objects reach every tenant's rows",
+        "set TENANCY_ROW_LEVEL_SECURITY=true and put the tenant tables under the policy with "
+        "`fastapi-tenancy rls enable` (docs/isolation.md, Row-level security)",
+    )
+
+
 def check_database(facts: ServerFacts) -> CheckResult:
     if facts.reachable:
         return CheckResult("database", "ok", "central database answers")
@@ -312,4 +329,5 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
         check_shared_state(config, workers),
         check_engine_cache(config, facts.tenant_count),
         check_row_level_security(config, facts.rls_problems),
+        check_row_isolation_wall(config),
     ]

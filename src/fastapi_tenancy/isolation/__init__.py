@@ -5,6 +5,10 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.config import TenancyConfig
+
+# autocommit and references are imported for their session listeners.
+from fastapi_tenancy.isolation import autocommit as autocommit
+from fastapi_tenancy.isolation import references as references
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.row import RowIsolation, TenantSession

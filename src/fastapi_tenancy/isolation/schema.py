@@ -6,10 +6,12 @@ SQLite has no schemas; the configuration refuses the combination.
 
 The binding is per transaction and leaves nothing on the connection (``schema_binding``):
 
-* ``search_path`` (PostgreSQL's default): ``set_config('search_path', schema, true)`` at every
-  BEGIN, transaction-local; the path holds only the tenant's schema, so neither ORM statements nor
-  raw SQL can reach ``public``. One statement per transaction, and every tenant shares the same
-  SQL text, so prepared statements and plans are reused across tenants.
+* ``search_path`` (PostgreSQL's default): ``set_config('search_path', '"schema", pg_temp', true)``
+  at every BEGIN, transaction-local; the path holds only the tenant's schema (and, last, the
+  session's temporary tables), so neither ORM statements nor raw SQL can reach ``public``. One
+  statement per transaction, and every tenant shares the same SQL text, so prepared statements
+  and plans are reused across tenants. AUTOCOMMIT would end the binding with its first statement:
+  tenant sessions refuse it (`fastapi_tenancy.isolation.autocommit`).
 * ``translate_map`` (MariaDB/MySQL, where schema and database are one): ``schema_translate_map``
   qualifies every table without an explicit schema with the tenant's schema at execution time.
   No extra statement, but each tenant has its own SQL text (see ``benchmarks/isolation.py`` and
@@ -103,7 +105,9 @@ class SchemaIsolation:
         info: dict[str, Any] = {TENANT_INFO_KEY: tenant.id}
         if self._binding == "search_path":
             bind = self._engine
-            info[SEARCH_PATH_INFO_KEY] = f'"{schema}"'
+            # pg_temp named last: otherwise PostgreSQL searches it first, and a temporary table
+            # would shadow the tenant's table of the same name.
+            info[SEARCH_PATH_INFO_KEY] = f'"{schema}", pg_temp'
         else:
             bind = self._translated(schema)
         async with AsyncSession(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKeyConstraint, MetaData, String, Table, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, mapped_column
 
-__all__ = ["TENANT_ID_LENGTH", "TenantScoped", "tenant_scoped_classes"]
+from fastapi_tenancy.exceptions import ConfigurationError
+
+__all__ = ["TENANT_COLUMN", "TENANT_ID_LENGTH", "TenantScoped", "tenant_scoped_classes"]
 
 TENANT_ID_LENGTH = 64
+TENANT_COLUMN = "tenant_id"
 
 
 class TenantScoped:
@@ -30,10 +34,71 @@ class TenantScoped:
         super().__init_subclass__(**kwargs)
         _subclasses.append(cls)
 
+    @staticmethod
+    def tenant_foreign_key(column: str, target: str, **options: Any) -> ForeignKeyConstraint:
+        """A foreign key on ``(tenant_id, column)``: a row can only reference its own tenant's.
+
+        ``target`` is ``"table.column"`` (or ``"schema.table.column"``) of another
+        `TenantScoped` table; ``options`` go to `ForeignKeyConstraint` (``ondelete=...``, ``name``).
+        The database refuses a reference to another tenant's row exactly as it refuses one to a
+        row that does not exist. The unique key ``(tenant_id, column)`` the database needs on the
+        referenced table is added to that table, whichever of the two is defined first::
+
+            class Note(TenantScoped, Base):
+                __tablename__ = "notes"
+                id: Mapped[int] = mapped_column(primary_key=True)
+                item_id: Mapped[int]
+                __table_args__ = (TenantScoped.tenant_foreign_key("item_id", "items.id"),)
+        """
+        table, _, key = target.rpartition(".")
+        if not table or not key or column == TENANT_COLUMN:
+            raise ConfigurationError(
+                f"tenant_foreign_key({column!r}, {target!r}): name a column of this table and "
+                "the referenced 'table.column'"
+            )
+        constraint = ForeignKeyConstraint(
+            [TENANT_COLUMN, column], [f"{table}.{TENANT_COLUMN}", target], **options
+        )
+        event.listen(
+            constraint,
+            "after_parent_attach",
+            lambda _constraint, child: _key_referenced_table(child, table, key),
+        )
+        return constraint
+
 
 _subclasses: list[type[Any]] = []
+# Referenced tables not defined yet: metadata -> table key -> columns that need a tenant key.
+_pending_keys: WeakKeyDictionary[MetaData, dict[str, set[str]]] = WeakKeyDictionary()
 
 
 def tenant_scoped_classes() -> list[type[Any]]:
     """Every mapped model class that inherits `TenantScoped`, in definition order."""
     return [cls for cls in _subclasses if "__table__" in vars(cls)]
+
+
+def _key_referenced_table(child: Table, table_key: str, column: str) -> None:
+    metadata = child.metadata
+    referenced = metadata.tables.get(table_key)
+    if referenced is None:
+        _pending_keys.setdefault(metadata, {}).setdefault(table_key, set()).add(column)
+    else:
+        _add_tenant_key(referenced, column)
+
+
+@event.listens_for(Table, "after_parent_attach")
+def _key_table_on_definition(table: Table, metadata: Any) -> None:
+    pending = _pending_keys.get(metadata) if isinstance(metadata, MetaData) else None
+    if pending:
+        for column in pending.pop(table.key, set()):
+            _add_tenant_key(table, column)
+
+
+def _add_tenant_key(table: Table, column: str) -> None:
+    wanted = {TENANT_COLUMN, column}
+    keys = [table.primary_key, *(c for c in table.constraints if isinstance(c, UniqueConstraint))]
+    if any(set(key.columns.keys()) == wanted for key in keys):
+        return
+    # Foreign keys need a unique key on exactly the referenced columns (PostgreSQL, SQLite) or an
+    # index that starts with them (MariaDB): (tenant_id, column) serves all three.
+    table.append_constraint(UniqueConstraint(TENANT_COLUMN, column))
