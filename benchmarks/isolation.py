@@ -7,11 +7,14 @@ logs in as a role the benchmark creates and drops (named after the database, so 
 other databases keep theirs), with a random password.
 Apps are measured in alternating rounds in one run, and each result is reported as a ratio of the
 bare app's throughput measured beside it, plus the SQL statements each request sends to the
-server. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost with no
-network or HTTP server in between.
+server (the session reset PostgreSQL engines send as a connection returns to the pool is one more
+round trip per transaction, not counted there; the ``-noreset`` variants measure it). Requests go
+through ``httpx.ASGITransport``, so the numbers are the app's own cost with no network or HTTP
+server in between.
 
     python -m benchmarks.isolation --tenants 10,1000 --warmup 3000
     python -m benchmarks.isolation --tenants 10 --variants row,rls
+    python -m benchmarks.isolation --variants row,row-noreset,search_path,search_path-noreset
 
 Each app's pool is closed after its measurement (the next warm-up fills it again), so the run
 holds few server connections at a time on a shared server.
@@ -51,6 +54,7 @@ from fastapi_tenancy import (
     TenantScoped,
     get_tenant_session,
 )
+from fastapi_tenancy.engines import reset_postgres_session
 from fastapi_tenancy.isolation.rls import apply_policies
 
 ROWS_PER_TENANT = 10
@@ -67,13 +71,22 @@ class Item(TenantScoped, Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
-# --variants key -> (label, strategy, schema binding, row-level security)
+# --variants key -> (label, strategy, schema binding, row-level security, pool reset)
 VARIANTS = {
-    "row": ("row", "row", "auto", False),
-    "rls": ("row + RLS", "row", "auto", True),
-    "search_path": ("schema (search_path)", "schema", "search_path", False),
-    "translate_map": ("schema (translate map)", "schema", "translate_map", False),
-    "database": ("database", "database", "auto", False),
+    "row": ("row", "row", "auto", False, True),
+    "rls": ("row + RLS", "row", "auto", True, True),
+    "search_path": ("schema (search_path)", "schema", "search_path", False, True),
+    "translate_map": ("schema (translate map)", "schema", "translate_map", False, True),
+    "database": ("database", "database", "auto", False, True),
+    # The same apps without the session reset on check-in, to measure what it costs.
+    "row-noreset": ("row, no reset", "row", "auto", False, False),
+    "search_path-noreset": (
+        "schema (search_path), no reset",
+        "schema",
+        "search_path",
+        False,
+        False,
+    ),
 }
 
 
@@ -230,7 +243,7 @@ async def run(
     warmup: int,
 ) -> None:
     await ensure_database(url)
-    print(f"{'app':<28}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
+    print(f"{'app':<34}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
     for count in tenant_counts:
         await reset(url)
         bare, bare_engine = bare_app(url)
@@ -245,12 +258,14 @@ async def run(
         # Variants of one strategy share its tenants and rows, reached another way.
         seeded: dict[str, list[str]] = {}
         for key in variant_keys:
-            label, strategy, binding, rls = VARIANTS[key]
+            label, strategy, binding, rls, pool_reset = VARIANTS[key]
             if strategy == "database" and count > DATABASE_MAX_TENANTS:
                 continue
             app_url = await rls_app_url(url) if rls else url
             tenancy = Tenancy(config(app_url, strategy, binding, rls))
             await tenancy.start()
+            if not pool_reset:
+                event.remove(tenancy.engine.sync_engine, "reset", reset_postgres_session)
             runtimes.append(tenancy)
             if strategy not in seeded:
                 seeded[strategy] = await seed(tenancy, count, prefix=strategy[0])
@@ -266,7 +281,7 @@ async def run(
             rate = statistics.median(contender.rates)
             stmts = statistics.median(contender.statements)
             print(
-                f"{contender.name:<28}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}",
+                f"{contender.name:<34}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}",
                 flush=True,
             )
         for tenancy in runtimes:
