@@ -89,9 +89,9 @@ def create_engine(
             "fastapi-tenancy[postgres] (asyncpg) or fastapi-tenancy[mysql] (aiomysql)"
         ) from exc
     if parsed.get_driver_name() == "asyncpg" and not (config.database_pgbouncer or null_pool):
-        # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer in transaction mode the next transaction may run on any server
-        # connection, so the reset belongs to PgBouncer (server_reset_query_always); see
-        # docs/isolation.md.
+        # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer
+        # in transaction mode the next transaction may run on any server connection, so the
+        # reset belongs to PgBouncer (server_reset_query_always); see docs/isolation.md.
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
     return engine
 
