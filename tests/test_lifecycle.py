@@ -346,3 +346,21 @@ async def test_update_replaces_name_and_metadata_and_emits_one_event(tmp_path: P
         assert await tenancy.lookup.resolve("acme") == updated  # the cache forgot the old one
         assert heard[-1] == ("update", "Acme Inc.", {"plan": "pro"})
         assert json.dumps(updated.metadata) == '{"plan": "pro"}'
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [*SCHEMA_CASES, pytest.param(("database", "sqlite"), id="database-sqlite")],
+    indirect=True,
+)
+async def test_provisioning_again_reuses_the_storage_made_for_the_tenant(
+    isolation_case: tuple[str, str],
+) -> None:
+    async with Tenancy(isolation_config(isolation_case)) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        await add_items(tenancy, "acme", "anvil")
+
+        # As a retry does after an attempt was interrupted once the storage existed.
+        await tenancy.isolation.provision(tenant)
+
+        assert await item_names(tenancy, "acme") == ["anvil"]

@@ -99,7 +99,7 @@ class DatabaseIsolation:
         created = False
         with _reachable(url):
             if tenant.database_url is None:
-                found = await database_mark(url, name)
+                found = await database_mark(url, name, expected=owner_mark(tenant))
                 if found is None:
                     await create_database(url, name, mark=owner_mark(tenant))
                     created = True
@@ -119,7 +119,7 @@ class DatabaseIsolation:
         await self._engines.discard(name)
         with _reachable(url):
             if tenant.database_url is None:
-                found = await database_mark(url, name)
+                found = await database_mark(url, name, expected=owner_mark(tenant))
                 if found:
                     check_owner(f"database {name}", tenant, found, 0)
                 if found is not None:

@@ -8,9 +8,10 @@ hold a comment on it:
 
 * PostgreSQL: ``COMMENT ON SCHEMA`` in the transaction that creates the schema (atomic), and
   ``COMMENT ON DATABASE`` right after ``CREATE DATABASE``;
-* MariaDB: ``CREATE DATABASE ... COMMENT`` (one statement) for schemas and databases alike.
+* MariaDB: ``CREATE DATABASE ... COMMENT`` (one statement) for schemas and databases alike;
+* SQLite database files: ``PRAGMA application_id`` holds a 32-bit number derived from the mark.
 
-MySQL and SQLite have no such comment. There, and for storage made before marks existed, storage
+MySQL keeps no comment on a database. There, and for storage made before marks existed, storage
 without a mark is taken over only while it holds no table at all; anything else is refused.
 """
 

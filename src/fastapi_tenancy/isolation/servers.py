@@ -7,6 +7,9 @@ quotes them with the dialect's own rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import zlib
 from pathlib import Path
 
 from sqlalchemy import text
@@ -30,7 +33,7 @@ async def create_database(url: str, name: str, *, mark: str = "") -> None:
     parsed = _checked(url, name)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        await asyncio.to_thread(_create_sqlite_file, Path(parsed.database or ""))
+        await asyncio.to_thread(_create_sqlite_file, Path(parsed.database or ""), mark)
         return
     quoted = _quote(parsed, name)
     if backend == "postgresql":
@@ -44,13 +47,16 @@ async def create_database(url: str, name: str, *, mark: str = "") -> None:
     await _run_on_server(parsed, *statements)
 
 
-async def database_mark(url: str, name: str) -> str | None:
-    """``None`` if the database does not exist, else its comment (``""`` when it has none)."""
+async def database_mark(url: str, name: str, *, expected: str = "") -> str | None:
+    """``None`` if the database does not exist, else its comment (``""`` when it has none).
+
+    SQLite keeps no comment, only a 32-bit ``application_id``: there the answer is ``expected``
+    when the file carries that mark's number, and a description of the number otherwise.
+    """
     parsed = _checked(url, name)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        exists = await asyncio.to_thread(Path(parsed.database or "").exists)
-        return "" if exists else None
+        return await asyncio.to_thread(_sqlite_mark, Path(parsed.database or ""), expected)
     if backend == "postgresql":
         query = (
             "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
@@ -83,12 +89,32 @@ async def drop_database(url: str, name: str) -> None:
     await _run_on_server(parsed, f"DROP DATABASE IF EXISTS {_quote(parsed, name)}{force}")
 
 
-def _create_sqlite_file(path: Path) -> None:
+def _create_sqlite_file(path: Path, mark: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.touch(exist_ok=False)
     except FileExistsError as exc:
         raise ConfigurationError(f"database file {path} already exists") from exc
+    if mark:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(f"PRAGMA application_id = {_application_id(mark)}")
+
+
+def _sqlite_mark(path: Path, expected: str) -> str | None:
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        found = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if not found:
+        return ""
+    if expected and found == _application_id(expected):
+        return expected
+    return f"application_id {found}"
+
+
+def _application_id(mark: str) -> int:
+    # A positive, non-zero 32-bit number (zero means "no application id").
+    return (zlib.crc32(mark.encode()) & 0x7FFFFFFF) | 1
 
 
 def _remove_sqlite_files(database: str) -> None:
