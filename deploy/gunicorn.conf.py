@@ -11,7 +11,10 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # uvicorn's own gunicorn worker class moved to the uvicorn-worker package.
 worker_class = "uvicorn_worker.UvicornWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Long enough for in-flight requests to finish on SIGTERM before the orchestrator kills the pod.
+# Long enough for in-flight requests to finish on SIGTERM before the orchestrator kills the pod
+# (30 s grace in docker-compose.yml and kubernetes/app.yaml), and longer than the app's own
+# shutdown deadline (TENANCY_SHUTDOWN_TIMEOUT, default 15 s), so a worker is never killed while it
+# spills audit records.
 graceful_timeout = 20
 timeout = 60
 keepalive = 5

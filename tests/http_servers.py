@@ -28,6 +28,30 @@ async def serving(
     It counts as started once ``ready_path`` answers 200. Its output goes to ``log``, which is
     printed when starting or the block fails, so the failure shows what the server said.
     """
+    async with server_process(
+        command,
+        port=port,
+        env=env,
+        ready_path=ready_path,
+        log=log,
+        startup_seconds=startup_seconds,
+        stop_seconds=stop_seconds,
+    ) as (base_url, _):
+        yield base_url
+
+
+@asynccontextmanager
+async def server_process(
+    command: Sequence[str],
+    *,
+    port: int,
+    env: Mapping[str, str],
+    ready_path: str,
+    log: Path,
+    startup_seconds: float = 60,
+    stop_seconds: float = 15,
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`serving`, yielding the process too, for a test that signals it itself."""
     base_url = f"http://127.0.0.1:{port}"
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
@@ -39,7 +63,7 @@ async def serving(
         )
         try:
             await _wait_until_ready(process, base_url + ready_path, startup_seconds, log)
-            yield base_url
+            yield base_url, process
         except BaseException:
             print(_output(log))
             raise

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import jwt as pyjwt
+import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select
+from sqlalchemy import Column, MetaData, Table, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import Tenancy, TenancyConfig, Tenant
-from fastapi_tenancy.audit import AuditRecord, AuditTrail, audit_table
+from fastapi_tenancy.audit import (
+    AuditRecord,
+    AuditTrail,
+    DatabaseAuditSink,
+    SpillFile,
+    audit_table,
+)
+from fastapi_tenancy.audit.spill import decode_line, encode_line
 from fastapi_tenancy.events import Hooks, RequestCompleted, TenantChanged
+from fastapi_tenancy.exceptions import ConfigurationError
 from tests import apps
 from tests.backends import all_databases
 from tests.models import Base
@@ -23,13 +36,14 @@ from tests.models import Base
 
 @all_databases
 async def test_lifecycle_and_write_requests_are_recorded_with_the_token_subject(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
     secret = secrets.token_urlsafe(48)
     config = TenancyConfig(
         database_url=database_url,
         tenant_metadata=Base.metadata,
         enable_audit_logging=True,
+        audit_spill_path=str(tmp_path / "spill.jsonl"),
         resolution_strategy="jwt",
         jwt_secret=secret,
     )
@@ -63,17 +77,27 @@ async def test_lifecycle_and_write_requests_are_recorded_with_the_token_subject(
 
 
 class BrokenSink:
+    """Refuses every batch, as a sink with a missing table or a revoked grant does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
     async def start(self) -> None:
         pass
 
     async def write(self, records: Sequence[AuditRecord]) -> None:
+        self.calls += 1
         raise RuntimeError("disk full")
 
 
-class SlowSink:
-    def __init__(self) -> None:
+class ListSink:
+    """Keeps what it is given; ``release`` holds writes back until it is set."""
+
+    def __init__(self, name: str = "list") -> None:
+        self.name = name
         self.written: list[AuditRecord] = []
         self.release = asyncio.Event()
+        self.release.set()
 
     async def start(self) -> None:
         pass
@@ -83,33 +107,278 @@ class SlowSink:
         self.written.extend(records)
 
 
+class HangingSink:
+    """Never answers, like a database behind a blackholed network."""
+
+    name = "list"
+
+    async def start(self) -> None:
+        pass
+
+    async def write(self, records: Sequence[AuditRecord]) -> None:
+        await asyncio.Event().wait()
+
+
 def changed(identifier: str) -> TenantChanged:
     return TenantChanged(action="suspend", tenant=Tenant(identifier=identifier), previous=None)
 
 
-async def test_a_failing_sink_is_counted_and_never_raises() -> None:
+async def eventually(condition: Callable[[], bool], seconds: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_sink_that_refuses_everything_is_retried_then_its_records_are_spilled(
+    tmp_path: Path,
+) -> None:
+    hooks = Hooks()
+    broken = BrokenSink()
+    spill = tmp_path / "spill.jsonl"
+    trail = AuditTrail([broken], spill_path=spill, retry_window=0.2)
+    trail.subscribe(hooks)
+    await trail.start()
+    await hooks.emit(changed("acme"))
+    await eventually(lambda: trail.spilled == 1)
+    await trail.close()
+    assert broken.calls > 1  # retried with backoff before spilling
+    assert trail.failures == broken.calls
+    assert trail.dropped == 0
+    assert hooks.failures == 0
+    assert len(SpillFile(spill).read()) == 1
+
+    # The next run with a working sink of the same name writes the record once.
+    sink = ListSink(name="BrokenSink")
+    replaying = AuditTrail([sink], spill_path=spill)
+    await replaying.start()
+    await eventually(lambda: len(sink.written) == 1)
+    await replaying.close()
+    assert [record.tenant for record in sink.written] == ["acme"]
+    assert SpillFile(spill).read() == []
+
+
+async def test_without_a_spill_file_a_failing_sink_is_retried_until_shutdown_then_counted() -> None:
     hooks = Hooks()
     trail = AuditTrail([BrokenSink()])
     trail.subscribe(hooks)
     await trail.start()
     await hooks.emit(changed("acme"))
-    await trail.close()
-    assert trail.failures == 1
+    await eventually(lambda: trail.failures >= 3)
+    await trail.close(flush_timeout=0.1)
+    assert trail.dropped_by_reason["spill_failed"] == 1
     assert hooks.failures == 0
 
 
-async def test_a_full_queue_drops_records_instead_of_blocking() -> None:
+async def test_a_full_queue_drops_records_counted_instead_of_blocking() -> None:
     hooks = Hooks()
-    sink = SlowSink()
-    trail = AuditTrail([sink], queue_size=2)
+    sink = ListSink()
+    sink.release.clear()
+    dropped: list[tuple[str, int]] = []
+    trail = AuditTrail([sink], queue_size=2, on_drop=lambda r, n: dropped.append((r, n)))
     trail.subscribe(hooks)
     await trail.start()
     for n in range(10):
         await asyncio.wait_for(hooks.emit(changed(f"t{n}")), timeout=1)
     sink.release.set()
     await trail.close()
-    assert trail.dropped > 0
+    assert trail.dropped_by_reason["queue_full"] > 0
+    assert trail.dropped == trail.dropped_by_reason["queue_full"]
     assert len(sink.written) + trail.dropped == 10
+    assert sum(n for reason, n in dropped if reason == "queue_full") == trail.dropped
+
+
+async def test_records_emitted_during_and_after_close_are_written_or_spilled(
+    tmp_path: Path,
+) -> None:
+    hooks = Hooks()
+    sink = ListSink()
+    sink.release.clear()
+    spill = tmp_path / "spill.jsonl"
+    trail = AuditTrail([sink], spill_path=spill)
+    trail.subscribe(hooks)
+    await trail.start()
+    await hooks.emit(changed("before"))
+    closing = asyncio.create_task(trail.close())
+    await asyncio.sleep(0)
+    await hooks.emit(changed("during"))
+    sink.release.set()
+    await closing
+    await hooks.emit(changed("after"))
+    spilled = [decode_line(line)[1].tenant for line in SpillFile(spill).read()]
+    assert sorted([record.tenant for record in sink.written] + spilled) == [
+        "after",
+        "before",
+        "during",
+    ]
+    assert spilled == ["after"]
+    assert trail.dropped == 0
+
+
+async def test_close_honours_its_deadline_and_spills_what_the_sink_did_not_take(
+    tmp_path: Path,
+) -> None:
+    hooks = Hooks()
+    spill = tmp_path / "spill.jsonl"
+    trail = AuditTrail([HangingSink()], spill_path=spill)
+    trail.subscribe(hooks)
+    await trail.start()
+    for n in range(5):
+        await hooks.emit(changed(f"t{n}"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await trail.close(flush_timeout=0.3)
+    # Bounded by the deadline (with room for a loaded machine), not by the sink.
+    assert loop.time() - started < 0.3 * 10
+    assert sorted(decode_line(line)[1].tenant for line in SpillFile(spill).read()) == [
+        f"t{n}" for n in range(5)
+    ]
+    assert trail.dropped == 0
+
+
+async def test_the_spill_file_is_private_and_corrupt_lines_are_counted(tmp_path: Path) -> None:
+    spill = tmp_path / "audit" / "spill.jsonl"
+    record = AuditRecord(at=datetime.now(UTC), tenant_id="1", tenant="acme", action="suspend")
+    SpillFile(spill).append([encode_line("list", record), '{"sink": "list", "rec'])
+    assert stat.S_IMODE(os.stat(spill).st_mode) == 0o600
+    sink = ListSink()
+    dropped: list[tuple[str, int]] = []
+    trail = AuditTrail([sink], spill_path=spill, on_drop=lambda r, n: dropped.append((r, n)))
+    await trail.start()
+    await eventually(lambda: len(sink.written) == 1)
+    await trail.close()
+    assert sink.written == [record]
+    assert dropped == [("corrupt_spill", 1)]
+    assert SpillFile(spill).read() == []
+
+
+async def test_an_unwritable_spill_location_fails_the_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    trail = AuditTrail([ListSink()], spill_path=blocker / "spill.jsonl")
+    with pytest.raises(ConfigurationError, match="TENANCY_AUDIT_SPILL_PATH"):
+        await trail.start()
+
+
+class PickySink:
+    """Refuses any batch holding a record whose path contains ``bad``, as a database refuses a
+    value it cannot store."""
+
+    name = "list"
+
+    def __init__(self) -> None:
+        self.written: list[AuditRecord] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def write(self, records: Sequence[AuditRecord]) -> None:
+        if any("bad" in (record.path or "") for record in records):
+            raise ValueError("value refused")
+        self.written.extend(records)
+
+
+async def test_one_refused_record_is_dropped_counted_and_the_rest_of_its_batch_written(
+    tmp_path: Path,
+) -> None:
+    sink = PickySink()
+    trail = AuditTrail([sink], spill_path=tmp_path / "spill.jsonl")
+    now = datetime.now(UTC)
+    paths = [f"/items/{n}" for n in range(50)]
+    paths[17] = "/bad"
+    for path in paths:
+        trail._enqueue(
+            AuditRecord(at=now, tenant_id="1", tenant="acme", action="request:POST", path=path)
+        )
+    await trail.start()
+    await trail.close()
+    assert [record.path for record in sink.written] == [p for p in paths if p != "/bad"]
+    assert trail.dropped_by_reason["rejected"] == 1
+    assert trail.dropped == 1
+
+
+@all_databases
+async def test_a_nul_byte_in_one_record_never_fails_the_others(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        sink = DatabaseAuditSink(engine)
+        trail = AuditTrail([sink])
+        await trail.start()
+        now = datetime.now(UTC)
+        for n in range(20):
+            path = f"/items/{n}" if n != 7 else "/items/\x00evil\ud800"
+            trail._enqueue(
+                AuditRecord(at=now, tenant_id="1", tenant="acme", action="request:POST", path=path)
+            )
+        await trail.close()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(audit_table).order_by(audit_table.c.id))).all()
+    finally:
+        await engine.dispose()
+    assert trail.dropped == 0
+    assert len(rows) == 20
+    stored = {row.path for row in rows}
+    assert {f"/items/{n}" for n in range(20) if n != 7} <= stored
+    (evil,) = stored - {f"/items/{n}" for n in range(20)}
+    assert "evil" in evil
+    assert "\x00" not in evil
+
+
+@all_databases
+async def test_a_record_written_twice_is_stored_once(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        sink = DatabaseAuditSink(engine)
+        await sink.start()
+        record = AuditRecord(at=datetime.now(UTC), tenant_id="1", tenant="acme", action="suspend")
+        other = AuditRecord(at=datetime.now(UTC), tenant_id="1", tenant="acme", action="activate")
+        await sink.write([record])
+        await sink.write([record, other])
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(audit_table).order_by(audit_table.c.id))).all()
+    finally:
+        await engine.dispose()
+    assert [(row.record_id, row.action) for row in rows] == [
+        (record.record_id, "suspend"),
+        (other.record_id, "activate"),
+    ]
+
+
+@all_databases
+async def test_a_table_from_before_record_ids_gets_the_column_at_start(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        old = MetaData()
+        old_table = Table(
+            "tenancy_audit",
+            old,
+            *[
+                Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in audit_table.columns
+                if c.name != "record_id"
+            ],
+        )
+        async with engine.begin() as conn:
+            await conn.run_sync(old.create_all)
+            await conn.execute(
+                old_table.insert(),
+                [{"at": datetime.now(UTC), "tenant_id": "1", "tenant": "a", "action": "create"}],
+            )
+        sink = DatabaseAuditSink(engine)
+        await sink.start()
+        await sink.start()  # a second process starting later finds the column
+        record = AuditRecord(at=datetime.now(UTC), tenant_id="1", tenant="a", action="suspend")
+        await sink.write([record])
+        await sink.write([record])
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(audit_table).order_by(audit_table.c.id))).all()
+    finally:
+        await engine.dispose()
+    assert [(row.action, row.record_id) for row in rows] == [
+        ("create", None),
+        ("suspend", record.record_id),
+    ]
 
 
 async def test_without_audit_requests_are_not_observed(tmp_path: Path) -> None:

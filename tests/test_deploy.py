@@ -118,3 +118,17 @@ def test_kubernetes_manifests_set_real_settings_and_run_real_commands() -> None:
 def test_gunicorn_config_names_the_uvicorn_worker_class() -> None:
     text = (DEPLOY / "gunicorn.conf.py").read_text()
     assert re.search(r'worker_class = "uvicorn_worker\.UvicornWorker"', text)
+
+
+def test_shutdown_deadlines_nest_inside_the_server_and_orchestrator_grace_periods() -> None:
+    # The app's own deadline ends first, then gunicorn's, then the orchestrator's kill.
+    text = (DEPLOY / "gunicorn.conf.py").read_text()
+    match = re.search(r"^graceful_timeout = (\d+)$", text, re.MULTILINE)
+    assert match is not None
+    graceful = int(match.group(1))
+    defaults = TenancyConfig.model_fields
+    assert defaults["audit_flush_timeout"].default < defaults["shutdown_timeout"].default
+    assert defaults["shutdown_timeout"].default < graceful
+    app = next(m for m in manifests() if m["kind"] == "Deployment" and "api" in str(m))
+    assert graceful < app["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert graceful < int(compose()["services"]["app"]["stop_grace_period"].removesuffix("s"))

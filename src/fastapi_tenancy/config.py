@@ -411,6 +411,34 @@ class TenancyConfig(BaseSettings):
             " `tenancy_audit` table, from a background queue that never delays a request"
         ),
     )
+    audit_spill_path: str = Field(
+        default="./tenancy-audit-spill.jsonl",
+        min_length=1,
+        description=(
+            "audit records the central database cannot take (down past a few seconds of retries, "
+            "or at shutdown) are appended to this local file (JSON lines, fsync'd, mode `0600`) "
+            "and written to the table once it answers again, or at the next start; shared safely "
+            "by the processes of one host"
+        ),
+    )
+    audit_flush_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "seconds shutdown spends writing queued audit records to their sinks; what is left "
+            "then goes to `audit_spill_path`"
+        ),
+    )
+    shutdown_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "seconds `Tenancy.close()` (application shutdown) may take in all; a step that is "
+            "still waiting then (a stalled network, a request that never ends) is abandoned and "
+            "logged. Keep it below the server's graceful timeout (gunicorn `graceful_timeout`, "
+            "uvicorn `--timeout-graceful-shutdown`)"
+        ),
+    )
 
     # ⑥ Observability: Prometheus metrics and the slow-query log.
     enable_metrics: bool = Field(
@@ -532,6 +560,10 @@ class TenancyConfig(BaseSettings):
             raise ConfigurationError(
                 "schema_binding 'search_path' exists on PostgreSQL only; MariaDB/MySQL use "
                 "'translate_map' (or leave it 'auto')"
+            )
+        if self.audit_flush_timeout > self.shutdown_timeout:
+            raise ConfigurationError(
+                "audit_flush_timeout is part of shutdown: it must not exceed shutdown_timeout"
             )
         if self.metrics_tenant_label and not self.enable_metrics:
             raise ConfigurationError(

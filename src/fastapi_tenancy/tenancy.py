@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from fastapi_tenancy.metrics import TenancyMetrics
 
 __all__ = ["Tenancy"]
+
+logger = logging.getLogger("fastapi_tenancy")
 
 
 class Tenancy:
@@ -103,7 +106,12 @@ class Tenancy:
         self.inflight = InFlight()
         self.audit: AuditTrail | None = None
         if self.config.enable_audit_logging:
-            self.audit = AuditTrail([LoggingAuditSink(), DatabaseAuditSink(self.engine)])
+            self.audit = AuditTrail(
+                [LoggingAuditSink(), DatabaseAuditSink(self.engine)],
+                spill_path=self.config.audit_spill_path,
+                flush_timeout=self.config.audit_flush_timeout,
+                on_drop=self.metrics.audit_dropped if self.metrics is not None else None,
+            )
             self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
         self.readiness = Readiness(self)
@@ -142,26 +150,62 @@ class Tenancy:
             return True
 
     async def close(self) -> None:
-        """Close everything this runtime opened; the store and isolation first, then the engine."""
-        async with self._lock:
-            await self._close_unlocked()
+        """Close everything this runtime opened; the store and isolation first, then the engine.
 
-    async def _close_unlocked(self) -> None:
+        The whole close takes at most ``shutdown_timeout`` seconds: a step still waiting then (a
+        stalled network, a lease that never ends) is abandoned and logged, and the next one runs
+        with what is left. Queued audit records get ``audit_flush_timeout`` of it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
         try:
-            if self.audit is not None:
-                await self.audit.close()
-            if self.limiter is not None:
-                await self.limiter.close()
-            if self.jwks is not None:
-                await self.jwks.close()
-            await self.isolation.close()
-            await self.store.close()
-            if self.cache is not None:
-                await self.cache.close()
+            async with asyncio.timeout_at(deadline):
+                await self._lock.acquire()
+        except TimeoutError:
+            logger.error(
+                "shutdown abandoned after %ss: a start or close of this runtime is still running",
+                self.config.shutdown_timeout,
+            )
+            return
+        try:
+            await self._close_unlocked(deadline)
         finally:
-            await self.readiness.close()
-            await self.engine.dispose()
+            self._lock.release()
+
+    async def _close_unlocked(self, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.config.shutdown_timeout
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.audit is not None:
+            steps.append(("the audit trail", self._close_audit))
+        if self.limiter is not None:
+            steps.append(("the rate limiter", self.limiter.close))
+        if self.jwks is not None:
+            steps.append(("the JWKS client", self.jwks.close))
+        steps += [
+            ("the isolation strategy", self.isolation.close),
+            ("the tenant store", self.store.close),
+        ]
+        if self.cache is not None:
+            steps.append(("the cache", self.cache.close))
+        steps.append(("the readiness check", self.readiness.close))
+        steps.append(("the central engine", self.engine.dispose))
+        failure: Exception | None = None
+        try:
+            for what, step in steps:
+                try:
+                    await _within(deadline, what, step)
+                except Exception as exc:
+                    # Close the rest anyway; the first failure is raised at the end.
+                    failure = failure or exc
+        finally:
             self._started = False
+        if failure is not None:
+            raise failure
+
+    async def _close_audit(self) -> None:
+        if self.audit is not None:
+            await self.audit.close(flush_timeout=self.config.audit_flush_timeout)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -312,6 +356,27 @@ class Tenancy:
         """Destroy a deleted tenant's data and record; the only destructive operation."""
         await self.start()
         await self.lifecycle.purge(identifier)
+
+
+async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]]) -> None:
+    """Run one shutdown step until ``deadline``; past it, abandon the step and log it."""
+    loop = asyncio.get_running_loop()
+    if loop.time() >= deadline:
+        logger.error("shutdown: closing %s skipped, the shutdown deadline has passed", what)
+        return
+    started = loop.time()
+    try:
+        async with asyncio.timeout_at(deadline):
+            await step()
+    except TimeoutError:
+        if loop.time() < deadline:
+            raise  # the step's own timeout, not the deadline
+        logger.error(
+            "shutdown: closing %s abandoned after %.1fs at the shutdown deadline (a stalled "
+            "network or work that never ends); its connections are left to the process exit",
+            what,
+            loop.time() - started,
+        )
 
 
 def _build_metrics(config: TenancyConfig) -> TenancyMetrics:

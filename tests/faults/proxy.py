@@ -157,8 +157,13 @@ class FaultProxy:
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # `close` cancels connections held by `pause`; asyncio's stream callback would report
+            # a cancelled handler task as an error.
+            pass
         finally:
             self._tasks.discard(task)
+            writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1

@@ -210,6 +210,28 @@ async def test_failed_disposal_is_recorded_not_raised() -> None:
     assert cache.disposal_errors == 2
 
 
+async def test_a_close_cut_short_by_a_deadline_logs_the_engines_it_leaves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = EngineLRU(unconnected, max_engines=2, connection_budget=4)
+    leased = asyncio.Event()
+    never = asyncio.Event()
+
+    async def hold() -> None:
+        async with cache.lease("stuck"):
+            leased.set()
+            await never.wait()  # a request that never ends
+
+    holder = asyncio.create_task(hold())
+    await leased.wait()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await cache.close()
+    assert "closing the tenant engines abandoned: 1 still in use (stuck)" in caplog.text
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)
+
+
 async def test_invalid_limits_are_refused() -> None:
     with pytest.raises(ConfigurationError):
         EngineLRU(unconnected, max_engines=0, connection_budget=1)

@@ -233,7 +233,9 @@ class EngineLRU:
         """Dispose every engine, once its leases end; afterwards no server connection is open.
 
         Waits for active leases to end; leases that are waiting for a permit or for budget room
-        raise `ServiceUnavailable`, as does every later `lease`.
+        raise `ServiceUnavailable`, as does every later `lease`. Bound the wait with
+        ``asyncio.timeout``: when it is cancelled (a shutdown deadline) the engines still leased
+        or being disposed are logged and their disposals cancelled.
         """
         self._closed = True
         while self._cached:
@@ -243,12 +245,29 @@ class EngineLRU:
                 self._schedule_disposal(entry)
         self._size_changed()
         self._wake()
-        while self._tasks or any(entry.pins for entry in self._live):
-            if self._tasks:
-                # disposal tasks record their own errors and never raise
-                await asyncio.gather(*self._tasks)
-            else:
-                await self._changed(None)
+        try:
+            while self._tasks or any(entry.pins for entry in self._live):
+                if self._tasks:
+                    # disposal tasks record their own errors and never raise
+                    await asyncio.gather(*self._tasks)
+                else:
+                    await self._changed(None)
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Log the engines a close leaves behind and stop their disposals."""
+        leased = sorted(entry.key for entry in self._live if entry.pins)
+        logger.error(
+            "closing the tenant engines abandoned: %d still in use (%s), %d disposals cancelled; "
+            "their connections are left to the process exit",
+            len(leased),
+            ", ".join(leased[:10]) or "none",
+            len(self._tasks),
+        )
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _admit(self, key: str) -> _Entry:
         self._refuse_if_closed()

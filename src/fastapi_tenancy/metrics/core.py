@@ -56,6 +56,8 @@ OUTCOMES = (
 CACHE_LAYERS = ("memory", "redis")
 CACHE_RESULTS = ("hit", "miss", "negative_hit")
 POOLS = ("central", "tenant")
+# The reasons of fastapi_tenancy.audit.DROP_REASONS, kept here so the metrics import no audit code.
+AUDIT_DROP_REASONS = ("queue_full", "rejected", "spill_failed", "corrupt_spill")
 # Resolution is an in-process cache hit most of the time: buckets from 50 µs.
 RESOLUTION_BUCKETS = (
     0.00005,
@@ -166,6 +168,15 @@ class _Families:
             "close cleanly); logged as warnings, the client already had its answer.",
             registry=registry,
         )
+        self.audit_dropped = Counter(
+            PREFIX + "audit_dropped",
+            "Audit records lost, by reason (queue_full, rejected, spill_failed, corrupt_spill).",
+            ("reason",),
+            registry=registry,
+        )
+        self.audit_dropped_children = {
+            reason: self.audit_dropped.labels(reason) for reason in AUDIT_DROP_REASONS
+        }
         self.cache_lookup_children = {
             (layer, result): self.cache_lookups.labels(layer, result)
             for layer in CACHE_LAYERS
@@ -250,6 +261,7 @@ class TenancyMetrics:
             f.checked_out,
             f.slow_queries,
             f.failures_after_response,
+            f.audit_dropped,
         )
 
     def tenant_label_of(self, tenant: Tenant | None) -> str:
@@ -315,6 +327,10 @@ class TenancyMetrics:
     def cache_backend_up(self, layer: str, up: bool) -> None:
         """Record whether the ``layer`` backend is usable."""
         self._cache_up[layer].set(1 if up else 0)
+
+    def audit_dropped(self, reason: str, count: int) -> None:
+        """Count ``count`` audit records lost for ``reason`` (see `audit.DROP_REASONS`)."""
+        self._families.audit_dropped_children[reason].inc(count)
 
     # Engines and pools.
 
