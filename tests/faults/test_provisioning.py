@@ -1,7 +1,8 @@
 """The central database going away in the middle of provisioning a batch.
 
 The worker reaches the central database (tenant records and, under schema isolation, the tenant
-schemas) through a `FaultProxy`. The outage starts right after a tenant's storage was created and
+schemas) through a `FaultProxy`; under database isolation the tenant databases are reached
+directly. The outage starts right after a tenant's storage was created and
 before the tenant is marked active, the worst moment: the worker must survive it, back off, hand
 the rest of the batch back, and on recovery finish every tenant, reusing the storage it made.
 """
@@ -24,7 +25,9 @@ from tests.faults.proxy import FaultProxy
 
 pytestmark = [
     pytest.mark.postgres,
-    pytest.mark.parametrize("isolation_case", [("schema", "postgres")], indirect=True),
+    pytest.mark.parametrize(
+        "isolation_case", [("schema", "postgres"), ("database", "postgres")], indirect=True
+    ),
 ]
 
 BATCH = ["first", "interrupted", "third", "fourth"]
@@ -48,13 +51,29 @@ class PausedListener(logging.Handler):
             self.paused.set()
 
 
-async def schema_oid(url: str, schema: str | None) -> int | None:
+async def storage_oid(url: str, strategy: str, name: str | None) -> int | None:
+    """The server's id for the tenant's schema or database: it changes if storage is remade."""
+    catalog = "pg_namespace WHERE nspname" if strategy == "schema" else "pg_database WHERE datname"
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            statement = text("SELECT oid::bigint FROM pg_namespace WHERE nspname = :name")
-            value = (await conn.execute(statement, {"name": schema})).scalar_one_or_none()
+            statement = text(f"SELECT oid::bigint FROM {catalog} = :name")
+            value = (await conn.execute(statement, {"name": name})).scalar_one_or_none()
             return None if value is None else int(value)
+    finally:
+        await engine.dispose()
+
+
+async def storage_names(url: str, strategy: str) -> set[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if strategy == "schema":
+                names = await conn.run_sync(lambda sync: inspect(sync).get_schema_names())
+            else:
+                rows = await conn.execute(text("SELECT datname FROM pg_database"))
+                names = [str(name) for name in rows.scalars()]
+            return {name for name in names if name.startswith(TEST_STORAGE_PREFIX)}
     finally:
         await engine.dispose()
 
@@ -62,14 +81,14 @@ async def schema_oid(url: str, schema: str | None) -> int | None:
 async def test_an_outage_right_after_storage_was_created_is_survived_and_the_storage_reused(
     isolation_case: tuple[str, str], proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    direct_url = isolation_case[1]
+    strategy, direct_url = isolation_case
     config = isolation_config(isolation_case, database_url=proxy.url_for(direct_url))
     created_oid: list[int | None] = []
 
     async def prepare(tenant: Tenant) -> None:
         # Runs once the storage exists, before the tenant is marked active.
         if tenant.identifier == "interrupted" and not created_oid:
-            created_oid.append(await schema_oid(direct_url, tenant.storage_name))
+            created_oid.append(await storage_oid(direct_url, strategy, tenant.storage_name))
             await proxy.refuse()
             proxy.cut()
 
@@ -110,15 +129,9 @@ async def test_an_outage_right_after_storage_was_created_is_survived_and_the_sto
             "fourth": 1,
         }
         interrupted = tenants["interrupted"]
-        assert created_oid == [await schema_oid(direct_url, interrupted.storage_name)]
+        assert created_oid == [await storage_oid(direct_url, strategy, interrupted.storage_name)]
         async with tenancy.session("interrupted") as session:
             assert (await session.execute(text("SELECT count(*) FROM items"))).scalar() == 0
 
-    engine = create_async_engine(direct_url)
-    try:
-        async with engine.connect() as conn:
-            schemas = await conn.run_sync(lambda sync: inspect(sync).get_schema_names())
-    finally:
-        await engine.dispose()
-    ours = {name for name in schemas if name.startswith(TEST_STORAGE_PREFIX)}
-    assert ours == {t.storage_name for t in tenants.values()}  # nothing orphaned
+    # Nothing orphaned: the only storage is the tenants' own.
+    assert await storage_names(direct_url, strategy) == {t.storage_name for t in tenants.values()}
