@@ -21,6 +21,8 @@ __all__ = ["PrivateRedis"]
 
 START_ATTEMPTS = 100
 START_POLL_SECONDS = 0.05
+# What redis-server names its RDB snapshot in ``--dir`` unless told otherwise.
+SNAPSHOT_FILE = "dump.rdb"
 
 
 class PrivateRedis:
@@ -36,6 +38,13 @@ class PrivateRedis:
             config = TenancyConfig(redis_url=redis.url, ...)
             await redis.stop()
             await redis.start()   # same port, empty data
+
+        async with PrivateRedis(snapshot_dir=tmp_path) as redis:
+            await redis.stop(snapshot=True)
+            await redis.start()   # same port, the data as of the kill
+            await redis.stop()
+            redis.forget_snapshot()
+            await redis.start()   # empty again
     """
 
     def __init__(self, *, snapshot_dir: Path | None = None) -> None:
@@ -83,12 +92,29 @@ class PrivateRedis:
             await client.aclose()
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
-    async def stop(self) -> None:
-        """Kill the server (no clean shutdown, as a crash would) and wait for it to exit."""
+    async def stop(self, *, snapshot: bool = False) -> None:
+        """Kill the server (no clean shutdown, as a crash would) and wait for it to exit.
+
+        ``snapshot`` saves the data (``SAVE``) right before the kill, so the next `start` loads
+        it; only a server with a ``snapshot_dir`` can.
+        """
+        if snapshot:
+            if self._snapshot_dir is None:
+                raise ValueError("only a PrivateRedis with a snapshot_dir can save a snapshot")
+            client = Redis(host="127.0.0.1", port=self.port)
+            try:
+                await client.save()
+            finally:
+                await client.aclose()
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
+
+    def forget_snapshot(self) -> None:
+        """Remove the snapshot, so the next `start` is empty."""
+        if self._snapshot_dir is not None:
+            (self._snapshot_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -1,0 +1,40 @@
+"""The short variant of the fault soak (tests/faults/soak/driver.py), for CI's slow step.
+
+Three strategies, twenty tenants each, two uvicorn processes per strategy, every fault kind at
+least once; bounded in requests and in time. The long run (a million requests) is the same driver
+from the command line: ``python -m tests.faults.soak --requests 1000000``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.soak.driver import FAULT_KINDS, SoakSettings, run_soak
+from tests.services import POSTGRES_URL, require_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.postgres]
+
+SHORT = SoakSettings(requests=20_000, tenants=20, processes=2, seconds=60.0)
+
+
+async def test_a_short_fault_soak_loses_no_write_leaks_no_row_and_never_answers_500(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_server("postgres", POSTGRES_URL, 5432)
+
+    report = await run_soak(SHORT)
+
+    with capsys.disabled():
+        print("\n" + report.render())
+    summary = report.render()
+    assert set(report.faults) == set(FAULT_KINDS), summary
+    assert report.statuses["200"] > 0, summary
+    assert report.status_500 == 0, summary
+    assert not report.unexpected, summary
+    assert report.leaks_in_responses == [], summary
+    assert report.foreign_rows == [], summary
+    assert report.missing_writes == [], summary
+    assert report.audit_unexpected == 0, summary
+    assert report.audit_missing == report.audit_dropped_counted, summary
+    assert report.unrecovered == [], summary
+    assert report.not_served_after == [], summary
