@@ -79,6 +79,9 @@ AUDIT_SETTLE_ATTEMPTS = 60
 AUDIT_SETTLE_STEP_SECONDS = 0.5
 RENAME_ATTEMPTS = 40
 RENAME_STEP_SECONDS = 0.05
+SAMPLES = 5
+# How the middleware logs a storage failure that came after the response was complete.
+AFTER_RESPONSE = "tenant storage failed after the response"
 FAULT_KINDS = (
     "central_refuse",
     "central_cut",
@@ -171,6 +174,10 @@ class SoakReport:
     unexpected: Counter[str] = field(default_factory=Counter)
     errors_5xx: Counter[str] = field(default_factory=Counter)
     status_500: int = 0
+    # The full exception chains behind the first few 500s, messages included.
+    samples_500: list[list[str]] = field(default_factory=list)
+    # Storage failures after the response was complete, which the server logged (not raised).
+    failed_after_response: int = 0
     raised_after_response: Counter[str] = field(default_factory=Counter)
     leaks_in_responses: list[str] = field(default_factory=list)
     foreign_rows: list[str] = field(default_factory=list)
@@ -221,7 +228,9 @@ class SoakReport:
             f"500s: {self.status_500}",
             f"unexpected statuses: {_counts(self.unexpected) or 0}",
             f"exceptions raised after the response started: "
-            f"{sum(self.raised_after_response.values())} {_top(self.raised_after_response)}",
+            f"{sum(self.raised_after_response.values())} {_top(self.raised_after_response)}; "
+            f"storage failures after the response, logged: {self.failed_after_response}",
+            *[f"  500: {' <- '.join(chain)}"[:300] for chain in self.samples_500[:3]],
             f"foreign rows: in responses {len(self.leaks_in_responses)}, "
             f"in storage {len(self.foreign_rows)}",
             f"writes acknowledged 2xx but missing: {len(self.missing_writes)}",
@@ -833,6 +842,10 @@ class Soak:
                     status = event.get("status")
                     if status is not None and status < 500:
                         self.report.raised_after_response[_exception_key(event["exc"])] += 1
+                    elif len(self.report.samples_500) < SAMPLES:
+                        self.report.samples_500.append(event["exc"])
+                elif event["event"] == "log" and event["message"].startswith(AFTER_RESPONSE):
+                    self.report.failed_after_response += 1
         for rid, status in self.server_errors.items():
             events = by_request.get(rid, [])
             self.report.errors_5xx[f"{status} {_explain(events)}"] += 1

@@ -1,4 +1,4 @@
-"""`PrivateRedis` restarts with its data (an RDB snapshot) or empty, as the soak's Redis faults need."""
+"""`PrivateRedis` restarts with its data (an RDB snapshot) or empty, as the soak needs."""
 
 from __future__ import annotations
 
