@@ -47,6 +47,13 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """The long fault soak (docs/failures.md); posargs go to it: ``nox -s soak -- --requests N``."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "tests.faults.soak", *session.posargs)
+
+
+@nox.session
 def package(session: nox.Session) -> None:
     """Build the sdist and wheel, install each in a fresh venv and smoke-test it."""
     session.install("-e", ".[dev]")
