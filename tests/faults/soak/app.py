@@ -9,7 +9,11 @@ soak counts against it, into ``$SOAK_EVENTS/events-<pid>.jsonl`` (one JSON objec
 * ``response``: a ``5xx`` was sent (whatever sent it);
 * ``refused``: the middleware refused the request with a ``429`` or ``5xx`` before the app ran
   (recorded from the metrics' ``refused`` call, the one place every refusal passes);
-* ``log``: a ``WARNING`` or worse was logged, with its exception if it carried one.
+* ``log``: a ``WARNING`` or worse was logged, with its exception if it carried one (the
+  middleware passes the exception of each ``5xx`` it answers as a log argument).
+
+Exceptions are kept twice: as the chain of ``Class: message`` (the report groups by the classes)
+and as `tests.faults.helpers.explain` renders them, with where each was raised.
 
 Each line carries the request's ``X-Soak-Request`` id (``null`` for work off the request path, such
 as the audit writer), so the driver joins the server's side to the client's.
@@ -34,6 +38,7 @@ from fastapi_tenancy.exceptions import TenancyError
 from fastapi_tenancy.metrics import metrics_app
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.types import Message, Receive, Scope, Send
+from tests.faults.helpers import explain
 from tests.models import Item
 
 REQUEST_HEADER = b"x-soak-request"
@@ -75,13 +80,16 @@ class EventHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            error = record.exc_info[1] if record.exc_info else None
+            # The middleware logs the exception of each 5xx it answers as an argument.
+            errors = [arg for arg in record.args or () if isinstance(arg, BaseException)]
+            error = record.exc_info[1] if record.exc_info else (errors[0] if errors else None)
             self._events.write(
                 "log",
                 logger=record.name,
                 level=record.levelname,
                 message=record.getMessage()[:500],
                 exc=exception_chain(error),
+                explained=explain(error) if error is not None else None,
             )
         except Exception:
             self.handleError(record)
@@ -111,7 +119,9 @@ class Recording:
         try:
             await self.app(scope, receive, send_recorded)
         except Exception as exc:
-            self._events.write("raised", status=status, exc=exception_chain(exc))
+            self._events.write(
+                "raised", status=status, exc=exception_chain(exc), explained=explain(exc)
+            )
             raise
         else:
             if status is not None and status >= 500:

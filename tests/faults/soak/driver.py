@@ -186,8 +186,8 @@ class SoakReport:
     unexpected: Counter[str] = field(default_factory=Counter)
     errors_5xx: Counter[str] = field(default_factory=Counter)
     status_500: int = 0
-    # The full exception chains behind the first few 500s, messages included.
-    samples_500: list[list[str]] = field(default_factory=list)
+    # The exceptions behind the first few 500s: messages, causes, where each was raised.
+    samples_500: list[str] = field(default_factory=list)
     # Storage failures after the response was complete, which the server logged (not raised).
     failed_after_response: int = 0
     raised_after_response: Counter[str] = field(default_factory=Counter)
@@ -243,7 +243,7 @@ class SoakReport:
             f"exceptions raised after the response started: "
             f"{sum(self.raised_after_response.values())} {_top(self.raised_after_response)}; "
             f"storage failures after the response, logged: {self.failed_after_response}",
-            *[f"  500: {' <- '.join(chain)}"[:300] for chain in self.samples_500[:3]],
+            *[f"  500: {sample}" for sample in self.samples_500[:3]],
             f"foreign rows: in responses {len(self.leaks_in_responses)}, "
             f"in storage {len(self.foreign_rows)}",
             f"writes acknowledged 2xx but missing: {len(self.missing_writes)}",
@@ -901,7 +901,7 @@ class Soak:
                     if status is not None and status < 500:
                         self.report.raised_after_response[_exception_key(event["exc"])] += 1
                     elif len(self.report.samples_500) < SAMPLES:
-                        self.report.samples_500.append(event["exc"])
+                        self.report.samples_500.append(event["explained"])
                 elif event["event"] == "log" and event["message"].startswith(AFTER_RESPONSE):
                     self.report.failed_after_response += 1
         for rid, status in self.server_errors.items():
