@@ -645,14 +645,20 @@ class Soak:
                 succeeded.append(sent)
                 done.set()
 
-        async with asyncio.TaskGroup() as group:
+        probes: list[asyncio.Task[None]] = []
+        try:
             for n in range(int(PROBE_SECONDS / PROBE_STEP_SECONDS)):
-                group.create_task(probe(n))
+                probes.append(asyncio.create_task(probe(n)))
                 try:
                     await asyncio.wait_for(done.wait(), PROBE_STEP_SECONDS)
                     break
                 except TimeoutError:
                     pass
+        finally:
+            # Recovered (or given up): the probes still waiting for an answer are not needed.
+            for task in probes:
+                task.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
         return min(succeeded) if succeeded else None
 
     async def rename_away(self, name: str, hold: float) -> None:

@@ -16,7 +16,14 @@ from tests.services import POSTGRES_URL, require_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.postgres]
 
-SHORT = SoakSettings(requests=20_000, tenants=20, processes=2, seconds=60.0)
+SHORT = SoakSettings(
+    requests=20_000,
+    tenants=20,
+    processes=2,
+    seconds=45.0,
+    fault_gap=(0.3, 1.0),
+    fault_hold=(0.3, 1.2),
+)
 # Set-up, recovery and checks on top of the traffic; clean-up still runs when it is exceeded.
 BOUND_SECONDS = SHORT.seconds + 240
 
