@@ -74,6 +74,7 @@ TENANT_POOL_SIZE = 2
 CONNECTION_BUDGET = 6
 CLIENT_TIMEOUT = 30.0
 PROVISIONING_CONCURRENCY = 4
+DROP_CONCURRENCY = 6
 # Recovery probes after each fault: one every step, for at most this long.
 PROBE_STEP_SECONDS = 0.1
 PROBE_SECONDS = 30.0
@@ -327,11 +328,7 @@ class Soak:
                     text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": pattern}
                 )
             ).all()
-        for name in names:
-            await drop_database(
-                make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False),
-                name,
-            )
+        await self.drop_databases(list(names))
 
     def settings_for(
         self, deployment_url: str, strategy: str, tenant_url: str | None
@@ -420,13 +417,28 @@ class Soak:
         deployment.suspended.sort()
 
     async def drop_tenant_databases(self, deployment: Deployment) -> None:
-        if deployment.strategy != "database":
+        """Drop the tenant databases (and any left renamed away), several at a time."""
+        wanted = {
+            name
+            for storage in deployment.databases
+            if storage
+            for name in (storage, storage + "_away")
+        }
+        if deployment.strategy != "database" or not wanted:
             return
-        for storage in deployment.databases:
-            if storage:
-                for name in (storage, storage + "_away"):
-                    url = make_url(POSTGRES_URL).set(database=name)
-                    await drop_database(url.render_as_string(hide_password=False), name)
+        async with self.admin.connect() as conn:
+            existing = set((await conn.scalars(text("SELECT datname FROM pg_database"))).all())
+        await self.drop_databases(sorted(wanted & existing))
+
+    async def drop_databases(self, names: list[str]) -> None:
+        gate = asyncio.Semaphore(DROP_CONCURRENCY)
+
+        async def drop(name: str) -> None:
+            async with gate:
+                url = make_url(POSTGRES_URL).set(database=name)
+                await drop_database(url.render_as_string(hide_password=False), name)
+
+        await asyncio.gather(*(drop(name) for name in names))
 
     @asynccontextmanager
     async def servers(self, deployment: Deployment) -> AsyncIterator[None]:
