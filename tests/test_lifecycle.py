@@ -364,3 +364,24 @@ async def test_provisioning_again_reuses_the_storage_made_for_the_tenant(
         await tenancy.isolation.provision(tenant)
 
         assert await item_names(tenancy, "acme") == ["anvil"]
+
+
+def test_update_from_the_cli_replaces_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TENANCY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    assert main(["tenants", "create", "acme", "--metadata", '{"plan": "free"}']) == 0
+    assert main(["tenants", "update", "acme"]) == 2  # nothing to change is a usage error
+
+    assert (
+        main(["tenants", "update", "acme", "--name", "Acme", "--metadata", '{"plan": "pro"}']) == 0
+    )
+
+    capsys.readouterr()
+    assert main(["tenants", "show", "acme", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["name"], shown["metadata"], shown["status"]) == (
+        "Acme",
+        {"plan": "pro"},
+        "active",
+    )
