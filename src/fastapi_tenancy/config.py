@@ -127,6 +127,17 @@ class TenancyConfig(BaseSettings):
         default=False,
         description="log every SQL statement (development only)",
     )
+    statement_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "seconds a statement on the central or a tenant database may run before it is "
+            "stopped and the request answers `503` (unset: no limit). PostgreSQL: asyncpg's "
+            "`command_timeout` (client side: also ends a wait on a stalled network, works behind "
+            "PgBouncer, no extra round trip); MariaDB: `max_statement_time`, MySQL: "
+            "`max_execution_time` (SELECT only), set once per new connection. Not for SQLite"
+        ),
+    )
     database_pgbouncer: bool = Field(
         default=False,
         description=(
@@ -560,6 +571,11 @@ class TenancyConfig(BaseSettings):
             raise ConfigurationError(
                 "schema_binding 'search_path' exists on PostgreSQL only; MariaDB/MySQL use "
                 "'translate_map' (or leave it 'auto')"
+            )
+        if self.statement_timeout is not None and self.database_backend == "sqlite":
+            raise ConfigurationError(
+                "statement_timeout needs PostgreSQL or MariaDB/MySQL: SQLite has no statement "
+                "timeout (unset TENANCY_STATEMENT_TIMEOUT)"
             )
         if self.audit_flush_timeout > self.shutdown_timeout:
             raise ConfigurationError(

@@ -35,6 +35,7 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
             "database_pool_pre_ping",
             "database_echo",
             "database_pgbouncer",
+            "statement_timeout",
         ],
         "With SQLite, the library turns on WAL mode, foreign keys and a 30 s busy timeout for "
         "every\nconnection; an in-memory SQLite URL uses one shared connection.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -81,6 +82,12 @@ def create_engine(
             "statement_cache_size": 0,
             "prepared_statement_name_func": _unique_statement_name,
         }
+    timeout = config.statement_timeout
+    if timeout is not None and parsed.get_driver_name() == "asyncpg":
+        # Client side: asyncpg cancels the statement on the server when it runs too long, and
+        # the wait also ends when the network stalls. No session setting, so nothing to reset
+        # and nothing PgBouncer could carry to another client.
+        options.setdefault("connect_args", {})["command_timeout"] = timeout
     try:
         engine = create_async_engine(parsed, **options)
     except ImportError as exc:
@@ -93,6 +100,8 @@ def create_engine(
         # in transaction mode the next transaction may run on any server connection, so the
         # reset belongs to PgBouncer (server_reset_query_always); see docs/isolation.md.
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
+    if timeout is not None and backend in ("mysql", "mariadb"):
+        event.listen(engine.sync_engine, "connect", _mysql_statement_timeout(timeout))
     return engine
 
 
@@ -106,6 +115,24 @@ def reset_postgres_session(
     # With no transaction open (the usual case after a commit) it costs nothing.
     dbapi_connection.rollback()
     dbapi_connection.run_async(lambda connection: connection.execute(POSTGRES_SESSION_RESET))
+
+
+def _mysql_statement_timeout(seconds: float) -> Callable[[Any, Any], None]:
+    def limit(dbapi_connection: Any, _record: Any) -> None:
+        # Once per new connection (the same for every tenant, so it may outlive a checkout).
+        # The server's handshake says which of the two it is: no extra round trip to ask.
+        server = str(dbapi_connection.driver_connection.get_server_info())
+        if "mariadb" in server.lower():
+            statement = f"SET SESSION max_statement_time = {seconds:.6f}"
+        else:
+            statement = f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}"
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    return limit
 
 
 def _unique_statement_name() -> str:

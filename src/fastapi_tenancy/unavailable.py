@@ -47,12 +47,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fastapi_tenancy.exceptions import ServiceUnavailable
 
-__all__ = ["describe", "is_unavailable", "unavailable_as_503"]
+__all__ = ["describe", "is_statement_timeout", "is_unavailable", "unavailable_as_503"]
 
 # PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _PG_UNAVAILABLE_CLASSES = ("08", "53")
 _PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 _PG_UNAVAILABLE_WHILE_CONNECTING = frozenset({"3D000", "55000"})
+
+# A statement stopped by the server's statement timeout: PostgreSQL query_canceled, MariaDB
+# ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
+_PG_QUERY_CANCELED = "57014"
+_MYSQL_STATEMENT_TIMEOUT = frozenset({1969, 3024})
 
 # MySQL/MariaDB server and client error numbers (``args[0]`` of PyMySQL's and asyncmy's errors).
 _MYSQL_UNAVAILABLE = frozenset(
@@ -125,9 +130,26 @@ def unavailable_as_503(what: str) -> Iterator[None]:
     except ServiceUnavailable:
         raise
     except Exception as exc:
+        if is_statement_timeout(exc):
+            raise ServiceUnavailable(f"{what} timed out: {describe(exc)}") from exc
         if not is_unavailable(exc):
             raise
         raise ServiceUnavailable(f"{what} is unavailable: {describe(exc)}") from exc
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement the server stopped for running too long (a 503 too).
+
+    That is ``statement_timeout`` where the server enforces it: MariaDB's ``max_statement_time``
+    (1969), MySQL's ``max_execution_time`` (3024), PostgreSQL's ``statement_timeout`` (57014,
+    which ``pg_cancel_backend`` raises too). asyncpg's own ``command_timeout`` raises
+    ``TimeoutError`` in the driver, which `is_unavailable` already counts.
+    """
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if _mysql_number(exc) in _MYSQL_STATEMENT_TIMEOUT:
+        return True
+    return _sqlstate(exc) == _PG_QUERY_CANCELED
 
 
 def _code(exc: BaseException) -> tuple[bool, bool] | None:
