@@ -300,6 +300,7 @@ async def test_one_refused_record_is_dropped_counted_and_the_rest_of_its_batch_w
 
 @all_databases
 async def test_a_nul_byte_in_one_record_never_fails_the_others(database_url: str) -> None:
+    hostile = {7: "/items/\x00evil", 11: "/items/\ud800lone"}
     engine = create_async_engine(database_url)
     try:
         sink = DatabaseAuditSink(engine)
@@ -307,7 +308,7 @@ async def test_a_nul_byte_in_one_record_never_fails_the_others(database_url: str
         await trail.start()
         now = datetime.now(UTC)
         for n in range(20):
-            path = f"/items/{n}" if n != 7 else "/items/\x00evil\ud800"
+            path = hostile.get(n, f"/items/{n}")
             trail._enqueue(
                 AuditRecord(at=now, tenant_id="1", tenant="acme", action="request:POST", path=path)
             )
@@ -318,11 +319,15 @@ async def test_a_nul_byte_in_one_record_never_fails_the_others(database_url: str
         await engine.dispose()
     assert trail.dropped == 0
     assert len(rows) == 20
-    stored = {row.path for row in rows}
-    assert {f"/items/{n}" for n in range(20) if n != 7} <= stored
-    (evil,) = stored - {f"/items/{n}" for n in range(20)}
-    assert "evil" in evil
-    assert "\x00" not in evil
+    stored = [row.path for row in rows]
+    assert [p for n, p in enumerate(stored) if n not in hostile] == [
+        f"/items/{n}" for n in range(20) if n not in hostile
+    ]
+    # Stored where the database refused them, with the unstorable character marked.
+    assert "evil" in stored[7]
+    assert "lone" in stored[11]
+    if database_url.startswith("postgresql"):
+        assert stored[7] == "/items/\ufffdevil"  # PostgreSQL text cannot hold NUL
 
 
 @all_databases
@@ -386,3 +391,23 @@ async def test_without_audit_requests_are_not_observed(tmp_path: Path) -> None:
     async with Tenancy(config) as tenancy:
         assert tenancy.audit is None
         assert not tenancy.hooks.wants(RequestCompleted)
+
+
+async def test_lost_records_are_counted_in_the_metric(tmp_path: Path) -> None:
+    spill = tmp_path / "spill.jsonl"
+    spill.write_text('{"sink": "database", "record": {"cut short\n')
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
+        enable_audit_logging=True,
+        enable_metrics=True,
+        audit_spill_path=str(spill),
+    )
+    async with Tenancy(config) as tenancy:
+        assert tenancy.metrics is not None
+        assert tenancy.metrics.registry is not None
+        registry = tenancy.metrics.registry
+        name = "fastapi_tenancy_audit_dropped_total"
+        await eventually(
+            lambda: registry.get_sample_value(name, {"reason": "corrupt_spill"}) == 1.0
+        )
+        assert registry.get_sample_value(name, {"reason": "queue_full"}) == 0.0

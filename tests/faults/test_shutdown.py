@@ -21,9 +21,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_tenancy import Tenancy
+from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.audit import SpillFile, audit_table
 from fastapi_tenancy.audit.spill import decode_line
+from fastapi_tenancy.store.memory import MemoryTenantStore
 from tests.backends import isolation_config
 from tests.faults.proxy import FaultProxy
 from tests.http_servers import server_process
@@ -132,3 +133,30 @@ async def test_sigterm_during_a_network_stall_exits_within_the_shutdown_deadline
 
 async def _at_least(url: str, count: int) -> bool:
     return await request_rows(url) >= count
+
+
+class StuckStore(MemoryTenantStore):
+    """A store whose close never returns, like one waiting on a stalled network."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_close_ends_at_shutdown_timeout_and_logs_the_steps_it_gave_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
+        shutdown_timeout=0.5,
+        audit_flush_timeout=0.1,
+    )
+    tenancy = Tenancy(config, store=StuckStore())
+    await tenancy.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await tenancy.close()
+    assert loop.time() - started < 0.5 * 10  # the deadline, with room for a loaded machine
+    assert "closing the tenant store abandoned" in caplog.text
+    # The stuck step used up the deadline: the steps after it are skipped, each logged.
+    assert "closing the central engine skipped" in caplog.text
+    assert not tenancy.started
