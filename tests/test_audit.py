@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -411,3 +412,41 @@ async def test_lost_records_are_counted_in_the_metric(tmp_path: Path) -> None:
             lambda: registry.get_sample_value(name, {"reason": "corrupt_spill"}) == 1.0
         )
         assert registry.get_sample_value(name, {"reason": "queue_full"}) == 0.0
+
+
+def test_processes_sharing_the_spill_file_never_lose_a_line(tmp_path: Path) -> None:
+    # Writers append while a replayer removes what it has "written": every line ends up either
+    # removed once or still in the file. (flock excludes separate opens, as between processes.)
+    path = tmp_path / "spill.jsonl"
+    now = datetime.now(UTC)
+    written: list[str] = []
+    removed: set[str] = set()
+
+    def writer(n: int) -> None:
+        for i in range(100):
+            record = AuditRecord(at=now, tenant_id=str(n), tenant=f"t{n}", action=str(i))
+            line = encode_line("database", record)
+            SpillFile(path).append([line])
+            written.append(line)
+
+    def replayer(stop: threading.Event) -> None:
+        while not stop.is_set():
+            lines = SpillFile(path).read()
+            done = set(lines[: len(lines) // 2])
+            SpillFile(path).remove(done)
+            removed.update(done)
+
+    stop = threading.Event()
+    replaying = threading.Thread(target=replayer, args=(stop,))
+    replaying.start()
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    replaying.join()
+    left = SpillFile(path).read()
+    assert len(written) == 400
+    assert sorted(left + sorted(removed)) == sorted(written)
+    assert not removed & set(left)
