@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
 
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 
-__all__ = ["POSTGRES_SESSION_RESET", "create_engine", "redact_url", "reset_postgres_session"]
+__all__ = [
+    "POSTGRES_SESSION_RESET",
+    "create_engine",
+    "redact_url",
+    "reset_postgres_session",
+    "reset_sqlite_session",
+]
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
@@ -27,6 +34,26 @@ POSTGRES_SESSION_RESET = (
     "CLOSE ALL; RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; "
     "SELECT pg_advisory_unlock_all(); UNLISTEN *"
 )
+
+# A SQLite connection keeps its temporary schema, which is searched before ``main`` (a temporary
+# table shadows a tenant table; a temporary trigger sees a tenant's writes), and its pragmas.
+# One local query finds what is left; a clean connection costs nothing more.
+SQLITE_LEFTOVERS = (
+    "SELECT type, name FROM temp.sqlite_master WHERE type IN ('table', 'view', 'trigger') "
+    "UNION ALL SELECT 'pragma', 'foreign_keys' FROM pragma_foreign_keys WHERE foreign_keys = 0"
+)
+
+# MariaDB/MySQL have no statement that clears a session, and COM_RESET_CONNECTION (not reachable
+# through aiomysql) would also reset the character set and autocommit mode behind the driver's
+# back. A statement that can leave session state (a temporary table, a user variable, a session
+# SET, a named lock, a procedure call) marks its connection instead, and a marked connection is
+# replaced at its next checkout rather than reused.
+_MYSQL_SESSION_STATE = re.compile(
+    r"\bTEMPORARY\b|(?<![@\w])@(?!@)|\b(?:GET_LOCK|LOCK\s+TABLES?|CALL|PREPARE|HANDLER)\b"
+    r"|(?:\A|;)\s*(?:/\*.*?\*/\s*)*SET\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_SESSION_STATE_KEY = "fastapi_tenancy.session_state"
 
 
 def redact_url(url: str | URL) -> str:
@@ -71,7 +98,8 @@ def create_engine(
     if backend == "sqlite":
         return _sqlite_engine(parsed, options, pool)
     options.update(pool)
-    if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+    mysql = backend in ("mysql", "mariadb")
+    if mysql and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     if config.database_pgbouncer and parsed.get_driver_name() == "asyncpg":
         # PgBouncer in transaction mode hands each transaction to any server connection, so a
@@ -100,8 +128,11 @@ def create_engine(
         # in transaction mode the next transaction may run on any server connection, so the
         # reset belongs to PgBouncer (server_reset_query_always); see docs/isolation.md.
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
-    if timeout is not None and backend in ("mysql", "mariadb"):
+    if timeout is not None and mysql:
         event.listen(engine.sync_engine, "connect", _mysql_statement_timeout(timeout))
+    if mysql and not null_pool:
+        event.listen(engine.sync_engine, "before_cursor_execute", _mark_mysql_session_state)
+        event.listen(engine.sync_engine, "reset", _replace_marked_connection)
     return engine
 
 
@@ -135,6 +166,39 @@ def _mysql_statement_timeout(seconds: float) -> Callable[[Any, Any], None]:
     return limit
 
 
+def reset_sqlite_session(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, reset_state: PoolResetState
+) -> None:
+    """Pool ``reset`` hook for SQLite: temporary objects dropped, foreign keys back on."""
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return
+    dbapi_connection.rollback()
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(SQLITE_LEFTOVERS)
+        for kind, name in cursor.fetchall():
+            if kind == "pragma":
+                cursor.execute("PRAGMA foreign_keys=ON")
+            else:
+                quoted = name.replace('"', '""')
+                cursor.execute(f'DROP {kind.upper()} IF EXISTS temp."{quoted}"')
+    finally:
+        cursor.close()
+
+
+def _mark_mysql_session_state(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    if _MYSQL_SESSION_STATE.search(statement):
+        conn.info[_SESSION_STATE_KEY] = True  # the pooled connection's info: it outlives `conn`
+
+
+def _replace_marked_connection(
+    _dbapi_connection: Any, record: ConnectionPoolEntry | None, _reset_state: PoolResetState
+) -> None:
+    if record is not None and record.info.pop(_SESSION_STATE_KEY, False):
+        # Soft: the pool closes the connection and opens a new one at its next checkout.
+        record.invalidate(soft=True)
+
+
 def _unique_statement_name() -> str:
     return f"__fastapi_tenancy_{uuid.uuid4().hex}__"
 
@@ -148,6 +212,7 @@ def _sqlite_engine(parsed: URL, options: dict[str, Any], pool: dict[str, Any]) -
         options.update(pool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
     engine = create_async_engine(parsed, **options)
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    event.listen(engine.sync_engine, "reset", reset_sqlite_session)
     return engine
 
 

@@ -1,10 +1,11 @@
-"""Nothing one tenant's session leaves on a pooled PostgreSQL connection reaches the next checkout.
+"""Nothing one tenant's session leaves on a pooled connection reaches the next checkout.
 
 The pool holds one connection (``database_pool_size=1``), so tenant B's session runs on the very
-connection tenant A's session used (the tests check the server process id). A's session leaves
-what a handler can leave outside its transaction: a temporary table that shadows the tenant table
-(PostgreSQL searches ``pg_temp`` first), session-level settings, an advisory lock. A tenant session
-also never runs outside its transaction-local binding: AUTOCOMMIT is refused.
+connection tenant A's session used (the PostgreSQL tests check the server process id). A's session
+leaves what a handler can leave outside its transaction: a temporary table that shadows the tenant
+table (PostgreSQL searches ``pg_temp`` first, SQLite its ``temp`` schema, MariaDB its temporary
+tables), session-level settings, an advisory lock. A tenant session also never runs outside its
+transaction-local binding: AUTOCOMMIT is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import CrossTenantAccess, Tenancy, TenancyConfig
@@ -25,8 +26,7 @@ from tests.models import Base, Item
 from tests.rls import rls_database
 from tests.services import POSTGRES_URL, require_server, reset_database
 
-pytestmark = pytest.mark.postgres
-
+postgres = pytest.mark.postgres
 VARIANTS = ["row", "row+rls", "schema"]
 SHADOW = [
     text("CREATE TEMP TABLE items AS SELECT * FROM items"),
@@ -87,6 +87,7 @@ async def tenant_id(tenancy: Tenancy, identifier: str) -> str:
     return tenant.id
 
 
+@postgres
 @pytest.mark.parametrize("variant", VARIANTS)
 async def test_a_temporary_table_never_reaches_the_next_tenant(variant: str) -> None:
     async with tenancy_for(variant) as tenancy:
@@ -105,6 +106,7 @@ async def test_a_temporary_table_never_reaches_the_next_tenant(variant: str) -> 
             assert await session.scalar(text("SELECT to_regclass('pg_temp.items')")) is None
 
 
+@postgres
 @pytest.mark.parametrize("variant", VARIANTS)
 async def test_session_settings_and_advisory_locks_never_reach_the_next_tenant(
     variant: str,
@@ -127,6 +129,7 @@ async def test_session_settings_and_advisory_locks_never_reach_the_next_tenant(
             assert (await session.scalars(select(Item.name))).all() == ["b's item"]
 
 
+@postgres
 async def test_a_temporary_table_never_shadows_the_tenants_table_under_search_path() -> None:
     async with tenancy_for("schema") as tenancy:
         async with tenancy.session("a") as session:
@@ -135,6 +138,7 @@ async def test_a_temporary_table_never_shadows_the_tenants_table_under_search_pa
             assert (await session.scalars(text("SELECT name FROM items"))).all() == ["a's item"]
 
 
+@postgres
 @pytest.mark.parametrize("variant", ["row+rls", "schema"])
 async def test_a_tenant_session_refuses_autocommit(variant: str) -> None:
     async with tenancy_for(variant) as tenancy:
@@ -143,6 +147,7 @@ async def test_a_tenant_session_refuses_autocommit(variant: str) -> None:
                 await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
+@postgres
 async def test_autocommit_writes_never_land_in_public_under_search_path() -> None:
     async with tenancy_for("schema") as tenancy:
         async with tenancy.engine.begin() as conn:
@@ -171,3 +176,52 @@ def test_behind_pgbouncer_the_pool_leaves_the_reset_to_pgbouncer() -> None:
     bounced = create_engine(TenancyConfig(database_url=url, database_pgbouncer=True))
     assert event.contains(direct.sync_engine, "reset", reset_postgres_session)
     assert not event.contains(bounced.sync_engine, "reset", reset_postgres_session)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_temporary_objects_and_pragmas_never_reach_the_next_tenant(
+    database_url: str,
+) -> None:
+    async with seeded(config(database_url, "row")) as tenancy:
+        victim = await tenant_id(tenancy, "b")
+        async with tenancy.session("a") as session:
+            await session.execute(text("CREATE TEMP TABLE items AS SELECT * FROM main.items"))
+            await session.execute(
+                text("UPDATE temp.items SET tenant_id = :victim"), {"victim": victim}
+            )
+            await session.execute(
+                text("CREATE TEMP TRIGGER spy AFTER INSERT ON main.items BEGIN SELECT 1; END")
+            )
+            await session.commit()
+            await session.execute(text("PRAGMA foreign_keys=OFF"))
+            await session.commit()
+        async with tenancy.session("b") as session:
+            assert (await session.scalars(select(Item.name))).all() == ["b's item"]
+            assert await session.scalar(text("SELECT count(*) FROM temp.sqlite_master")) == 0
+            assert await session.scalar(text("PRAGMA foreign_keys")) == 1
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True
+)
+async def test_mariadb_connection_left_with_session_state_is_replaced(database_url: str) -> None:
+    async with seeded(config(database_url, "row")) as tenancy:
+        victim = await tenant_id(tenancy, "b")
+        connection_id = text("SELECT CONNECTION_ID()")
+        async with tenancy.session("a") as session:
+            first = await session.scalar(connection_id)
+            # Ordinary statements leave nothing: UPDATE ... SET, an address in a literal.
+            await session.execute(update(Item).values(name="a's item"))
+            await session.execute(text("UPDATE items SET name = name WHERE name <> 'a@b.example'"))
+            await session.commit()
+        async with tenancy.session("a") as session:
+            # A connection without session state is reused as it is.
+            assert await session.scalar(connection_id) == first
+            await session.execute(text("CREATE TEMPORARY TABLE items AS SELECT * FROM items"))
+            await session.execute(text("UPDATE items SET tenant_id = :victim"), {"victim": victim})
+            await session.execute(text("SET @left_by_a = 'a secret'"))
+            await session.commit()
+        async with tenancy.session("b") as session:
+            assert await session.scalar(connection_id) != first
+            assert (await session.scalars(select(Item.name))).all() == ["b's item"]
+            assert await session.scalar(text("SELECT @left_by_a")) is None
