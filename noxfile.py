@@ -18,13 +18,19 @@ def run_tests(session: nox.Session, marker: str, env: dict[str, str] | None = No
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and service tests, without the slow ones (services are skipped when absent)."""
-    run_tests(session, "not slow")
+    run_tests(session, "not slow and not deep")
 
 
 @nox.session
 def tests_integration(session: nox.Session) -> None:
     """Only the tests that talk to PostgreSQL, MariaDB or Redis; a missing server fails."""
     run_tests(session, "postgres or mysql or redis", env={"TENANCY_TEST_REQUIRE_SERVICES": "1"})
+
+
+@nox.session
+def deep(session: nox.Session) -> None:
+    """The long property runs (the `deep` Hypothesis profile); a missing server fails."""
+    run_tests(session, "deep", env={"TENANCY_TEST_REQUIRE_SERVICES": "1"})
 
 
 @nox.session

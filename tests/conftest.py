@@ -5,9 +5,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
+from tests import hypothesis_profiles
 from tests.redis_server import PrivateRedis
 from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+
+settings.load_profile("tenancy")  # --hypothesis-profile=NAME (Hypothesis' plugin) still wins
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"hypothesis profiles: {', '.join(hypothesis_profiles.PROFILES)}; a failure prints its "
+        "@reproduce_failure blob, and --hypothesis-seed=N replays a whole run"
+    ]
 
 
 @pytest.fixture(autouse=True)

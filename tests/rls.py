@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -48,10 +48,13 @@ class RlsDatabase:
 
 
 @asynccontextmanager
-async def rls_database(*, policies: bool = True) -> AsyncIterator[RlsDatabase]:
+async def rls_database(
+    *, policies: bool = True, metadata: MetaData = Base.metadata
+) -> AsyncIterator[RlsDatabase]:
     """An empty test database with the three roles; the owner has created the test tables.
 
-    With ``policies`` the owner has also put the tenant tables under row-level security.
+    ``metadata`` names the tables (default: tests/models.py's). With ``policies`` the owner has
+    also put the tenant tables under row-level security.
     Everything (tables and roles) is dropped on exit.
     """
     require_server("postgres", POSTGRES_URL, 5432)
@@ -66,7 +69,7 @@ async def rls_database(*, policies: bool = True) -> AsyncIterator[RlsDatabase]:
             await conn.execute(
                 text(f'GRANT USAGE ON SCHEMA public TO "{APP_ROLE}", "{BYPASS_ROLE}"')
             )
-        await create_owned_tables(url_as(OWNER_ROLE), policies=policies)
+        await create_owned_tables(url_as(OWNER_ROLE), policies=policies, metadata=metadata)
         yield RlsDatabase(
             superuser_url=POSTGRES_URL,
             owner_url=url_as(OWNER_ROLE),
@@ -79,15 +82,17 @@ async def rls_database(*, policies: bool = True) -> AsyncIterator[RlsDatabase]:
         await _drop_roles()
 
 
-async def create_owned_tables(owner_url: str, *, policies: bool) -> None:
+async def create_owned_tables(
+    owner_url: str, *, policies: bool, metadata: MetaData = Base.metadata
+) -> None:
     """As the owner: the tenants table, the test models' tables, policies, and grants."""
     owner = create_async_engine(owner_url, poolclass=NullPool)
     try:
         await SQLAlchemyTenantStore(owner).initialize()
         async with owner.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(metadata.create_all)
             if policies:
-                await conn.run_sync(apply_policies, Base.metadata)
+                await conn.run_sync(apply_policies, metadata)
             for role in (APP_ROLE, BYPASS_ROLE):
                 await conn.execute(
                     text(
