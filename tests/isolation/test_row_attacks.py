@@ -33,6 +33,7 @@ from sqlalchemy.orm import (
     Mapped,
     make_transient_to_detached,
     mapped_column,
+    selectin_polymorphic,
     with_polymorphic,
 )
 from sqlalchemy.orm.attributes import set_committed_value
@@ -321,6 +322,13 @@ async def test_polymorphic_selects_of_a_scoped_base_see_only_own_rows(
         every = with_polymorphic(Staff, [Manager])
         assert len((await session.scalars(select(every))).all()) == 2
         assert [v.name for v in (await session.scalars(select(Vehicle))).all()] == ["a-car"]
+        session.expunge_all()
+        by_in = select(Staff).options(selectin_polymorphic(Staff, [Manager]))
+        loaded = (await session.scalars(by_in)).all()
+        assert sorted((s.name, getattr(s, "level", None)) for s in loaded) == [
+            ("a-manager", 1),
+            ("a-staff", None),
+        ]
 
 
 async def test_statements_on_an_unscoped_base_of_a_scoped_subclass_raise(
