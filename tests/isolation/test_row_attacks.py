@@ -498,6 +498,19 @@ async def test_updates_naming_another_tenant_through_parameters_raise(
     ]
 
 
+async def test_multi_row_values_are_stamped(isolation: RowIsolation, engine: AsyncEngine) -> None:
+    async with isolation.session(A) as session:
+        rows = [{"id": 7, "name": "x"}, {"id": 8, "name": "y", "tenant_id": A.id}]
+        await session.execute(insert(Gadget).values(rows))
+        await session.commit()
+    assert await raw(
+        engine, "SELECT id, tenant_id FROM attack_gadgets WHERE id > 5 ORDER BY id"
+    ) == [
+        (7, A.id),
+        (8, A.id),
+    ]
+
+
 async def test_parameters_naming_the_own_tenant_are_accepted(
     isolation: RowIsolation, engine: AsyncEngine
 ) -> None:

@@ -212,15 +212,20 @@ def confine_insert(
         return _confine_from_select(statement, facts, tenant_id, rows), parameters
     multi = statement._multi_values
     if multi:
+        stamped = []
         for batch in multi:
+            stamped_batch = []
             for row in batch:
                 present, value = _tenant_value(row)
-                if not present:
-                    raise CrossTenantAccess(
-                        "a multi-row INSERT must set tenant_id to the current tenant on every row"
-                    )
-                _check_tenant_value(value, tenant_id, rows, "a multi-row .values()")
-        return statement, parameters
+                if present:
+                    _check_tenant_value(value, tenant_id, rows, "a multi-row .values()")
+                    stamped_batch.append(row)
+                else:
+                    stamped_batch.append({**row, facts.tenant_column: tenant_id})
+            stamped.append(stamped_batch)
+        rewritten = statement._generate()
+        rewritten._multi_values = tuple(stamped)
+        return rewritten, parameters
     if check_statement_values(statement, rows, tenant_id):
         return statement, parameters
     if isinstance(parameters, list):
