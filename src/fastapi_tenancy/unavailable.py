@@ -30,7 +30,9 @@ connection, and no for failures of the statement, which are bugs to see in the l
 
 Everything else is not: a missing table (42P01, 1146, "no such table"), a syntax error, a
 constraint violation, a failed login (SQLSTATE class 28, MySQL 1045: a misconfiguration, not an
-outage), a statement cancelled by a timeout (57014), a deadlock (40P01).
+outage), a deadlock (40P01). A statement the server stopped at ``statement_timeout`` (57014,
+1969, 3024) is no outage either, but `unavailable_as_503` answers it with 503 as well
+(`is_statement_timeout`).
 """
 
 from __future__ import annotations
