@@ -385,3 +385,34 @@ def test_update_from_the_cli_replaces_the_metadata(
         {"plan": "pro"},
         "active",
     )
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres")],
+    indirect=True,
+)
+async def test_purging_a_tenant_with_its_own_database_removes_its_rows_from_alembic_tables(
+    isolation_case: tuple[str, str],
+) -> None:
+    _, url = isolation_case
+    config = isolation_config(isolation_case, tenant_metadata=MetaData())
+    async with Tenancy(config) as tenancy:
+        tenant = await tenancy.create_tenant("acme", database_url=url)
+        # The tenant's database is the test database itself; Alembic made its tables.
+        await create_alembic_owned_tables(tenancy.engine)
+        async with tenancy.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO invoices VALUES (1, :tenant, 10)"), {"tenant": tenant.id}
+            )
+            await conn.execute(
+                text("INSERT INTO invoice_lines VALUES (1, :tenant, 1)"), {"tenant": tenant.id}
+            )
+
+        await tenancy.delete_tenant("acme")
+        await tenancy.purge_tenant("acme")
+
+        async with tenancy.engine.connect() as conn:
+            for table in ("invoices", "invoice_lines"):
+                count = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+                assert count == 0, table

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
 
-from sqlalchemy import inspect
+from sqlalchemy import delete, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -125,7 +125,7 @@ class DatabaseIsolation:
                 if found is not None:
                     await drop_database(url, name)
             else:
-                await self._on_tables(url, create=False)
+                await self._on_tables(url, create=False, tenant_id=tenant.id)
 
     async def _count_tables(self, url: str) -> int:
         engine = create_async_engine(url, poolclass=NullPool)
@@ -135,13 +135,22 @@ class DatabaseIsolation:
         finally:
             await engine.dispose()
 
-    async def _on_tables(self, url: str, *, create: bool) -> None:
+    async def _on_tables(self, url: str, *, create: bool, tenant_id: str | None = None) -> None:
+        """Create or drop the metadata's tables in the database at ``url``.
+
+        Dropping also deletes ``tenant_id``'s rows from every table left with a ``tenant_id``
+        column (tables Alembic owns, which no metadata names), so nothing of the tenant survives
+        a purge of an explicit database; other rows stay, since the operator made that database.
+        """
         # A one-off connection: provisioning and purging never touch the engine cache.
         engine = create_async_engine(url, poolclass=NullPool)
         try:
             async with engine.begin() as conn:
                 for metadata in self._tables.metadatas():
                     await conn.run_sync(metadata.create_all if create else metadata.drop_all)
+                if tenant_id is not None:
+                    for table in await conn.run_sync(self._tables.existing_scoped_tables):
+                        await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
         finally:
             await engine.dispose()
 
