@@ -416,3 +416,19 @@ async def test_purging_a_tenant_with_its_own_database_removes_its_rows_from_alem
             for table in ("invoices", "invoice_lines"):
                 count = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
                 assert count == 0, table
+
+
+async def test_a_tenant_left_provisioning_by_a_dead_process_can_be_retried(tmp_path: Path) -> None:
+    config = isolation_config(("row", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"))
+    async with Tenancy(config) as tenancy:
+        pending = await tenancy.create_tenant("acme", provision=False)
+        # The process that claimed it died before finishing.
+        await tenancy.store.claim_for_provisioning(limit=1, stale_before=pending.created_at)
+        with pytest.raises(InvalidTransition, match="without progress for 600 s"):
+            await tenancy.retry_tenant("acme")  # it may still be in progress somewhere
+
+        await asyncio.sleep(0.05)
+        retried = await tenancy.retry_tenant("acme", stale_after=0.01)
+
+        assert retried.status is TenantStatus.ACTIVE
+        assert retried.provisioning_attempts == 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +112,25 @@ class TenantLifecycle:
             raise
         return await self._move(provisioning, "provision")
 
-    async def retry(self, identifier: str, *, provision: bool = True) -> Tenant:
-        """Give a ``failed`` tenant a fresh start: back to ``pending`` with no attempts counted.
+    async def retry(
+        self, identifier: str, *, provision: bool = True, stale_after: float = 600.0
+    ) -> Tenant:
+        """Give a stuck tenant a fresh start: back to ``pending`` with no attempts counted.
 
-        With ``provision`` its storage is provisioned at once, reusing storage an earlier attempt
-        made for it; a failure leaves it ``failed`` again and raises. Without, a worker takes it.
+        Stuck means ``failed``, or ``provisioning`` with no progress for ``stale_after`` seconds
+        (the process provisioning it died, e.g. a ``create_tenant`` cut off by an outage). With
+        ``provision`` its storage is provisioned at once, reusing storage an earlier attempt made
+        for it; a failure leaves it ``failed`` and raises. Without, a worker takes it.
         """
         tenant = await self.require(identifier)
-        if tenant.status is not _S.FAILED:
+        stale = tenant.status is _S.PROVISIONING and (
+            tenant.updated_at < datetime.now(UTC) - timedelta(seconds=stale_after)
+        )
+        if tenant.status is not _S.FAILED and not stale:
             raise InvalidTransition(
-                f"cannot retry tenant {identifier!r}: it is {tenant.status.value}, not failed"
+                f"cannot retry tenant {identifier!r}: it is {tenant.status.value}; only failed "
+                f"tenants, and tenants provisioning without progress for {stale_after:g} s, "
+                "are retried"
             )
         pending = await self._move(tenant, "retry", provisioning_attempts=0)
         if not provision:

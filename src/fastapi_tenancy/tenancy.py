@@ -328,10 +328,15 @@ class Tenancy:
         await self.start()
         return await self.lifecycle.update(identifier, name=name, metadata=metadata)
 
-    async def retry_tenant(self, identifier: str, *, provision: bool = True) -> Tenant:
-        """Provision a ``failed`` tenant again (``provision=False``: leave it to a worker)."""
+    async def retry_tenant(
+        self, identifier: str, *, provision: bool = True, stale_after: float = 600.0
+    ) -> Tenant:
+        """Provision a ``failed`` tenant again (``provision=False``: leave it to a worker).
+
+        Also a tenant left ``provisioning`` for ``stale_after`` seconds by a process that died.
+        """
         await self.start()
-        return await self.lifecycle.retry(identifier, provision=provision)
+        return await self.lifecycle.retry(identifier, provision=provision, stale_after=stale_after)
 
     async def suspend_tenant(self, identifier: str) -> Tenant:
         """Stop serving the tenant (403) without touching its data."""

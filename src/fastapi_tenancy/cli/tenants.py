@@ -136,7 +136,7 @@ def register(
 
     retry = sub.add_parser(
         "retry",
-        help="provision a failed tenant again",
+        help="provision a failed (or stuck provisioning) tenant again",
         description="Provision a tenant whose provisioning failed, reusing the storage an "
         "earlier attempt made for it. With --no-provision it goes back to pending for a worker.",
         parents=[common],
@@ -144,6 +144,13 @@ def register(
     retry.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     retry.add_argument(
         "--no-provision", action="store_true", help="leave the provisioning to a worker"
+    )
+    retry.add_argument(
+        "--stale-after-seconds",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="also retry a tenant left provisioning this long by a process that died",
     )
     retry.set_defaults(handler=_retry)
 
@@ -239,7 +246,9 @@ def _update(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     async def retry(tenancy: Tenancy) -> int:
-        tenant = await tenancy.retry_tenant(args.identifier, provision=not args.no_provision)
+        tenant = await tenancy.retry_tenant(
+            args.identifier, provision=not args.no_provision, stale_after=args.stale_after_seconds
+        )
         print(f"retried tenant {tenant.identifier} ({tenant.status.value})")
         return EXIT_OK
 
