@@ -450,3 +450,21 @@ def test_processes_sharing_the_spill_file_never_lose_a_line(tmp_path: Path) -> N
     assert len(written) == 400
     assert sorted(left + sorted(removed)) == sorted(written)
     assert not removed & set(left)
+
+
+async def test_the_writer_outlives_a_spill_file_it_cannot_read(tmp_path: Path) -> None:
+    hooks = Hooks()
+    spill = tmp_path / "spill.jsonl"
+    trail = AuditTrail([BrokenSink()], spill_path=spill, retry_window=0.05, max_backoff=0.05)
+    trail.subscribe(hooks)
+    await trail.start()
+    await hooks.emit(changed("first"))
+    await eventually(lambda: trail.spilled == 1)
+    spill.unlink()
+    spill.mkdir()  # the next replay's read fails
+    await asyncio.sleep(0.3)
+    spill.rmdir()
+    await hooks.emit(changed("second"))
+    await eventually(lambda: trail.spilled == 2)
+    await trail.close()
+    assert [decode_line(line)[1].tenant for line in SpillFile(spill).read()] == ["second"]

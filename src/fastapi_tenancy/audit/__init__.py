@@ -391,7 +391,12 @@ class AuditTrail:
         loop = asyncio.get_running_loop()
         while True:
             if self._next_replay is not None and loop.time() >= self._next_replay:
-                await self._replay()
+                try:
+                    await self._replay()
+                except OSError:
+                    # The file's lines stay where they are; the writer must live on regardless.
+                    logger.exception("the audit spill file cannot be replayed; retrying later")
+                    self._next_replay = loop.time() + self._max_backoff
             if not self._queue:
                 if self._closing:
                     return
