@@ -415,6 +415,7 @@ class Grammar:
             self.select_scalar_subquery_column(),
             self.select_polymorphic(),
             self.get(),
+            entities.flatmap(self.select_with_parameters),
             self.lazy_loads(),
             self.refresh(),
         )
@@ -441,6 +442,19 @@ class Grammar:
             ),
             self.predicate(entity),
             st.sampled_from(options),
+        )
+
+    def select_with_parameters(self, entity: Entity) -> st.SearchStrategy[Step]:
+        e = entity.name
+        tenant = [f"{e}.tenant_id == bindparam('t')"] if entity.scoped else []
+        return st.builds(
+            lambda where, t, i: Step(
+                f"out = session.execute(select({e}.id, {e}.{entity.strs[0]}).where({where}), "
+                f"{{'t': {t}, 'k': {i}}}).all()"
+            ),
+            st.sampled_from([*tenant, f"{e}.id >= bindparam('k')"]),
+            st.sampled_from(["A", "B"]),
+            st.sampled_from(entity.ids),
         )
 
     def select_columns(self, entity: Entity) -> st.SearchStrategy[Step]:
@@ -767,6 +781,17 @@ class Grammar:
         ]
         if e in (THING, LEDGER):
             forms.append(self.insert_from_select(e, i))
+        if self.dialect == "sqlite":
+            forms.append(
+                st.builds(
+                    lambda v: Step(
+                        f"out = session.execute(insert({e.name}).prefix_with('OR REPLACE')"
+                        f".values({as_kwargs(v)})).rowcount",
+                        collides,
+                    ),
+                    literal_values,
+                )
+            )
         if e in (THING, LEDGER, PART) and self.enabled("upsert"):
             forms.append(self.upsert(e, i, collides))
         return st.one_of(*forms)
@@ -903,7 +928,9 @@ class Grammar:
             self.text_value(),
         )
         return st.builds(
-            build, st.lists(row, min_size=1, max_size=2), st.sampled_from(["", "bulk", "auto"])
+            build,
+            st.lists(row, min_size=1, max_size=2),
+            st.sampled_from(["", "bulk", "auto", "orm", "core_only"]),
         )
 
     def update_from(self) -> st.SearchStrategy[Step]:
@@ -938,6 +965,38 @@ class Grammar:
             st.sampled_from(["", "'auto'", "'fetch'", "'evaluate'", "False"]),
         )
 
+    def rekeyed(self) -> st.SearchStrategy[Step]:
+        """Tenant A's own loaded object pointed at another key, or merged without a load."""
+
+        def build(e: Entity, i: int, how: str) -> Step:
+            column = e.strs[0]
+            if how == "set_committed_value":
+                first = _key(e, "A", e.ids[0])
+                return Step(
+                    f"o = session.get({e.name}, {first})\n"
+                    "if o is not None:\n"
+                    f"    set_committed_value(o, 'id', {i})\n"
+                    f"    o.{column} = 'a:rekeyed'\n"
+                    "session.flush()\nout = None"
+                )
+            values = ", ".join(f"{c}='a:merged'" for c in e.strs)
+            return Step(
+                f"o = {e.name}(id={i}, {values}, tenant_id=A)\n"
+                "make_transient_to_detached(o)\n"
+                "o = session.merge(o, load=False)\n"
+                f"o.{column} = 'a:merged2'\n"
+                "session.flush()\nout = None"
+            )
+
+        if not self.enabled("forged"):
+            return st.nothing()
+        return st.builds(
+            build,
+            st.sampled_from([LEDGER, *([SECRET] if self.enabled("unscoped-base") else [])]),
+            st.sampled_from([11, 12]),
+            st.sampled_from(["set_committed_value", "merge_no_load"]),
+        )
+
     def unit_of_work(self) -> st.SearchStrategy[Step]:
         loaded = st.sampled_from([THING, LEDGER, CAR, DOG, SECRET, PART])
 
@@ -951,6 +1010,7 @@ class Grammar:
             return Step(f"{get}if o is not None:\n    {body}\nsession.flush()\nout = o")
 
         forms = [
+            self.rekeyed(),
             st.builds(
                 change,
                 loaded,

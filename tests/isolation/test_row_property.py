@@ -53,6 +53,7 @@ from sqlalchemy.orm import (
     subqueryload,
     with_polymorphic,
 )
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant
@@ -108,6 +109,7 @@ NAMESPACE: dict[str, Any] = {
     "pg_insert": pg_insert,
     "selectin_polymorphic": selectin_polymorphic,
     "selectinload": selectinload,
+    "set_committed_value": set_committed_value,
     "sqlite_insert": sqlite_insert,
     "subqueryload": subqueryload,
     "with_polymorphic": with_polymorphic,
