@@ -26,7 +26,7 @@ settings.register_profile("tenancy", print_blob=True)
 settings.register_profile(
     "deep",
     parent=settings.get_profile("tenancy"),
-    max_examples=300,
+    max_examples=500,
     deadline=None,
     suppress_health_check=_FIXTURE_OK,
 )
