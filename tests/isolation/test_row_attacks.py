@@ -349,6 +349,22 @@ async def test_statements_on_an_unscoped_base_of_a_scoped_subclass_raise(
         assert [s.title for s in secrets] == ["a-secret"]
 
 
+async def test_other_entities_in_update_and_delete_are_filtered(
+    isolation: RowIsolation, engine: AsyncEngine
+) -> None:
+    async with isolation.session(A) as session:
+        # UPDATE ... FROM attack_vehicles: only A's car may supply the name.
+        await session.execute(update(Gadget).where(Gadget.name != Car.name).values(name=Car.name))
+        if dialect(session) != "sqlite":  # SQLite has no DELETE with another table
+            chosen_by_b = delete(Gadget).where(Gadget.name != Car.name, Car.name == "b-car")
+            await session.execute(chosen_by_b.execution_options(is_delete_using=True))
+        await session.commit()
+    assert await raw(engine, "SELECT id, name FROM attack_gadgets ORDER BY id") == [
+        (A_GADGET, "a-car"),
+        (B_GADGET, "b-gadget"),
+    ]
+
+
 # 3. SELECTs inside INSERTs
 
 
@@ -623,6 +639,37 @@ async def test_loading_an_unloaded_attribute_of_a_forged_object_loads_no_foreign
         # The confined load finds no row; the ORM reports that as a KeyError for this loader.
         with pytest.raises(KeyError, match="level"):
             await session.run_sync(lambda _: forged.level)
+
+
+async def test_legacy_bulk_methods_stay_in_the_tenant(
+    isolation: RowIsolation, engine: AsyncEngine
+) -> None:
+    async with isolation.session(A) as session:
+        attempts = [
+            lambda s: s.bulk_update_mappings(Gadget, [{"id": B_GADGET, "name": "hijacked"}]),
+            lambda s: s.bulk_insert_mappings(Gadget, [{"id": 9, "name": "x", "tenant_id": B.id}]),
+            lambda s: s.bulk_save_objects([Gadget(id=9, name="x", tenant_id=B.id)]),
+        ]
+        for attempt in attempts:
+            with pytest.raises(CrossTenantAccess):
+                await session.run_sync(attempt)
+        forged = Gadget(id=B_GADGET, name="x", tenant_id=A.id)
+        make_transient_to_detached(forged)
+        forged.name = "hijacked"
+        with pytest.raises(CrossTenantAccess, match="primary key"):
+            await session.run_sync(lambda s: s.bulk_save_objects([forged]))
+        await session.run_sync(lambda s: s.bulk_insert_mappings(Gadget, [{"id": 9, "name": "x"}]))
+        await session.run_sync(lambda s: s.bulk_save_objects([Gadget(id=10, name="y")]))
+        await session.run_sync(
+            lambda s: s.bulk_update_mappings(Gadget, [{"id": A_GADGET, "name": "renamed"}])
+        )
+        await session.commit()
+    assert await raw(engine, "SELECT id, name, tenant_id FROM attack_gadgets ORDER BY id") == [
+        (A_GADGET, "renamed", A.id),
+        (B_GADGET, "b-gadget", B.id),
+        (9, "x", A.id),
+        (10, "y", A.id),
+    ]
 
 
 async def test_ordinary_loads_and_writes_still_work(isolation: RowIsolation) -> None:

@@ -23,33 +23,46 @@ for none of this.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, case, event, inspect, literal, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql import CompoundSelect, Select, visitors
-from sqlalchemy.sql.elements import BindParameter, ColumnClause, ColumnElement, Label
+from sqlalchemy.sql.elements import (
+    BindParameter,
+    ClauseElement,
+    ColumnClause,
+    ColumnElement,
+    Label,
+)
 from sqlalchemy.sql.schema import Column, Table
+from sqlalchemy.sql.util import surface_expressions as _surface_expressions
 
 from fastapi_tenancy.exceptions import CrossTenantAccess
 from fastapi_tenancy.isolation.scoped import TenantScoped
 
 __all__ = [
     "ScopedFacts",
+    "check_parameters",
     "confine_column_load",
     "confine_insert",
     "confine_update_or_delete",
+    "other_entity_criteria",
     "refuse_leaky_bases",
     "scoped_facts",
     "verify_flush",
+    "verify_mappings",
 ]
 
 TENANT_KEY = "tenant_id"
+
+# The column expressions of a clause, not those inside its subqueries (untyped in SQLAlchemy).
+surface_expressions = cast("Callable[[Any], Iterable[Any]]", _surface_expressions)
 _VERIFY_CHUNK = 500
 
 _ON_CONFLICT_DO_UPDATE = (postgresql.dml.OnConflictDoUpdate, sqlite.dml.OnConflictDoUpdate)
@@ -353,6 +366,41 @@ def _without_tenant(
     return kept
 
 
+def other_entity_criteria(statement: Any, tenant_id: str) -> list[ColumnElement[bool]]:
+    """``tenant_id = :tenant`` for every scoped entity an UPDATE or DELETE names besides its target.
+
+    An entity named in the WHERE, SET or RETURNING (not inside a subquery) becomes
+    ``UPDATE ... FROM`` / ``DELETE ... USING``, and the ORM filters the target alone.
+    """
+    target = statement.table._annotations.get("parententity")
+    expressions = [*statement._where_criteria, *getattr(statement, "_returning", ())]
+    values = getattr(statement, "_values", None) or {}
+    expressions += [value for value in values.values() if isinstance(value, ClauseElement)]
+    seen: set[Any] = set()
+    criteria: list[ColumnElement[bool]] = []
+    for expression in expressions:
+        for element in surface_expressions(expression):
+            entity = getattr(element, "_annotations", {}).get("parententity")
+            if entity is None or entity is target or entity in seen:
+                continue
+            seen.add(entity)
+            facts = scoped_facts(entity.mapper)
+            if facts is None:
+                continue
+            if entity.is_aliased_class:
+                if facts.joins_to_tenant_table:
+                    raise CrossTenantAccess(
+                        f"an aliased {facts.mapper.class_.__name__} (a joined-inheritance "
+                        "subclass) in the WHERE of an UPDATE or DELETE cannot be confined: "
+                        "select the keys in a subquery instead"
+                    )
+                criteria.append(entity.entity.tenant_id == tenant_id)
+            else:
+                criteria.append(facts.tenant_column == tenant_id)
+                criteria.extend(facts.joins_to_tenant_table)
+    return criteria
+
+
 def confine_update_or_delete(
     statement: Any, parameters: Any, facts: ScopedFacts, tenant_id: str, *, dialect: str
 ) -> Any:
@@ -421,6 +469,19 @@ def verify_flush(session: Session, objects: Iterable[Any], tenant_id: str) -> No
             _verify_keys(session, tenant_mapper, keys, tenant_id)
 
 
+def verify_mappings(
+    session: Session, mapper: Mapper[Any], mappings: Sequence[Mapping[str, Any]], tenant_id: str
+) -> None:
+    """Refuse ``bulk_update_mappings`` rows whose primary key is not a row of the tenant."""
+    facts = scoped_facts(mapper)
+    if facts is None or not mappings:
+        return
+    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    wanted = {tuple(mapping[key] for key in keys): mapping for mapping in mappings}
+    with session.no_autoflush:
+        _verify_keys(session, facts.tenant_mapper, wanted, tenant_id)
+
+
 def _verify_keys(
     session: Session, mapper: Mapper[Any], keys: Mapping[tuple[Any, ...], Any], tenant_id: str
 ) -> None:
@@ -438,10 +499,10 @@ def _verify_keys(
         found.update(tuple(row) for row in result)
     missing = [key for key in pending if key not in found]
     if missing:
-        obj = keys[missing[0]]
         raise CrossTenantAccess(
-            f"cannot write a {type(obj).__name__} with primary key {missing[0]!r}: no row of the "
-            "current tenant has it (an object built with another tenant's primary key, e.g. by "
-            "make_transient_to_detached() or merge(load=False)); load the row in your own tenant "
+            f"cannot write a {mapper.class_.__name__} with primary key {missing[0]!r}: no row of "
+            "the current tenant has it (an object or mapping built with another tenant's primary "
+            "key, e.g. by make_transient_to_detached(), merge(load=False) or "
+            "bulk_update_mappings()); load the row in your own tenant "
             "first (session.get()) and change that"
         )

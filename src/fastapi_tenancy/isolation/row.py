@@ -18,12 +18,12 @@ session's tenant transaction-locally at every BEGIN, for the policies to read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import (
@@ -31,18 +31,22 @@ from sqlalchemy.orm import (
     Session,
     SessionTransaction,
     UOWTransaction,
+    class_mapper,
     with_loader_criteria,
 )
 from sqlalchemy.orm.util import LoaderCriteriaOption
 
 from fastapi_tenancy.exceptions import CrossTenantAccess, TenantContextMissing
 from fastapi_tenancy.isolation.confine import (
+    check_parameters,
     confine_column_load,
     confine_insert,
     confine_update_or_delete,
+    other_entity_criteria,
     refuse_leaky_bases,
     scoped_facts,
     verify_flush,
+    verify_mappings,
 )
 from fastapi_tenancy.isolation.rls import BIND_TENANT, verify_row_level_security
 from fastapi_tenancy.isolation.scoped import TenantScoped
@@ -62,7 +66,54 @@ RLS_INFO_KEY = "fastapi_tenancy.row_level_security"
 
 
 class TenantSession(Session):
-    """The sync session class behind every tenant-bound `AsyncSession`; see the module docstring."""
+    """The sync session class behind every tenant-bound `AsyncSession`; see the module docstring.
+
+    The legacy bulk methods (``bulk_save_objects``, ``bulk_insert_mappings``,
+    ``bulk_update_mappings``) run neither ORM event, so they stamp and verify here.
+    """
+
+    def bulk_save_objects(
+        self,
+        objects: Iterable[object],
+        return_defaults: bool = False,
+        update_changed_only: bool = True,
+        preserve_order: bool = True,
+    ) -> None:
+        objects = list(objects)
+        scoped = [obj for obj in objects if isinstance(obj, TenantScoped)]
+        if scoped:
+            tenant_id = session_tenant_id(self)
+            for obj in scoped:
+                if inspect(obj).key is None and obj.tenant_id is None:
+                    obj.tenant_id = tenant_id
+                elif obj.tenant_id != tenant_id:
+                    raise CrossTenantAccess(f"cannot save a {type(obj).__name__} of another tenant")
+            verify_flush(self, scoped, tenant_id)
+        super().bulk_save_objects(objects, return_defaults, update_changed_only, preserve_order)
+
+    def bulk_insert_mappings(
+        self,
+        mapper: Any,
+        mappings: Iterable[dict[str, Any]],
+        return_defaults: bool = False,
+        render_nulls: bool = False,
+    ) -> None:
+        mappings = list(mappings)
+        if scoped_facts(class_mapper(mapper) if isinstance(mapper, type) else mapper):
+            tenant_id = session_tenant_id(self)
+            check_parameters(mappings, tenant_id)
+            for mapping in mappings:
+                mapping["tenant_id"] = tenant_id
+        super().bulk_insert_mappings(mapper, mappings, return_defaults, render_nulls)
+
+    def bulk_update_mappings(self, mapper: Any, mappings: Iterable[dict[str, Any]]) -> None:
+        mappings = list(mappings)
+        resolved = class_mapper(mapper) if isinstance(mapper, type) else mapper
+        if scoped_facts(resolved):
+            tenant_id = session_tenant_id(self)
+            check_parameters(mappings, tenant_id)
+            verify_mappings(self, resolved, mappings, tenant_id)
+        super().bulk_update_mappings(mapper, mappings)
 
 
 def session_tenant_id(session: Session) -> str:
@@ -104,6 +155,9 @@ def _confine_statement(state: ORMExecuteState) -> None:
         # The option reaches SELECTs inside the INSERT: from_select(), subqueries in values.
         state.statement = statement.options(_tenant_criteria(tenant_id))
         return
+    others = other_entity_criteria(statement, tenant_id)
+    if others:
+        statement = statement.where(*others)
     if facts is not None:
         dialect = state.session.get_bind(mapper=mapper).dialect.name
         statement = confine_update_or_delete(
