@@ -711,6 +711,16 @@ class Grammar:
         literal_values = self.row_values(e, i).map(
             lambda v: {k: x for k, x in v.items() if "select(" not in x}
         )
+
+        def as_binds(values: dict[str, str]) -> tuple[str, str]:
+            # Every value as a bindparam in values(), filled from one execute() parameter set.
+            binds = ", ".join(f"{k}=bindparam('p_{k}')" for k in values)
+            params = "{" + ", ".join(f"'p_{k}': {v}" for k, v in values.items()) + "}"
+            return binds, params
+
+        bound_values = literal_values.map(
+            lambda v: {k: x for k, x in v.items() if not any(c in x for c in "(.")}
+        )
         # Constructors set the discriminator themselves.
         object_values = literal_values.map(
             lambda v: {k: x for k, x in v.items() if k not in e.fixed}
@@ -722,6 +732,17 @@ class Grammar:
                     collides,
                 ),
                 self.row_values(e, i),
+            ),
+            st.builds(
+                lambda v, t: Step(
+                    f"out = session.execute(insert({e.name}).values({as_binds(v | t)[0]}), "
+                    f"{as_binds(v | t)[1]}).rowcount",
+                    collides,
+                ),
+                bound_values,
+                st.sampled_from([{}, {"tenant_id": "A"}, {"tenant_id": "B"}])
+                if e.scoped
+                else st.just({}),
             ),
             st.builds(
                 lambda v, strategy: Step(
