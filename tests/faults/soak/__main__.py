@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from pathlib import Path
 
-from tests.faults.soak.driver import STRATEGIES, SoakSettings, iter_strategies, run_soak
+from tests.faults.soak.driver import (
+    STRATEGIES,
+    SoakReport,
+    SoakSettings,
+    iter_strategies,
+    run_soak,
+)
 
 
 def _pair(value: str) -> tuple[float, float]:
     low, _, high = value.partition(",")
     return float(low), float(high or low)
+
+
+async def _run(settings: SoakSettings) -> SoakReport:
+    # SIGTERM (``timeout``, a CI runner) cancels the run like Ctrl-C does, so the clean-up
+    # still stops the servers and drops the databases.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_soak(settings)
 
 
 def main() -> int:
@@ -64,7 +80,7 @@ def main() -> int:
         fault_hold=args.fault_hold,
         work_dir=args.work_dir,
     )
-    report = asyncio.run(run_soak(settings))
+    report = asyncio.run(_run(settings))
     print(report.render())
     if args.report is not None:
         args.report.write_text(report.to_json())

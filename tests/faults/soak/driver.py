@@ -766,11 +766,20 @@ class Soak:
         finally:
             await engine.dispose()
 
+    async def audit_count(self, deployment: Deployment) -> int:
+        engine = create_async_engine(deployment.central_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                count = await conn.scalar(text("SELECT count(*) FROM tenancy_audit"))
+                return int(count or 0)
+        finally:
+            await engine.dispose()
+
     async def settle_audit(self) -> None:
         """Wait until the audit tables stop growing: the queues are drained."""
         last = -1
         for _ in range(AUDIT_SETTLE_ATTEMPTS):
-            count = sum([len(await self.audit_rows(d)) for d in self.deployments.values()])
+            count = sum([await self.audit_count(d) for d in self.deployments.values()])
             if count == last:
                 return
             last = count
