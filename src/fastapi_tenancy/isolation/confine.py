@@ -12,10 +12,12 @@ loader-criteria option; the functions here cover what that option cannot reach:
   ``CASE WHEN <table>.tenant_id = :tenant THEN <new> ELSE <column> END``: a conflicting row of
   another tenant is left as it is;
 * UPDATE and DELETE of a joined-inheritance subclass get the join to the table holding
-  ``tenant_id``, which the ORM leaves out;
+  ``tenant_id``, which the ORM leaves out, and every other scoped entity they name (``UPDATE ...
+  FROM``, ``DELETE ... USING``) gets its own ``tenant_id = :tenant``;
 * statements that name an unscoped class with a `TenantScoped` subclass are refused;
-* a flush verifies, in one SELECT per class, that the rows it is about to UPDATE or DELETE are the
-  session tenant's (`verify_flush`).
+* a flush, and the legacy ``bulk_save_objects`` / ``bulk_update_mappings``, verify in one SELECT
+  per class that the rows they are about to UPDATE or DELETE are the session tenant's
+  (`verify_flush`, `verify_mappings`).
 
 Facts about a mapper are computed once per mapper (`scoped_facts`), so a plain ``select(M)`` pays
 for none of this.
