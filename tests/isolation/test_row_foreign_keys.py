@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
 from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.isolation import RowIsolation, TenantTables
+from fastapi_tenancy.isolation import RowIsolation, TenantTables, references
 from tests.backends import all_databases
 
 A = Tenant(identifier="tenant-a")
@@ -258,3 +258,20 @@ async def test_orm_insert_and_update_statements_check_plain_foreign_keys(
             mine,
             mine,
         ]
+
+
+@all_databases
+async def test_many_referenced_keys_are_checked_in_batches(
+    isolation: RowIsolation, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(references, "KEYS_PER_QUERY", 2)
+    theirs = await folder_of(isolation, A, "a's folder")
+    mine = [await folder_of(isolation, B, f"b{n}") for n in range(3)]
+    async with isolation.session(B) as session:
+        session.add_all(Link(folder_id=folder_id) for folder_id in mine)
+        with statements_on(engine) as statements:
+            await session.flush()
+        assert len([sql for sql in statements if "fk_folders" in sql]) == 2
+        session.add_all(Link(folder_id=folder_id) for folder_id in [*mine, theirs])
+        with pytest.raises(CrossTenantAccess):
+            await session.flush()

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Column, ForeignKeyConstraint, Table, event, inspect, select, tuple_
@@ -43,6 +42,7 @@ from fastapi_tenancy.isolation.scoped import TENANT_COLUMN, TenantScoped
 __all__ = ["plain_tenant_references"]
 
 Key = tuple[Any, ...]
+KEYS_PER_QUERY = 5000
 
 
 @lru_cache(maxsize=1024)
@@ -96,8 +96,13 @@ def _existing(
     columns = [element.column for element in fk.elements]
     target: Any = columns[0] if len(columns) == 1 else tuple_(*columns)
     wanted = [key[0] for key in keys] if len(columns) == 1 else list(keys)
-    statement = select(*columns).where(table.c[TENANT_COLUMN] == tenant_id, target.in_(wanted))
-    return {tuple(row) for row in session.execute(statement)}
+    found: set[Key] = set()
+    # Batches stay under every driver's limit on bound parameters (SQLite's is 32766).
+    for start in range(0, len(wanted), KEYS_PER_QUERY):
+        batch = wanted[start : start + KEYS_PER_QUERY]
+        statement = select(*columns).where(table.c[TENANT_COLUMN] == tenant_id, target.in_(batch))
+        found.update(tuple(row) for row in session.execute(statement))
+    return found
 
 
 @event.listens_for(TenantSession, "before_flush")
@@ -107,10 +112,11 @@ def _check_flushed_references(session: Session, _flush: UOWTransaction, _instanc
     if not (new or dirty):
         return
     references = _References()
-    for obj in chain(new, dirty):
-        state: InstanceState[Any] = inspect(obj)
-        _want_columns(references, state, changed_only=obj not in new)
-        _refuse_foreign_related(session, state)
+    for objects, changed_only in ((new, False), (dirty, True)):
+        for obj in objects:
+            state: InstanceState[Any] = inspect(obj)
+            _want_columns(references, state, changed_only=changed_only)
+            _refuse_foreign_related(session, state)
     for fk in references.wanted:
         references.provided[fk] = set(_inserted_keys(fk, new))
     references.check(session)
