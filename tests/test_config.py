@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from fastapi_tenancy import ConfigurationError, TenancyConfig
 
@@ -119,6 +120,92 @@ def test_unworkable_combinations_are_refused(settings: dict[str, str], message: 
         {"database_pool_size": 0},
     ],
 )
-def test_invalid_values_are_rejected(settings: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
+def test_invalid_values_are_rejected_naming_the_variable(settings: dict[str, object]) -> None:
+    (field,) = settings
+    with pytest.raises(ConfigurationError) as refused:
         TenancyConfig(**settings)  # type: ignore[arg-type]
+    assert f"TENANCY_{field.upper()}:" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_an_invalid_environment_variable_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TENANCY_ISOLATION_STRATEGY", "rows")
+    with pytest.raises(ConfigurationError) as refused:
+        TenancyConfig()
+    message = str(refused.value)
+    assert message == (
+        "invalid configuration: TENANCY_ISOLATION_STRATEGY: Input should be 'row', 'schema' or "
+        "'database'"
+    )
+
+
+def test_a_secret_is_never_echoed_in_a_validation_error() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        TenancyConfig(redis_url="http://:hunter2-secret@cache:6379")
+    assert "TENANCY_REDIS_URL" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_misspelt_keyword_is_refused_with_the_closest_setting() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        TenancyConfig(rate_limit_per_minut=5)
+    assert str(refused.value) == (
+        "TenancyConfig has no setting 'rate_limit_per_minut' (did you mean rate_limit_per_minute?)"
+    )
+
+
+def test_a_misspelt_environment_variable_warns_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TENANCY_ISOLATON_STRATEGY", "schema")
+    monkeypatch.setenv("TENANCY_TEST_ANYTHING", "the test suite's own")
+    monkeypatch.setenv("TENANCY_SOAK_SECONDS", "5")
+    with caplog.at_level("WARNING", logger="fastapi_tenancy"):
+        config = TenancyConfig()
+    expected = (
+        "environment variable TENANCY_ISOLATON_STRATEGY is not a fastapi-tenancy setting and is "
+        "ignored (did you mean TENANCY_ISOLATION_STRATEGY?)"
+    )
+    assert config.unknown_settings == (expected,)
+    assert [record.getMessage() for record in caplog.records] == [expected]
+    assert config.isolation_strategy == "row"
+
+
+def test_a_misspelt_dotenv_entry_warns_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "TENANCY_RATE_LIMIT_PER_MINUT=5\nOTHER_APP_SETTING=1\nTENANCY_CACHE_TTL=30\n"
+    )
+    with caplog.at_level("WARNING", logger="fastapi_tenancy"):
+        config = TenancyConfig()
+    assert config.cache_ttl == 30
+    assert config.unknown_settings == (
+        ".env entry TENANCY_RATE_LIMIT_PER_MINUT is not a fastapi-tenancy setting and is ignored "
+        "(did you mean TENANCY_RATE_LIMIT_PER_MINUTE?)",
+    )
+    assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://app@db/app", "postgresql:// names no driver; use postgresql+asyncpg://"),
+        ("postgresql+psycopg2://app@db/app", "psycopg2 is a synchronous driver; use postgresql+"),
+        ("mysql://app@db/app", "mysql:// names no driver; use mysql+aiomysql://"),
+        ("mysql+pymysql://app@db/app", "pymysql is a synchronous driver; use mysql+aiomysql://"),
+        ("sqlite:///./app.db", "sqlite:// names no driver; use sqlite+aiosqlite://"),
+        ("sqlite+pysqlite:///./app.db", "pysqlite is a synchronous driver; use sqlite+aiosqlite"),
+        ("mongodb://db/app", "not a supported database URL"),
+    ],
+)
+def test_a_url_without_an_async_driver_says_which_to_use(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match="TENANCY_DATABASE_URL: " + re.escape(message)):
+        TenancyConfig(database_url=url)
+    with pytest.raises(ConfigurationError, match="TENANCY_DATABASE_URL_TEMPLATE: "):
+        TenancyConfig(
+            isolation_strategy="database", database_url_template=url.replace("app", "{database}")
+        )

@@ -213,7 +213,10 @@ async def test_check_principal_raises_a_not_found_error() -> None:
     assert refused.value.public_detail == TenantNotFound.public_detail
 
 
-def test_a_shared_runtime_takes_the_hook_itself(tmp_path: Path) -> None:
+async def test_a_shared_runtime_takes_the_hook_itself(tmp_path: Path) -> None:
     config = TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, tenancy=Tenancy(config), principal_check=lambda *_: True)
     with pytest.raises(ConfigurationError, match="principal_check"):
-        TenancyMiddleware(FastAPI(), tenancy=Tenancy(config), principal_check=lambda *_: True)
+        async with LifespanManager(app):
+            pass

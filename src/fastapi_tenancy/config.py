@@ -6,18 +6,46 @@ rejected here, when the config is built, with a message that says what to change
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
-from typing import Annotated, Any, Literal
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.exceptions import ConfigurationError
 
-__all__ = ["ResolutionStrategy", "TenancyConfig"]
+__all__ = ["ResolutionStrategy", "TenancyConfig", "describe_validation_error", "env_name"]
+
+logger = logging.getLogger("fastapi_tenancy")
+
+ENV_PREFIX = "TENANCY_"
+# TENANCY_* names that are not settings: the test suite's service URLs and knobs, the soak test's
+# and the benchmarks' (documented in docs/testing.md); they never count as typos.
+NON_SETTING_PREFIXES = ("TENANCY_TEST_", "TENANCY_SOAK_", "TENANCY_BENCH_")
+# The async driver this library runs on for each database; URLs must name it.
+ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+    "sqlite": "sqlite+aiosqlite",
+}
 
 ResolutionStrategy = Literal["header", "subdomain", "jwt", "path"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,6 +84,72 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def env_name(field: str) -> str:
+    """The environment variable of the setting ``field``: ``TENANCY_<FIELD>``."""
+    return ENV_PREFIX + field.upper()
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each failing setting's variable and why, never its value (maybe secret)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = env_name(field) if field in TenancyConfig.model_fields else (field or "config")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def _suggestion(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_environment(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> list[str]:
+    """A line for each ``TENANCY_*`` name in ``environ`` or ``dotenv`` that is no setting."""
+    known = {env_name(field) for field in TenancyConfig.model_fields}
+    problems = []
+    for source, names in (("environment variable", environ), (".env entry", dotenv)):
+        for name in sorted(names):
+            upper = name.upper()
+            if not upper.startswith(ENV_PREFIX) or upper.startswith(NON_SETTING_PREFIXES):
+                continue
+            if upper not in known:
+                problems.append(
+                    f"{source} {name} is not a fastapi-tenancy setting and is ignored"
+                    + _suggestion(upper, known)
+                )
+    return problems
+
+
+def _env_file_entries(env_file: Any) -> dict[str, str | None]:
+    files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file or ())
+    entries: dict[str, str | None] = {}
+    for path in files:
+        if Path(path).is_file():
+            entries.update(dotenv_values(path))
+    return entries
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot serve as this library's async SQLAlchemy URL, or ``None``."""
+    scheme = url.split("://", 1)[0]
+    expected = ASYNC_DRIVERS.get(scheme.split("+", 1)[0])
+    try:
+        dialect = make_url(url.replace("{database}", "db")).get_dialect(_is_async=True)
+    except Exception:
+        return (
+            "not a supported database URL; use postgresql+asyncpg://, mysql+aiomysql:// or "
+            "sqlite+aiosqlite://"
+        )
+    if "+" not in scheme and expected is not None:
+        return f"{scheme}:// names no driver; use {expected}://"
+    if not dialect.is_async:
+        fix = f"use {expected}://" if expected else "name an async driver"
+        return f"{dialect.driver} is a synchronous driver; {fix}"
+    return None
+
+
 def _split_csv(value: Any) -> Any:
     # Lists come from the environment as "a,b,c"; JSON lists are accepted too.
     if isinstance(value, str):
@@ -76,7 +170,7 @@ class TenancyConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="TENANCY_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -485,6 +579,44 @@ class TenancyConfig(BaseSettings):
             "parameters), and count them"
         ),
     )
+
+    # The TENANCY_* names that were set but are no setting, one line each; see `unknown_settings`.
+    _unknown: tuple[str, ...] = PrivateAttr(default=())
+
+    if not TYPE_CHECKING:  # mypy keeps the signature the pydantic plugin derives from the fields
+
+        def __init__(self, **values: Any) -> None:
+            fields = type(self).model_fields
+            unknown = [name for name in values if name not in fields and not name.startswith("_")]
+            if unknown:
+                raise ConfigurationError(
+                    "; ".join(
+                        f"TenancyConfig has no setting {name!r}" + _suggestion(name, fields)
+                        for name in unknown
+                    )
+                )
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise ConfigurationError(describe_validation_error(exc)) from None
+            env_file = values.get("_env_file", self.model_config.get("env_file"))
+            self._unknown = tuple(unknown_environment(os.environ, _env_file_entries(env_file)))
+            for problem in self._unknown:
+                logger.warning(problem)
+
+    @property
+    def unknown_settings(self) -> tuple[str, ...]:
+        """``TENANCY_*`` variables (environment or ``.env``) that are no setting, so do nothing."""
+        return self._unknown
+
+    @field_validator("database_url", "database_url_template")
+    @classmethod
+    def _async_driver(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            problem = _url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
     @classmethod

@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# The package extra that installs each driver.
+DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}
 
 # Everything a PostgreSQL session keeps beyond its transaction, undone as a connection goes back
 # to the pool: open cursors, session-level SET, temporary tables (PostgreSQL searches pg_temp
@@ -119,9 +121,11 @@ def create_engine(
     try:
         engine = create_async_engine(parsed, **options)
     except ImportError as exc:
+        driver = parsed.get_driver_name()
+        extra = DRIVER_EXTRAS.get(driver)
+        fix = f'pip install "fastapi-tenancy[{extra}]"' if extra else f"install {driver}"
         raise ConfigurationError(
-            f"the driver for {redact_url(parsed)} is not installed: install "
-            "fastapi-tenancy[postgres] (asyncpg) or fastapi-tenancy[mysql] (aiomysql)"
+            f"{redact_url(parsed)} needs the {driver} driver, which is not installed: {fix}"
         ) from exc
     if parsed.get_driver_name() == "asyncpg" and not (config.database_pgbouncer or null_pool):
         # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer

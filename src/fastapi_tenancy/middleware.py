@@ -63,14 +63,16 @@ class TenancyMiddleware:
         tenancy: Tenancy | None = None,
         principal_check: PrincipalCheck | None = None,
     ) -> None:
-        if config is not None and tenancy is not None:
-            raise ConfigurationError("pass either config= or tenancy= to TenancyMiddleware")
-        if tenancy is not None and principal_check is not None:
-            raise ConfigurationError("pass principal_check= to the Tenancy you share instead")
         self.app = app
-        self.tenancy = (
-            tenancy if tenancy is not None else Tenancy(config, principal_check=principal_check)
-        )
+        # Starlette builds its middleware inside the first ASGI call, lifespan included, and a
+        # server reads an exception raised there as "lifespan unsupported" and serves 500s. So a
+        # setting that cannot work is kept here and refuses the lifespan startup instead.
+        self._refusal: ConfigurationError | None = None
+        try:
+            self.tenancy = _runtime(config, tenancy, principal_check)
+        except ConfigurationError as exc:
+            self._refusal = exc
+            return
         excluded = self.tenancy.config.excluded_paths
         # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
         self._exclude_all = "/" in excluded
@@ -79,6 +81,9 @@ class TenancyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if self._refusal is not None:
+            await _refuse(self._refusal, scope, receive, send)
+            return
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
@@ -204,6 +209,26 @@ class TenancyMiddleware:
             await self.app(scope, _replay(startup, receive), send_wrapper)
         finally:
             await close_once()
+
+
+def _runtime(
+    config: TenancyConfig | None, tenancy: Tenancy | None, principal_check: PrincipalCheck | None
+) -> Tenancy:
+    if config is not None and tenancy is not None:
+        raise ConfigurationError("pass either config= or tenancy= to TenancyMiddleware")
+    if tenancy is not None and principal_check is not None:
+        raise ConfigurationError("pass principal_check= to the Tenancy you share instead")
+    if tenancy is not None:
+        return tenancy
+    return Tenancy(config, principal_check=principal_check)
+
+
+async def _refuse(error: ConfigurationError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Fail the lifespan startup with ``error``'s one line; without a lifespan, fail each call."""
+    if scope["type"] == "lifespan" and (await receive())["type"] == "lifespan.startup":
+        # Reported and raised, as a failed start of the runtime is (see `_lifespan`).
+        await send({"type": "lifespan.startup.failed", "message": f"fastapi-tenancy: {error}"})
+    raise error
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:

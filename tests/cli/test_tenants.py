@@ -179,7 +179,7 @@ def test_invalid_configuration_exits_1_without_a_traceback(tmp_path: Path) -> No
     env = cli_environment(f"sqlite+aiosqlite:///{tmp_path / 'tenancy.db'}", database_pool_size="0")
     result = cli(env, tmp_path, "tenants", "list")
     assert_clean_failure(result, 1)
-    assert "database_pool_size" in result.stderr
+    assert "TENANCY_DATABASE_POOL_SIZE" in result.stderr
 
 
 @pytest.mark.postgres

@@ -10,8 +10,10 @@ is unreachable.
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from fastapi_tenancy.cli import config, doctor, migrate, rls, tenants, worker
+from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -25,6 +27,14 @@ __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_p
 EXIT_INTERRUPTED = 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{message} (see {self.prog} --help)", prog=self.prog)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The options every command accepts, before or after its name. SUPPRESS keeps a subcommand
     # from overwriting a value given earlier on the line with its own default.
@@ -35,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="central database URL; overrides TENANCY_DATABASE_URL",
     )
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = OneLineParser(
         prog="fastapi-tenancy",
         description="Manage the tenants of a fastapi-tenancy app and check its configuration. "
         "Settings come from TENANCY_* environment variables and .env, as in the app.",
@@ -64,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Expected failures are mapped where they happen; anything else is still one line.
+        print_error(f"unexpected {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
     return code
 
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastapi_tenancy.cli.output import print_json, render_table
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, print_usage, run_with_tenancy
+from fastapi_tenancy.cli.output import print_error, print_json, render_table
+from fastapi_tenancy.cli.runtime import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    alembic_config,
+    print_usage,
+    run_with_tenancy,
+)
 from fastapi_tenancy.cli.tenants import identifier
 from fastapi_tenancy.cli.worker import _positive_int
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
@@ -55,11 +62,14 @@ def register(
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from alembic.config import Config
+    try:
+        script = alembic_config(args.config, "--config")
+    except ConfigurationError as exc:
+        print_error(str(exc))
+        return EXIT_FAILURE
 
     from fastapi_tenancy.migrations import TenantMigration, upgrade
 
-    alembic_config = Config(args.config)
     done = 0
 
     def progress(migration: TenantMigration) -> None:
@@ -72,7 +82,7 @@ def _upgrade(args: argparse.Namespace) -> int:
     async def run(tenancy: Tenancy) -> int:
         report = await upgrade(
             tenancy,
-            alembic_config,
+            script,
             identifiers=args.tenants,
             revision=args.revision,
             concurrency=args.concurrency,

@@ -19,8 +19,9 @@ PROG = "fastapi-tenancy"
 TABLE_HEADERS = ("IDENTIFIER", "NAME", "STATUS", "STORAGE", "CREATED")
 
 
-def print_error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def print_error(message: str, *, prog: str = PROG) -> None:
+    """``message`` as the command's one error line, on stderr."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def print_json(value: Any) -> None:

@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -28,12 +28,15 @@ from fastapi_tenancy.exceptions import (
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.unavailable import is_unavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
-    "describe_config_error",
+    "alembic_config",
     "load_config",
     "print_usage",
     "run_with_config",
@@ -60,19 +63,7 @@ def load_config(database_url: str | None = None, **overrides: Any) -> TenancyCon
     """
     if database_url is not None:
         overrides["database_url"] = database_url
-    try:
-        return TenancyConfig(**overrides)
-    except ValidationError as exc:
-        raise ConfigurationError(describe_config_error(exc)) from None
-
-
-def describe_config_error(exc: ValidationError) -> str:
-    """The failing settings and why, without their values (a value may be a secret)."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or "config"
-        parts.append(f"{location}: {error['msg']}")
-    return "invalid configuration: " + "; ".join(parts)
+    return TenancyConfig(**overrides)
 
 
 def scrub(message: str, urls: Iterable[str | None]) -> str:
@@ -140,6 +131,37 @@ def run_with_config(
         # e.g. while provisioning a tenant database on another server.
         print_error(scrub(f"database unreachable: {type(exc).__name__}: {exc}", urls))
         return EXIT_UNAVAILABLE
+    except Exception as exc:
+        # Alembic's and the app's own errors (a migration script failing to import, ...).
+        print_error(scrub(f"{type(exc).__name__}: {exc}", urls))
+        return EXIT_FAILURE
+
+
+def alembic_config(path: str, option: str) -> AlembicConfig:
+    """The Alembic config at ``path`` (given with ``option``), or a `ConfigurationError` saying why
+    it cannot be used, before anything is opened."""
+    try:
+        from alembic.config import Config
+    except ImportError:
+        raise ConfigurationError(
+            'migrations need Alembic: pip install "fastapi-tenancy[migrations]"'
+        ) from None
+    if not Path(path).is_file():
+        raise ConfigurationError(
+            f"no Alembic config file at {path}: pass {option} with the alembic.ini of the tenant "
+            "migrations (see docs/migrations.md)"
+        )
+    try:
+        config = Config(path)
+        location = config.get_main_option("script_location")
+    except Exception as exc:  # configparser's errors: the file is not an ini file
+        raise ConfigurationError(f"{path} is not a readable Alembic config: {exc}") from None
+    if not location:
+        raise ConfigurationError(
+            f"{path} has no script_location in its [alembic] section: point it at the folder of "
+            "the tenant migrations"
+        )
+    return config
 
 
 async def _run(config: TenancyConfig, operation: Callable[[Tenancy], Awaitable[int]]) -> int:

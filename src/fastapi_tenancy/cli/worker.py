@@ -6,11 +6,17 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from fastapi_tenancy.cli.runtime import EXIT_OK, run_with_tenancy
+from fastapi_tenancy.cli.output import print_error
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, alembic_config, run_with_tenancy
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.worker import ProvisioningWorker
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 __all__ = ["register"]
 
@@ -61,8 +67,16 @@ def register(
 
 
 def _worker(args: argparse.Namespace) -> int:
+    script = None
+    if args.migrate:
+        try:
+            script = alembic_config(args.migrate, "--migrate")
+        except ConfigurationError as exc:
+            print_error(str(exc))
+            return EXIT_FAILURE
+
     async def work(tenancy: Tenancy) -> int:
-        prepare = _migration_step(tenancy, args.migrate) if args.migrate else None
+        prepare = _migration_step(tenancy, script) if script is not None else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -81,15 +95,11 @@ def _worker(args: argparse.Namespace) -> int:
     return run_with_tenancy(args, work)
 
 
-def _migration_step(tenancy: Tenancy, alembic_ini: str) -> Callable[[Tenant], Awaitable[None]]:
-    from alembic.config import Config
-
+def _migration_step(tenancy: Tenancy, script: AlembicConfig) -> Callable[[Tenant], Awaitable[None]]:
     from fastapi_tenancy.migrations import migrate_tenant
 
-    alembic_config = Config(alembic_ini)
-
     async def migrate(tenant: Tenant) -> None:
-        await migrate_tenant(tenancy, alembic_config, tenant)
+        await migrate_tenant(tenancy, script, tenant)
 
     return migrate
 
