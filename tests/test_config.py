@@ -18,7 +18,13 @@ def test_defaults_need_no_server() -> None:
     assert config.resolution_strategy == ("header",)
     assert config.tenant_header_name == "X-Tenant-ID"
     assert config.isolation_strategy == "row"
-    assert "/health" in config.excluded_paths
+    assert config.excluded_paths == (
+        "/health/*",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    )
 
 
 def test_default_database_is_a_local_sqlite_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,14 +35,14 @@ def test_default_database_is_a_local_sqlite_file(monkeypatch: pytest.MonkeyPatch
 def test_environment_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TENANCY_RESOLUTION_STRATEGY", "header, path")
     monkeypatch.setenv("TENANCY_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
-    monkeypatch.setenv("TENANCY_EXCLUDED_PATHS", "/health/,/metrics")
+    monkeypatch.setenv("TENANCY_EXCLUDED_PATHS", "/health/*,/metrics/")
     config = TenancyConfig()
     assert config.resolution_strategy == ("header", "path")
     assert config.trusted_proxies == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("127.0.0.1/32"),
     )
-    assert config.excluded_paths == ("/health", "/metrics")
+    assert config.excluded_paths == ("/health/*", "/metrics")
 
 
 def test_json_lists_are_accepted_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,6 +119,8 @@ def test_unworkable_combinations_are_refused(settings: dict[str, str], message: 
         {"resolution_strategy": "carrier-pigeon"},
         {"resolution_strategy": "header,header"},
         {"excluded_paths": "health"},
+        {"excluded_paths": "/health*"},
+        {"excluded_paths": "/*/items"},
         {"tenant_path_prefix": "t"},
         {"isolation_strategy": "table"},
         {"schema_prefix": "Bad-Prefix"},

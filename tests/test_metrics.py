@@ -43,7 +43,7 @@ def metrics_config(tmp_path: Path, **overrides: Any) -> TenancyConfig:
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'central.db'}",
         "tenant_metadata": Base.metadata,
         "enable_metrics": True,
-        "excluded_paths": "/health,/metrics",
+        "excluded_paths": "/health/*,/metrics",
     }
     return TenancyConfig(**(settings | overrides))
 

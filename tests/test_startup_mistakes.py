@@ -10,8 +10,25 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import APIRouter, Depends, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fastapi_tenancy import (
+    ConfigurationError,
+    Tenancy,
+    TenancyConfig,
+    TenancyMiddleware,
+    Tenant,
+    get_current_tenant,
+    get_tenant_session,
+)
+from fastapi_tenancy.testing import run_app, tenant_client
+from tests import apps
+from tests.models import Base
+from tests.services import POSTGRES_URL, require_server, reset_database
 
 # Makes `import asyncpg` fail in the server process, as on a machine without the postgres extra.
 HIDE_ASYNCPG = """
@@ -117,3 +134,120 @@ async def test_a_sync_driver_url_refuses_to_start_naming_the_async_one(
     (line,) = library_lines(lines)
     assert f"TENANCY_DATABASE_URL: {fix}" in line, lines
     assert not any("Uvicorn running" in line for line in lines), lines
+
+
+# Routes that need a tenant under an excluded path.
+
+
+def tenant_app(excluded_paths: str | None = None) -> tuple[FastAPI, TenancyConfig]:
+    settings: dict[str, Any] = {} if excluded_paths is None else {"excluded_paths": excluded_paths}
+    config = TenancyConfig(database_url="sqlite+aiosqlite:///:memory:", **settings)
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, config=config)
+
+    @app.get("/docs/{doc_id}")
+    async def document(doc_id: int, tenant: Tenant = Depends(get_current_tenant)) -> dict[str, str]:
+        return {"tenant": tenant.identifier}
+
+    return app, config
+
+
+async def test_an_app_route_under_a_docs_url_gets_its_tenant_by_default() -> None:
+    app, config = tenant_app()
+    async with run_app(app) as harness:
+        await harness.tenancy.create_tenant("acme")
+        async with tenant_client(app, config, "acme") as client:
+            assert (await client.get("/docs/1")).json() == {"tenant": "acme"}
+        async with tenant_client(app, config) as client:
+            assert (await client.get("/docs")).status_code == 200
+            assert (await client.get("/openapi.json")).status_code == 200
+            assert (await client.get("/docs/1")).status_code == 404  # no tenant named
+
+
+async def test_a_tenant_route_under_an_excluded_path_refuses_to_start() -> None:
+    app, _ = tenant_app("/health/*,/docs/*")
+    with pytest.raises(ConfigurationError) as refused:
+        async with run_app(app):
+            pass
+    assert str(refused.value) == (
+        "route GET /docs/{doc_id} needs a tenant (get_current_tenant) but TENANCY_EXCLUDED_PATHS "
+        "serves it without one (/docs/*): move the route, or narrow the entry"
+    )
+
+
+async def test_a_tenant_dependency_nested_in_another_is_found() -> None:
+    async def owner(session: AsyncSession = Depends(get_tenant_session)) -> str:
+        return "x"
+
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, config=TenancyConfig())
+    router = APIRouter(prefix="/health")
+
+    @router.get("/tenant-check")
+    async def check(who: str = Depends(owner)) -> str:
+        return who
+
+    app.include_router(router)
+    with pytest.raises(ConfigurationError, match=r"route GET /health/tenant-check needs a tenant"):
+        async with run_app(app):
+            pass
+
+
+async def test_a_server_refuses_to_start_with_a_tenant_route_under_an_excluded_path(
+    tmp_path: Path,
+) -> None:
+    write_app(tmp_path, "")
+    env = server_environment(
+        tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 't.db'}",
+        excluded_paths="/items",
+    )
+    code, lines = await run_server(tmp_path, env)
+    assert code != 0, lines
+    assert library_lines(lines) == [
+        "ERROR:    fastapi-tenancy: route GET /items needs a tenant (get_tenant_session) but "
+        "TENANCY_EXCLUDED_PATHS serves it without one (/items): move the route, or narrow the entry"
+    ], lines
+
+
+# Tenants created under another isolation strategy.
+
+
+@pytest.mark.postgres
+async def test_switching_from_row_to_schema_refuses_to_start_with_the_steps() -> None:
+    require_server("postgres", POSTGRES_URL, 5432)
+    await reset_database(POSTGRES_URL)
+    try:
+        async with Tenancy(TenancyConfig(database_url=POSTGRES_URL)) as tenancy:
+            await tenancy.create_tenant("acme")
+            await tenancy.create_tenant("globex")
+        app = apps.create_app(TenancyConfig(database_url=POSTGRES_URL, isolation_strategy="schema"))
+        with pytest.raises(ConfigurationError) as refused:
+            async with run_app(app):
+                pass
+    finally:
+        await reset_database(POSTGRES_URL)
+    assert str(refused.value) == (
+        "TENANCY_ISOLATION_STRATEGY is 'schema' but 2 tenant(s) (acme, globex) were created under "
+        "row isolation: they have no schema of their own; set TENANCY_ISOLATION_STRATEGY back to "
+        "row, or move them to the new strategy as "
+        "docs/isolation.md#changing-the-isolation-strategy describes"
+    )
+
+
+@pytest.mark.postgres
+async def test_switching_from_schema_to_row_refuses_to_start() -> None:
+    require_server("postgres", POSTGRES_URL, 5432)
+    await reset_database(POSTGRES_URL)
+    try:
+        schema = TenancyConfig(
+            database_url=POSTGRES_URL, isolation_strategy="schema", tenant_metadata=Base.metadata
+        )
+        async with Tenancy(schema) as tenancy:
+            await tenancy.create_tenant("acme")
+        app = apps.create_app(TenancyConfig(database_url=POSTGRES_URL))
+        with pytest.raises(ConfigurationError, match=r"is 'row' but 1 tenant\(s\) \(acme\)"):
+            async with run_app(app):
+                pass
+    finally:
+        await reset_database(POSTGRES_URL)

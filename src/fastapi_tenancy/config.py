@@ -30,6 +30,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.exclusions import normalise_exclusion
 
 __all__ = ["ResolutionStrategy", "TenancyConfig", "describe_validation_error", "env_name"]
 
@@ -323,14 +324,17 @@ class TenancyConfig(BaseSettings):
     )
     excluded_paths: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(
-            "/health",
+            "/health/*",
             "/docs",
+            "/docs/oauth2-redirect",
             "/redoc",
             "/openapi.json",
         ),
         description=(
-            "paths served without a tenant; each matches whole path segments (`/health` covers "
-            "`/health/db`, never `/healthz`)"
+            "paths served without a tenant: an entry matches that path only (`/docs`, never "
+            "`/docs/{id}`); one ending in `/*` matches the path and everything below it "
+            "(`/health/*` covers `/health/live`, never `/healthz`). Start-up refuses a route that "
+            "needs a tenant under an excluded path"
         ),
     )
 
@@ -643,12 +647,7 @@ class TenancyConfig(BaseSettings):
     @field_validator("excluded_paths")
     @classmethod
     def _normalise_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        paths = []
-        for path in value:
-            if not path.startswith("/"):
-                raise ValueError(f"excluded path {path!r} must start with '/'")
-            paths.append(path.rstrip("/") or "/")
-        return tuple(paths)
+        return tuple(normalise_exclusion(path) for path in value)
 
     @field_validator("tenant_path_prefix")
     @classmethod

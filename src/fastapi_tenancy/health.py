@@ -2,7 +2,8 @@
 
     app.include_router(health_router())     # GET /health/live, GET /health/ready
 
-Both live under ``/health``, which ``excluded_paths`` leaves out of tenant resolution by default.
+Both live under ``/health``, which ``excluded_paths`` (``/health/*``) leaves out of tenant
+resolution by default.
 Readiness (`fastapi_tenancy.readiness`) reports each dependency with its status and latency and
 answers ``503`` only when a required one is down; it never shows an error's text.
 """

@@ -22,6 +22,7 @@ from fastapi_tenancy.exceptions import (
     TenancyError,
     TenantNotFound,
 )
+from fastapi_tenancy.exclusions import PathExclusions
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.principal import PrincipalCheck, check_principal
 from fastapi_tenancy.resolution.base import Resolution
@@ -73,11 +74,7 @@ class TenancyMiddleware:
         except ConfigurationError as exc:
             self._refusal = exc
             return
-        excluded = self.tenancy.config.excluded_paths
-        # Whole segments only: "/health" excludes "/health" and "/health/db", never "/healthz".
-        self._exclude_all = "/" in excluded
-        self._excluded_exact = frozenset(excluded)
-        self._excluded_prefixes = tuple(path + "/" for path in excluded)
+        self._excluded = PathExclusions(self.tenancy.config.excluded_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -162,13 +159,30 @@ class TenancyMiddleware:
                 )
             )
 
+    async def _start(self, app: Any) -> bool:
+        """Open the runtime, refusing an app whose routes or tenants it could not serve."""
+        # Imported here: the checks read FastAPI's routing and the dependencies, which import
+        # this module.
+        from fastapi_tenancy.preflight import excluded_tenant_routes, storage_mismatch
+
+        config = self.tenancy.config
+        problems = excluded_tenant_routes(app, config.excluded_paths)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        opened_here = await self.tenancy.start()
+        try:
+            tenants = await self.tenancy.store.list(include_deleted=True)
+            mismatch = storage_mismatch(config.isolation_strategy, tenants)
+            if mismatch is not None:
+                raise ConfigurationError(mismatch)
+        except BaseException:
+            if opened_here:
+                await self.tenancy.close()
+            raise
+        return opened_here
+
     def _is_excluded(self, scope: Scope) -> bool:
-        path = route_path(scope)
-        return (
-            self._exclude_all
-            or path in self._excluded_exact
-            or path.startswith(self._excluded_prefixes)
-        )
+        return self._excluded.matches(route_path(scope))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
@@ -176,7 +190,7 @@ class TenancyMiddleware:
             await self.app(scope, _replay(startup, receive), send)
             return
         try:
-            opened_here = await self.tenancy.start()
+            opened_here = await self._start(scope.get("app"))
         except Exception as exc:
             # Report and re-raise, as Starlette's router does: servers read the message, test
             # harnesses such as asgi-lifespan read the exception. The failed start closed what

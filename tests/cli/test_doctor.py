@@ -129,6 +129,8 @@ def test_sqlite_with_several_workers_warns() -> None:
 
 def test_health_outside_excluded_paths_warns() -> None:
     assert check_health_path(TenancyConfig(excluded_paths="/docs")).status == "warn"
+    # "/health" alone is that one path: the probes below it would still need a tenant.
+    assert check_health_path(TenancyConfig(excluded_paths="/health")).status == "warn"
     assert check_health_path(TenancyConfig()).status == "ok"
 
 

@@ -34,7 +34,7 @@ async def gunicorn(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
         "TENANCY_DATABASE_URL": database_url,
         "TENANCY_ENABLE_METRICS": "true",
-        "TENANCY_EXCLUDED_PATHS": "/health,/metrics",
+        "TENANCY_EXCLUDED_PATHS": "/health/*,/metrics",
     }
     command = [
         sys.executable,

@@ -54,14 +54,14 @@ async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, http
             redis_url=SecretStr(REDIS_URL),
             cache_key_prefix=prefix,
             enable_rate_limiting=True,
-            excluded_paths=("/health", "/admin"),
+            excluded_paths=("/health/*", "/admin/*"),
         )
         settings = {
             "TENANCY_DATABASE_URL": database_url,
             "TENANCY_REDIS_URL": REDIS_URL,
             "TENANCY_CACHE_KEY_PREFIX": prefix,
             "TENANCY_ENABLE_RATE_LIMITING": "true",
-            "TENANCY_EXCLUDED_PATHS": "/health,/admin",
+            "TENANCY_EXCLUDED_PATHS": "/health/*,/admin/*",
         }
         async with Tenancy(config) as tenancy:
             await tenancy.create_tenant("acme", metadata={"rate_limit_per_minute": LIMIT})

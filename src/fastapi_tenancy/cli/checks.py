@@ -14,10 +14,12 @@ from typing import Any, Literal
 from sqlalchemy.engine import URL, make_url
 
 from fastapi_tenancy.config import HMAC_ALGORITHMS, TenancyConfig
+from fastapi_tenancy.exclusions import PathExclusions
 from fastapi_tenancy.isolation.rls import RlsProblem
 
 __all__ = [
     "CheckResult",
+    "Connection",
     "ServerFacts",
     "Status",
     "check_config",
@@ -26,7 +28,11 @@ __all__ = [
     "check_shared_state",
     "check_engine_cache",
     "check_health_path",
+    "check_jwks_server",
     "check_jwt",
+    "check_redis_server",
+    "check_tenant_storage",
+    "check_unknown_settings",
     "check_pool",
     "check_row_isolation_wall",
     "check_row_level_security",
@@ -37,6 +43,8 @@ __all__ = [
 
 Status = Literal["ok", "warn", "fail"]
 
+# The paths of `fastapi_tenancy.health_router()`, where probes are pointed.
+HEALTH_PATHS = ("/health/live", "/health/ready")
 SERVER_BACKENDS = frozenset({"postgresql", "mysql", "mariadb"})
 SSL_PARAMETERS = ("sslmode", "ssl", "ssl_mode", "ssl_ca")
 # Values that leave TLS off or optional: an attacker on the path can still downgrade the link.
@@ -55,6 +63,14 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """One configured server the doctor connected to (or failed to)."""
+
+    seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerFacts:
     """What the doctor read from the central database; ``None`` where it could not tell."""
 
@@ -64,6 +80,11 @@ class ServerFacts:
     tenant_count: int | None = None
     # Why PostgreSQL would not enforce row-level security; read only when it is configured.
     rls_problems: tuple[RlsProblem, ...] | None = None
+    seconds: float | None = None
+    # Why the isolation strategy cannot serve some recorded tenants (`preflight.storage_mismatch`).
+    storage_mismatch: str | None = None
+    redis: Connection | None = None
+    jwks: Connection | None = None
 
 
 def check_config(error: str | None) -> CheckResult:
@@ -71,6 +92,69 @@ def check_config(error: str | None) -> CheckResult:
     if error is None:
         return CheckResult("config", "ok", "TENANCY_* settings load")
     return CheckResult("config", "fail", error, "correct the setting named above")
+
+
+def check_unknown_settings(config: TenancyConfig) -> CheckResult:
+    """Every ``TENANCY_*`` variable set is a setting: a misspelt one is silently ignored."""
+    if not config.unknown_settings:
+        return CheckResult("settings", "ok", "every TENANCY_* variable is a setting")
+    return CheckResult(
+        "settings",
+        "fail",
+        "; ".join(config.unknown_settings),
+        "rename or remove the variable; the default stays in force until then",
+    )
+
+
+def check_tenant_storage(config: TenancyConfig, mismatch: str | None) -> CheckResult:
+    """The recorded tenants were created under the configured isolation strategy."""
+    if mismatch is None:
+        return CheckResult(
+            "storage", "ok", f"every tenant's storage fits {config.isolation_strategy} isolation"
+        )
+    return CheckResult(
+        "storage", "fail", mismatch, "see docs/isolation.md#changing-the-isolation-strategy"
+    )
+
+
+def check_redis_server(config: TenancyConfig, connection: Connection | None) -> CheckResult:
+    """The configured Redis answers; without it requests fail (or lose their shared state)."""
+    if config.redis_url is None:
+        return CheckResult("redis-up", "ok", "no Redis configured")
+    if connection is None or connection.seconds is None:
+        reason = connection.error if connection is not None else "not probed"
+        if config.enable_rate_limiting and config.rate_limit_fail_closed:
+            effect = "rate limiting fails closed: every tenant request answers 503"
+        else:
+            effect = "each process falls back to its own cache and counts"
+        return CheckResult(
+            "redis-up",
+            "fail",
+            f"{reason}; {effect}",
+            "check TENANCY_REDIS_URL, the server, the network and the credentials",
+        )
+    return CheckResult("redis-up", "ok", f"Redis answers PING in {_ms(connection.seconds)}")
+
+
+def check_jwks_server(config: TenancyConfig, connection: Connection | None) -> CheckResult:
+    """The JWKS that signs the tokens can be fetched; without it start-up fails."""
+    if config.jwt_jwks_url is None or "jwt" not in config.resolution_strategy:
+        return CheckResult("jwks", "ok", "no JWKS configured")
+    if connection is None or connection.seconds is None:
+        reason = connection.error if connection is not None else "not probed"
+        return CheckResult(
+            "jwks",
+            "fail",
+            f"{reason}; the app cannot start without its keys",
+            "check TENANCY_JWT_JWKS_URL and that this host can reach it",
+        )
+    return CheckResult(
+        "jwks", "ok", f"the JWKS at {config.jwt_jwks_url} answers in {_ms(connection.seconds)}"
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
 
 
 def check_jwt(config: TenancyConfig) -> CheckResult:
@@ -188,14 +272,17 @@ def check_sqlite_workers(config: TenancyConfig, workers: int) -> CheckResult:
 
 
 def check_health_path(config: TenancyConfig) -> CheckResult:
-    """Probes reach ``/health`` without naming a tenant."""
-    if "/health" in config.excluded_paths:
-        return CheckResult("health", "ok", "/health is served without a tenant")
+    """Probes reach the health endpoints without naming a tenant."""
+    exclusions = PathExclusions(config.excluded_paths)
+    missing = [path for path in HEALTH_PATHS if not exclusions.matches(path)]
+    if not missing:
+        return CheckResult("health", "ok", "/health/live and /health/ready need no tenant")
     return CheckResult(
         "health",
         "warn",
-        "/health is not in excluded_paths: liveness and readiness probes get 404",
-        "add /health to TENANCY_EXCLUDED_PATHS",
+        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in excluded_paths: "
+        "liveness and readiness probes get 404",
+        "add /health/* to TENANCY_EXCLUDED_PATHS",
     )
 
 
@@ -306,7 +393,8 @@ def check_row_isolation_wall(config: TenancyConfig) -> CheckResult:
 
 def check_database(facts: ServerFacts) -> CheckResult:
     if facts.reachable:
-        return CheckResult("database", "ok", "central database answers")
+        latency = f" in {_ms(facts.seconds)}" if facts.seconds is not None else ""
+        return CheckResult("database", "ok", f"central database answers{latency}")
     return CheckResult(
         "database",
         "fail",
@@ -319,7 +407,11 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
     """Every check, in the order ``doctor`` prints them; the config has already loaded."""
     return [
         check_config(None),
+        check_unknown_settings(config),
         check_database(facts),
+        check_tenant_storage(config, facts.storage_mismatch),
+        check_redis_server(config, facts.redis),
+        check_jwks_server(config, facts.jwks),
         check_jwt(config),
         check_ssl(config),
         check_pool(config, workers, facts.max_connections),

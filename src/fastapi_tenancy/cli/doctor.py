@@ -1,8 +1,10 @@
 """``fastapi-tenancy doctor``: the running configuration against a production checklist.
 
 Read-only: the doctor connects once to the central database, reads its connection limit, the
-tenant count and (with row-level security on) the role and tenant tables' RLS settings, and
-creates nothing (not even the tenants table).
+tenants (how many, and whether their storage fits the isolation strategy) and (with row-level
+security on) the role and tenant tables' RLS settings, and creates nothing (not even the tenants
+table). It also connects to every other configured server, Redis and the JWKS URL, and reports
+each one's latency.
 """
 
 from __future__ import annotations
@@ -10,13 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from typing import Any
 
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fastapi_tenancy.cli.checks import CheckResult, ServerFacts, check_config, run_checks
+from fastapi_tenancy.cli.checks import (
+    CheckResult,
+    Connection,
+    ServerFacts,
+    check_config,
+    run_checks,
+)
 from fastapi_tenancy.cli.output import print_json
 from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config, scrub
 from fastapi_tenancy.config import TenancyConfig
@@ -24,6 +33,9 @@ from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
 from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.jwks import JWKSKeys
+from fastapi_tenancy.models import TenantStatus
+from fastapi_tenancy.preflight import storage_mismatch
 from fastapi_tenancy.store.sqlalchemy import tenants_table
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -108,26 +120,72 @@ async def probe(config: TenancyConfig) -> ServerFacts:
         tenancy = Tenancy(quiet)
     except ConfigurationError as exc:
         return ServerFacts(reachable=False, error=scrub(str(exc), [config.database_url]))
+    redis, jwks = await asyncio.gather(_probe_redis(config), _probe_jwks(config))
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             async with tenancy.engine.connect() as conn:
+                seconds = time.perf_counter() - started
                 max_connections = await _max_connections(conn, config.database_backend)
                 has_table = await conn.run_sync(
                     lambda sync: inspect(sync).has_table(tenants_table.name)
                 )
                 rls_problems = await _rls_problems(conn, config)
             # The store reads without initialize(): the doctor never creates the table.
-            tenant_count = len(await tenancy.store.list()) if has_table else 0
+            tenants = await tenancy.store.list(include_deleted=True) if has_table else []
     except Exception as exc:
-        return ServerFacts(reachable=False, error=_unreachable(config.database_url, exc))
+        return ServerFacts(
+            reachable=False, error=_unreachable(config.database_url, exc), redis=redis, jwks=jwks
+        )
     finally:
         await tenancy.close()
     return ServerFacts(
         reachable=True,
         max_connections=max_connections,
-        tenant_count=tenant_count,
+        tenant_count=sum(tenant.status is not TenantStatus.DELETED for tenant in tenants),
         rls_problems=rls_problems,
+        seconds=seconds,
+        storage_mismatch=storage_mismatch(config.isolation_strategy, tenants),
+        redis=redis,
+        jwks=jwks,
     )
+
+
+async def _probe_redis(config: TenancyConfig) -> Connection | None:
+    """PING the configured Redis once, timed; ``None`` when there is none."""
+    if config.redis_url is None:
+        return None
+    url = config.redis_url.get_secret_value()
+    try:
+        from redis.asyncio import Redis
+    except ImportError:
+        return Connection(error="redis-py is not installed: pip install 'fastapi-tenancy[redis]'")
+    client = Redis.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT_SECONDS, socket_timeout=PROBE_TIMEOUT_SECONDS
+    )
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await client.ping()
+    except Exception as exc:
+        return Connection(error=_unreachable(url, exc))
+    finally:
+        await client.aclose()
+    return Connection(seconds=time.perf_counter() - started)
+
+
+async def _probe_jwks(config: TenancyConfig) -> Connection | None:
+    """Fetch the configured JWKS once, timed; ``None`` when keys do not come from one."""
+    if config.jwt_jwks_url is None or "jwt" not in config.resolution_strategy:
+        return None
+    started = time.perf_counter()
+    try:
+        keys = JWKSKeys.from_config(config)
+        await keys.start()
+        await keys.close()
+    except TenancyError as exc:
+        return Connection(error=str(exc))
+    return Connection(seconds=time.perf_counter() - started)
 
 
 async def _rls_problems(

@@ -56,7 +56,7 @@ def metrics_app(tenancy: Tenancy | None = None) -> MetricsApp:
 
     Route it on a path the middleware excludes, so scrapers need no tenant::
 
-        config = TenancyConfig(enable_metrics=True, excluded_paths="/health,/metrics")
+        config = TenancyConfig(enable_metrics=True, excluded_paths="/health/*,/metrics")
         app.add_middleware(TenancyMiddleware, config=config)
         app.mount("/metrics", metrics_app())  # serves /metrics/ (and redirects /metrics)
 
