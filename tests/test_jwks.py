@@ -207,6 +207,13 @@ def test_token_without_a_usable_kid_is_unauthorized(value: str) -> None:
     assert not isinstance(err.value, UnknownSigningKey)
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_time_claim_given_as_a_string_is_unauthorized(claim: str) -> None:
+    value = str(int(time.time()) + (300 if claim == "exp" else 0))
+    with pytest.raises(AuthenticationFailed):
+        RESOLVER.resolve(bearer(token("a", **{claim: value})))
+
+
 def test_unknown_kid_asks_for_a_refresh() -> None:
     with pytest.raises(UnknownSigningKey):
         RESOLVER.resolve(bearer(token("c")))

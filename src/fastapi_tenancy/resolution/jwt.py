@@ -81,6 +81,17 @@ def _prepare_key(secret: str, algorithm: str) -> Any:
     return key
 
 
+# Registered claims that are NumericDates (RFC 7519, section 2): JSON numbers. PyJWT converts a
+# string such as "1900000000" with int(), so a string would otherwise pass.
+TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> bool:
+    """``claims[name]`` is absent or a JSON number (``true`` is not one)."""
+    value = claims.get(name, 0)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class JWTResolver:
     """Reads the tenant identifier from a claim of a verified ``Authorization: Bearer`` token.
 
@@ -158,6 +169,8 @@ class JWTResolver:
             )
         except self._errors as exc:
             raise AuthenticationFailed() from exc
+        if not all(_numeric_date(claims, name) for name in TIME_CLAIMS):
+            raise AuthenticationFailed()
         identifier = claims.get(self.tenant_claim)
         if not isinstance(identifier, str):
             raise AuthenticationFailed()
