@@ -311,6 +311,7 @@ class Tenancy:
         return await self.lifecycle.get(identifier)
 
     async def list_tenants(self, *, include_deleted: bool = False) -> list[Tenant]:
+        """Every tenant ordered by identifier; soft-deleted ones only with ``include_deleted``."""
         await self.start()
         return await self.store.list(include_deleted=include_deleted)
 
@@ -344,6 +345,7 @@ class Tenancy:
         return await self.lifecycle.transition(identifier, "suspend")
 
     async def activate_tenant(self, identifier: str) -> Tenant:
+        """Serve a suspended tenant again."""
         await self.start()
         return await self.lifecycle.transition(identifier, "activate")
 
