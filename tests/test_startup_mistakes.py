@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import (
@@ -251,3 +252,34 @@ async def test_switching_from_schema_to_row_refuses_to_start() -> None:
                 pass
     finally:
         await reset_database(POSTGRES_URL)
+
+
+# Tenants that would get no tables.
+
+
+async def test_creating_a_tenant_that_would_get_no_tables_is_refused(tmp_path: Path) -> None:
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 't.db'}", tenant_metadata=MetaData()
+    )
+    async with Tenancy(config) as tenancy:
+        with pytest.raises(ConfigurationError) as refused:
+            await tenancy.create_tenant("acme")
+        assert await tenancy.list_tenants(include_deleted=True) == []
+        # Left to a provisioning worker, which checks the same before it provisions anything.
+        assert (await tenancy.create_tenant("globex", provision=False)).status.value == "pending"
+    assert str(refused.value) == (
+        "cannot create tenant 'acme': it would get no tables: TENANCY_TENANT_METADATA "
+        f"{MetaData()!r} holds no table; set TENANCY_TENANT_METADATA to your models' metadata "
+        "('myapp.models:Base.metadata'), or TENANCY_TENANT_TABLES=none when Alembic creates "
+        "them (or the app keeps none)"
+    )
+
+
+async def test_alembic_owned_tables_let_a_tenant_be_created_without_them(tmp_path: Path) -> None:
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 't.db'}",
+        tenant_metadata=MetaData(),
+        tenant_tables="none",
+    )
+    async with Tenancy(config) as tenancy:
+        assert (await tenancy.create_tenant("acme")).status.value == "active"

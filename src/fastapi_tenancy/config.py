@@ -439,6 +439,15 @@ class TenancyConfig(BaseSettings):
             'and `purge_tenant` removes, as `"package.module:Base.metadata"` or a `MetaData`'
         ),
     )
+    tenant_tables: Literal["metadata", "none"] = Field(
+        default="metadata",
+        description=(
+            "`metadata`: creating or provisioning a tenant creates its tables from "
+            "`tenant_metadata` (or the imported `TenantScoped` models), and a tenant that would "
+            "get none is refused. `none`: the library creates no tenant tables, because Alembic "
+            "does (`fastapi-tenancy worker --migrate`, `migrate upgrade`) or the app keeps none"
+        ),
+    )
     # Row isolation on PostgreSQL: policies enforce the tenant on raw SQL too.
     row_level_security: bool = Field(
         default=False,

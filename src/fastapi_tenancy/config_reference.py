@@ -88,6 +88,7 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
         [
             "isolation_strategy",
             "tenant_metadata",
+            "tenant_tables",
             "row_level_security",
             "database_url_template",
             "max_cached_engines",

@@ -17,11 +17,14 @@ from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import Mount
 
+from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.dependencies import get_current_tenant, get_tenant_session
+from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.exclusions import PathExclusions
+from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["STORAGE_DOCS", "excluded_tenant_routes", "storage_mismatch"]
+__all__ = ["STORAGE_DOCS", "excluded_tenant_routes", "missing_tables", "storage_mismatch"]
 
 STORAGE_DOCS = "docs/isolation.md#changing-the-isolation-strategy"
 TENANT_DEPENDENCIES: dict[Callable[..., Any], str] = {
@@ -101,4 +104,31 @@ def storage_mismatch(strategy: str, tenants: Sequence[Tenant]) -> str | None:
         f"TENANCY_ISOLATION_STRATEGY is {strategy!r} but {len(stranded)} tenant(s) ({names}) "
         f"were created under {made_by}; set TENANCY_ISOLATION_STRATEGY back to {back}, or move "
         f"them to the new strategy as {STORAGE_DOCS} describes"
+    )
+
+
+def missing_tables(config: TenancyConfig) -> str | None:
+    """Why a tenant provisioned with ``config`` would get no tables, or ``None``.
+
+    A tenant without tables is served, and every request of its answers 500 ("no such table").
+    """
+    spec = config.tenant_metadata
+    try:
+        metadatas = TenantTables(spec).metadatas()
+    except ConfigurationError as exc:
+        # Always an error: purging and row-level security read the metadata too.
+        return (
+            f"{exc}; it is imported from the working directory and PYTHONPATH, so run from your "
+            "project's root or add it to PYTHONPATH"
+        )
+    if config.tenant_tables == "none" or any(m.tables for m in metadatas):
+        return None
+    if spec is None:
+        known = "TENANCY_TENANT_METADATA is not set and no TenantScoped model is imported"
+    else:
+        known = f"TENANCY_TENANT_METADATA {spec!r} holds no table"
+    return (
+        f"it would get no tables: {known}; set TENANCY_TENANT_METADATA to your models' metadata "
+        "('myapp.models:Base.metadata'), or TENANCY_TENANT_TABLES=none when Alembic "
+        "creates them (or the app keeps none)"
     )

@@ -294,8 +294,16 @@ class Tenancy:
         ``database_url`` (database isolation only) points the tenant at an existing database
         instead of creating one from ``database_url_template``; it is stored, never logged.
         ``provision=False`` records the tenant as ``pending`` and leaves its storage to a
-        `ProvisioningWorker` (``fastapi_tenancy.worker``).
+        `ProvisioningWorker` (``fastapi_tenancy.worker``). A tenant that would get no tables
+        (``tenant_metadata`` empty or not importable, ``tenant_tables`` not ``migrations``) is
+        refused with `ConfigurationError` before anything is written.
         """
+        if provision:
+            from fastapi_tenancy.preflight import missing_tables
+
+            problem = missing_tables(self.config)
+            if problem is not None:
+                raise ConfigurationError(f"cannot create tenant {identifier!r}: {problem}")
         await self.start()
         return await self.lifecycle.create(
             identifier,

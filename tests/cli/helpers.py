@@ -8,12 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+TEST_METADATA = "tests.models:Base.metadata"
 # The script pip installed next to this interpreter, so the tests exercise the real entry point.
 CLI = shutil.which("fastapi-tenancy", path=str(Path(sys.executable).parent))
 
 
 def cli_environment(database_url: str, **settings: str) -> dict[str, str]:
-    """The test process's environment without its TENANCY_* settings, plus ``settings``."""
+    """The test process's environment without its TENANCY_* settings, plus ``settings``.
+
+    ``TENANCY_TENANT_METADATA`` names the test models, as an app's environment names its own.
+    """
     env = {
         name: value
         for name, value in os.environ.items()
@@ -21,6 +26,9 @@ def cli_environment(database_url: str, **settings: str) -> dict[str, str]:
         and name != "WEB_CONCURRENCY"
     }
     env["TENANCY_DATABASE_URL"] = database_url
+    # The tables tenants get, as an app's environment names them (importable from the repository).
+    env["TENANCY_TENANT_METADATA"] = TEST_METADATA
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
     env.update({f"TENANCY_{name.upper()}": value for name, value in settings.items()})
     return env
 

@@ -7,9 +7,11 @@ function); `test_a_real_process_fails_in_one_line` runs the installed script onc
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import MetaData
 
 from fastapi_tenancy.cli import build_parser, main
 from tests.cli.helpers import cli_environment, run_cli
@@ -160,3 +162,79 @@ def test_a_real_process_fails_in_one_line(tmp_path: Path) -> None:
         "fastapi-tenancy: error: invalid configuration: TENANCY_ISOLATION_STRATEGY: Input should "
         "be 'row', 'schema' or 'database'"
     ]
+
+
+# Tenants that would get no tables.
+
+
+def test_creating_a_tenant_without_known_tables_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANCY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    monkeypatch.setenv("TENANCY_TENANT_METADATA", "tests.cli.test_errors:EMPTY")
+    assert main(["tenants", "create", "acme"]) == 1
+    assert_one_error_line(
+        capsys,
+        contains="cannot create tenant 'acme': it would get no tables: TENANCY_TENANT_METADATA "
+        "'tests.cli.test_errors:EMPTY' holds no table; set TENANCY_TENANT_METADATA to your "
+        "models' metadata",
+    )
+    assert main(["tenants", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # nothing was recorded
+
+
+def test_metadata_that_cannot_be_imported_mentions_pythonpath(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANCY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    monkeypatch.setenv("TENANCY_TENANT_METADATA", "myapp.models:Base.metadata")
+    assert main(["tenants", "create", "acme"]) == 1
+    assert_one_error_line(
+        capsys,
+        contains="No module named 'myapp'; it is imported from the working directory and "
+        "PYTHONPATH, so run from your project's root or add it to PYTHONPATH",
+    )
+
+
+def test_the_working_directory_is_importable_like_python_m(tmp_path: Path) -> None:
+    (tmp_path / "cwdmodels.py").write_text(
+        "from sqlalchemy import Column, Integer, MetaData, String, Table\n"
+        "metadata = MetaData()\n"
+        "Table('things', metadata, Column('id', Integer, primary_key=True),"
+        " Column('tenant_id', String(64)))\n"
+    )
+    env = cli_environment(
+        f"sqlite+aiosqlite:///{tmp_path / 't.db'}", tenant_metadata="cwdmodels:metadata"
+    )
+    result = run_cli("tenants", "create", "acme", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "created tenant acme (active)\n"
+
+
+def test_alembic_owned_tables_are_an_explicit_opt_out_with_a_reminder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANCY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    monkeypatch.setenv("TENANCY_TENANT_METADATA", "tests.cli.test_errors:EMPTY")
+    monkeypatch.setenv("TENANCY_TENANT_TABLES", "none")
+    assert main(["tenants", "create", "acme"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "created tenant acme (active)",
+        "no tables were created (TENANCY_TENANT_TABLES=none); if Alembic owns them, run "
+        "fastapi-tenancy migrate upgrade --tenant acme",
+    ]
+
+
+def test_the_worker_refuses_to_activate_tenants_without_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANCY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    monkeypatch.setenv("TENANCY_TENANT_METADATA", "tests.cli.test_errors:EMPTY")
+    assert main(["worker", "--exit-when-idle"]) == 1
+    assert_one_error_line(capsys, contains="cannot provision tenants: it would get no tables")
+    monkeypatch.setenv("TENANCY_TENANT_TABLES", "none")  # the explicit opt-out
+    assert main(["worker", "--exit-when-idle"]) == 0
+    assert capsys.readouterr().out == "provisioned=0 retried=0 failed=0\n"
+
+
+EMPTY = MetaData()

@@ -33,7 +33,7 @@ def script(tmp_path: Path) -> Config:
 
 def empty_config(case: tuple[str, str]) -> TenancyConfig:
     # Alembic owns the tables: provisioning creates the schema or database and nothing in it.
-    return isolation_config(case, tenant_metadata=MetaData())
+    return isolation_config(case, tenant_metadata=MetaData(), tenant_tables="none")
 
 
 def outcomes(report: MigrationReport) -> dict[str | None, str]:

@@ -10,6 +10,8 @@ is unreachable.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import NoReturn
 
 from fastapi_tenancy.cli import config, doctor, migrate, rls, tenants, worker
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
+    # The working directory is importable, as under `python -m`: TENANCY_TENANT_METADATA names a
+    # module of the project the command runs in, and a console script's path starts elsewhere.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

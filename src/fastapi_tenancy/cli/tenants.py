@@ -182,6 +182,11 @@ def _create(args: argparse.Namespace) -> int:
         except TenantAlreadyExists:
             raise TenantAlreadyExists(f"tenant {args.identifier!r} already exists") from None
         print(f"created tenant {tenant.identifier} ({tenant.status.value})")
+        if tenancy.config.tenant_tables == "none":
+            print(
+                "no tables were created (TENANCY_TENANT_TABLES=none); if Alembic owns them, run "
+                f"fastapi-tenancy migrate upgrade --tenant {tenant.identifier}"
+            )
         return EXIT_OK
 
     return run_with_tenancy(args, create, secrets=[args.tenant_database_url])

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, alembic_config, run_with_tenancy
+from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.preflight import missing_tables
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.worker import ProvisioningWorker
 
@@ -76,6 +78,8 @@ def _worker(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
 
     async def work(tenancy: Tenancy) -> int:
+        if script is None:
+            _refuse_tenants_without_tables(tenancy.config)
         prepare = _migration_step(tenancy, script) if script is not None else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -93,6 +97,15 @@ def _worker(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_with_tenancy(args, work)
+
+
+def _refuse_tenants_without_tables(config: TenancyConfig) -> None:
+    """Without ``--migrate``, provisioning must create the tables itself, from the metadata."""
+    problem = missing_tables(config)
+    if problem is not None:
+        raise ConfigurationError(
+            f"cannot provision tenants: {problem} (with Alembic, pass --migrate ALEMBIC_INI too)"
+        )
 
 
 def _migration_step(tenancy: Tenancy, script: AlembicConfig) -> Callable[[Tenant], Awaitable[None]]:
