@@ -45,7 +45,7 @@ def server_environment(case: tuple[str, str]) -> dict[str, str]:
         "TENANCY_TENANT_METADATA": "tests.models:Base.metadata",
         "TENANCY_SCHEMA_PREFIX": config.schema_prefix,
         "TENANCY_ENABLE_METRICS": "true",
-        "TENANCY_EXCLUDED_PATHS": "/health,/metrics",
+        "TENANCY_EXCLUDED_PATHS": "/health/*,/metrics",
     }
     if config.database_url_template is not None:
         settings["TENANCY_DATABASE_URL_TEMPLATE"] = config.database_url_template
