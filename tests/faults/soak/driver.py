@@ -345,7 +345,7 @@ class Soak:
             "TENANCY_RATE_LIMIT_FAIL_CLOSED": "true",
             "TENANCY_ENABLE_AUDIT_LOGGING": "true",
             "TENANCY_ENABLE_METRICS": "true",
-            "TENANCY_EXCLUDED_PATHS": "/health,/soak",
+            "TENANCY_EXCLUDED_PATHS": "/health,/soak/*",
             "TENANCY_DATABASE_POOL_SIZE": str(POOL_SIZE),
             "TENANCY_DATABASE_MAX_OVERFLOW": str(MAX_OVERFLOW),
             "TENANCY_DATABASE_POOL_TIMEOUT": str(POOL_TIMEOUT),
