@@ -444,8 +444,9 @@ class TenancyConfig(BaseSettings):
         description=(
             "`metadata`: creating or provisioning a tenant creates its tables from "
             "`tenant_metadata` (or the imported `TenantScoped` models), and a tenant that would "
-            "get none is refused. `none`: the library creates no tenant tables, because Alembic "
-            "does (`fastapi-tenancy worker --migrate`, `migrate upgrade`) or the app keeps none"
+            "get none is refused. `none`: a tenant may get no tables from the library, because "
+            "Alembic creates them (`fastapi-tenancy worker --migrate`, `migrate upgrade`; leave "
+            "`tenant_metadata` empty) or the app keeps none"
         ),
     )
     # Row isolation on PostgreSQL: policies enforce the tenant on raw SQL too.

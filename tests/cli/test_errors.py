@@ -49,6 +49,8 @@ def runnable(path: tuple[str, ...]) -> list[str]:
             argv.append("acme")
     if path[-1] == "purge":
         argv.append("--yes")
+    if path[-1] == "update":
+        argv += ["--name", "Acme"]
     if path == ("migrate", "upgrade"):
         argv += ["--config", str(EXAMPLE_ALEMBIC_INI)]
     return argv

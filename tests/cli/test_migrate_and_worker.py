@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import MetaData
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from tests.cli.helpers import cli_environment, run_cli
+from tests.cli.helpers import NO_TABLES_SPEC, cli_environment, run_cli
 from tests.migrations.scripts import SECOND, alembic_config
 
 
@@ -61,7 +61,7 @@ def test_worker_migrates_a_tenant_before_activating_it(tmp_path: Path) -> None:
             await tenancy.create_tenant("acme", provision=False)
 
     asyncio.run(create_pending())
-    env = cli_environment(url)
+    env = cli_environment(url, tenant_metadata=NO_TABLES_SPEC)
 
     result = run_cli("worker", "--exit-when-idle", "--migrate", str(ini), env=env, cwd=tmp_path)
 
