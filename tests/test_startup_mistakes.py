@@ -26,6 +26,7 @@ from fastapi_tenancy import (
     get_current_tenant,
     get_tenant_session,
 )
+from fastapi_tenancy.health import health_router
 from fastapi_tenancy.testing import run_app, tenant_client
 from tests import apps
 from tests.models import Base
@@ -283,3 +284,18 @@ async def test_alembic_owned_tables_let_a_tenant_be_created_without_them(tmp_pat
     )
     async with Tenancy(config) as tenancy:
         assert (await tenancy.create_tenant("acme")).status.value == "active"
+
+
+async def test_an_exact_entry_above_tenant_free_routes_warns_with_the_subtree_form(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, config=TenancyConfig(excluded_paths="/health,/docs"))
+    app.include_router(health_router())
+    with caplog.at_level("WARNING", logger="fastapi_tenancy"):
+        async with run_app(app):
+            pass
+    assert [record.getMessage() for record in caplog.records] == [
+        "TENANCY_EXCLUDED_PATHS entry /health matches that path only, so GET /health/live, "
+        "GET /health/ready need a tenant; write /health/* to serve them without one"
+    ]

@@ -163,12 +163,18 @@ class TenancyMiddleware:
         """Open the runtime, refusing an app whose routes or tenants it could not serve."""
         # Imported here: the checks read FastAPI's routing and the dependencies, which import
         # this module.
-        from fastapi_tenancy.preflight import excluded_tenant_routes, storage_mismatch
+        from fastapi_tenancy.preflight import (
+            excluded_tenant_routes,
+            narrow_exclusions,
+            storage_mismatch,
+        )
 
         config = self.tenancy.config
         problems = excluded_tenant_routes(app, config.excluded_paths)
         if problems:
             raise ConfigurationError("; ".join(problems))
+        for warning in narrow_exclusions(app, config.excluded_paths):
+            logger.warning(warning)
         opened_here = await self.tenancy.start()
         try:
             tenants = await self.tenancy.store.list(include_deleted=True)

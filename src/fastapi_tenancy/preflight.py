@@ -20,11 +20,17 @@ from starlette.routing import Mount
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.dependencies import get_current_tenant, get_tenant_session
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.exclusions import PathExclusions
+from fastapi_tenancy.exclusions import SUBTREE, PathExclusions
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["STORAGE_DOCS", "excluded_tenant_routes", "missing_tables", "storage_mismatch"]
+__all__ = [
+    "STORAGE_DOCS",
+    "excluded_tenant_routes",
+    "missing_tables",
+    "narrow_exclusions",
+    "storage_mismatch",
+]
 
 STORAGE_DOCS = "docs/isolation.md#changing-the-isolation-strategy"
 TENANT_DEPENDENCIES: dict[Callable[..., Any], str] = {
@@ -32,6 +38,7 @@ TENANT_DEPENDENCIES: dict[Callable[..., Any], str] = {
     get_current_tenant: "get_current_tenant",
 }
 SHOWN_TENANTS = 5
+FASTAPI_DOCS_URLS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def excluded_tenant_routes(app: Any, excluded_paths: Sequence[str]) -> list[str]:
@@ -43,6 +50,33 @@ def excluded_tenant_routes(app: Any, excluded_paths: Sequence[str]) -> list[str]
             problems.append(
                 f"route {method} {path} needs a tenant ({needs}) but TENANCY_EXCLUDED_PATHS "
                 f"serves it without one ({entries[0]}): move the route, or narrow the entry"
+            )
+    return problems
+
+
+def narrow_exclusions(app: Any, excluded_paths: Sequence[str]) -> list[str]:
+    """A line for each exact entry with tenant-free routes below it, which it does not cover.
+
+    ``/health`` excludes ``/health`` only; probes at ``/health/live`` would need a tenant. FastAPI's
+    own documentation URLs are exact on purpose and never reported.
+    """
+    problems = []
+    routes = list(_tenant_routes(getattr(app, "routes", ()), "", None))
+    for entry in excluded_paths:
+        if entry.endswith(SUBTREE) or entry == "/" or entry in FASTAPI_DOCS_URLS:
+            continue
+        below = [
+            f"{method} {path}"
+            for method, path, needs in routes
+            if needs is None
+            and path.startswith(entry + "/")
+            and not PathExclusions(excluded_paths).matches(path)
+        ]
+        if below:
+            problems.append(
+                f"TENANCY_EXCLUDED_PATHS entry {entry} matches that path only, so "
+                f"{', '.join(below[:3])} need{'s' if len(below) == 1 else ''} a tenant; write "
+                f"{entry}{SUBTREE} to serve them without one"
             )
     return problems
 
