@@ -287,8 +287,18 @@ SCOPED = [THING, PART, LEDGER, VEHICLE, CAR, ANIMAL, DOG, CAT, SECRET]
 # Constructs that a hole on main still lets cross tenants are listed here by name, each with the
 # hole (the ORM code, and what crossed), so the default grammar leaves them out until it is
 # closed; `Grammar(all_constructs=True)` puts them back. Constructs: "unscoped-base", "forged",
-# "upsert", "insert-subquery", "update-from", "legacy-bulk" (and "core", for RLS runs only).
-EXCLUDED: dict[str, str] = {}
+# "unscoped-base-writes", "upsert", "insert-subquery", "update-from", "legacy-bulk" (and "core",
+# for RLS runs only).
+EXCLUDED: dict[str, str] = {
+    "unscoped-base-writes": "writing a TenantScoped joined subclass of an unscoped base by its "
+    "key alone: the flush's read-back SELECT joins prop_entries and prop_secrets without a "
+    "condition (SQLAlchemy warns of a cartesian product) and lets another tenant's key through. "
+    "o = Secret(id=11, title='x', code='x', tenant_id=A); make_transient_to_detached(o); "
+    "session.add(o); o.title = 'y'; session.flush() rewrites tenant B's entry 11 (session.delete "
+    "deletes it; set_committed_value(o, 'id', 11), merge(o, load=False) and "
+    "bulk_update_mappings(Secret, [{'id': 11, ..., "
+    "'tenant_id': A}]) too, the latter moving B's secret row to A)",
+}
 
 # Holes that row-level security closes underneath: with it on, these stay in the grammar.
 RLS_COVERS: frozenset[str] = frozenset()
@@ -664,7 +674,13 @@ class Grammar:
         return st.builds(
             build,
             st.sampled_from(
-                [THING, LEDGER, CAR, DOG, *([SECRET] if self.enabled("unscoped-base") else [])]
+                [
+                    THING,
+                    LEDGER,
+                    CAR,
+                    DOG,
+                    *([SECRET] if self.enabled("unscoped-base-writes") else []),
+                ]
             ),
             st.sampled_from(["A", "B", ""]),
             st.sampled_from([1, 4, 11, 12]),
@@ -1006,7 +1022,7 @@ class Grammar:
             return st.nothing()
         return st.builds(
             build,
-            st.sampled_from([LEDGER, *([SECRET] if self.enabled("unscoped-base") else [])]),
+            st.sampled_from([LEDGER, *([SECRET] if self.enabled("unscoped-base-writes") else [])]),
             st.sampled_from([11, 12]),
             st.sampled_from(["set_committed_value", "merge_no_load"]),
         )
@@ -1086,7 +1102,15 @@ class Grammar:
 
         return st.builds(
             build,
-            st.sampled_from([THING, LEDGER, PART, CAR]),
+            st.sampled_from(
+                [
+                    THING,
+                    LEDGER,
+                    PART,
+                    CAR,
+                    *([SECRET] if self.enabled("unscoped-base-writes") else []),
+                ]
+            ),
             st.sampled_from(["insert", "update", "objects"]),
             st.sampled_from(["A", "B", ""]),
             st.sampled_from([1, 4, 11]),

@@ -185,6 +185,7 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     foreign_reads: list[str] = field(default_factory=list)
     loaded: list[Any] = field(default_factory=list)  # objects loaded by the current step
+    warnings: list[str] = field(default_factory=list)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -245,10 +246,14 @@ class World:
                 run.loaded.clear()
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
+            # Warnings are recorded, never raised: a step runs as it would in production, where a
+            # warning does not stop the statement (pytest's filterwarnings=error would).
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 out = await session.run_sync(execute)
                 await session.commit()
+            for warning in caught:
+                run.warnings.append(str(warning.message).splitlines()[0][:200])
         except CrossTenantAccess as exc:
             await session.rollback()
             return Outcome("refused", detail=str(exc))
@@ -327,6 +332,8 @@ async def check(
     shared = await world.run(program, with_b=True)
     for outcome in shared.outcomes:
         label(f"outcome: {outcome.kind}")
+    for warning in shared.warnings:
+        label(f"warning: {warning}")
     found = list(problems(program, alone, shared, label))
     assert not found, "\n".join(found)
 
