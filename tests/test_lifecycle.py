@@ -151,7 +151,7 @@ async def create_alembic_owned_tables(engine: AsyncEngine) -> None:
 async def test_a_row_purge_empties_every_tenant_table_alembic_owns(
     isolation_case: tuple[str, str],
 ) -> None:
-    config = isolation_config(isolation_case, tenant_metadata=MetaData())
+    config = isolation_config(isolation_case, tenant_metadata=MetaData(), tenant_tables="none")
     async with Tenancy(config) as tenancy:
         await create_alembic_owned_tables(tenancy.engine)
         gone = await tenancy.create_tenant("gone")
@@ -396,7 +396,7 @@ async def test_purging_a_tenant_with_its_own_database_removes_its_rows_from_alem
     isolation_case: tuple[str, str],
 ) -> None:
     _, url = isolation_case
-    config = isolation_config(isolation_case, tenant_metadata=MetaData())
+    config = isolation_config(isolation_case, tenant_metadata=MetaData(), tenant_tables="none")
     async with Tenancy(config) as tenancy:
         tenant = await tenancy.create_tenant("acme", database_url=url)
         # The tenant's database is the test database itself; Alembic made its tables.
