@@ -30,8 +30,10 @@ def _storage_prefix() -> str:
     # Tenant schemas and databases the tests create start with this, so resets find them; runs
     # against differently named test databases (test, test_h8, ...) never drop each other's.
     name = make_url(POSTGRES_URL).database or "test"
-    suffix = re.sub(r"[^a-z0-9]", "", name.lower().removeprefix("test"))[:8]
-    return f"tt_{suffix}_" if suffix else "tt_"
+    # The plain "test" database gets a suffix too: a bare "tt_" prefix would match, and drop, the
+    # "tt_h7_..." names of a run against another database.
+    suffix = re.sub(r"[^a-z0-9]", "", name.lower().removeprefix("test"))[:8] or "0"
+    return f"tt_{suffix}_"
 
 
 TEST_STORAGE_PREFIX = _storage_prefix()
