@@ -175,6 +175,19 @@ async def rls_app_url(url: str) -> str:
     return make_url(url).set(username=role, password=password).render_as_string(False)
 
 
+def central_url(url: str, strategy: str) -> str:
+    """The database holding ``strategy``'s tenant records (and, under row isolation, its rows).
+
+    Start-up refuses tenants recorded under another strategy, so the strategies that record a
+    storage name keep their records in a database of their own on the same server; row isolation
+    shares the bare app's database and table.
+    """
+    if strategy == "row":
+        return url
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_{strategy}").render_as_string(False)
+
+
 def config(url: str, strategy: str, binding: str = "auto", rls: bool = False) -> TenancyConfig:
     template = make_url(url).set(database="DB").render_as_string(hide_password=False)
     return TenancyConfig(
@@ -242,10 +255,19 @@ async def run(
     rounds: int,
     warmup: int,
 ) -> None:
-    await ensure_database(url)
+    strategies = {VARIANTS[key][1] for key in variant_keys}
+    # Row first: its reset drops the row-level security role, granted in that database only.
+    centrals = [central_url(url, s) for s in sorted(strategies | {"row"}, key=lambda s: s != "row")]
+    for central in centrals:
+        await ensure_database(central)
+
+    async def reset_all() -> None:
+        for central in centrals:
+            await reset(central)
+
     print(f"{'app':<34}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
     for count in tenant_counts:
-        await reset(url)
+        await reset_all()
         bare, bare_engine = bare_app(url)
         async with bare_engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
@@ -262,7 +284,7 @@ async def run(
             if strategy == "database" and count > DATABASE_MAX_TENANTS:
                 continue
             app_url = await rls_app_url(url) if rls else url
-            tenancy = Tenancy(config(app_url, strategy, binding, rls))
+            tenancy = Tenancy(config(central_url(app_url, strategy), strategy, binding, rls))
             await tenancy.start()
             if not pool_reset:
                 event.remove(tenancy.engine.sync_engine, "reset", reset_postgres_session)
@@ -287,7 +309,7 @@ async def run(
         for tenancy in runtimes:
             await tenancy.close()
         await bare_engine.dispose()
-    await reset(url)
+    await reset_all()
 
 
 def main() -> None:
