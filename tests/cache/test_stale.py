@@ -180,7 +180,9 @@ async def test_a_pubsub_connection_that_redis_py_reconnects_on_its_own_empties_m
         assert killed == 1
 
         async def resubscribed() -> bool:
-            return observer.up == [True, True]  # the resubscription, with no loss reported
+            # Usually redis-py reconnects silently ([True, True]); on a loaded machine the
+            # listener may see the cut first ([True, False, True]). Memory must be empty either way.
+            return len(observer.up) >= 2 and observer.up[-1]
 
         await eventually(resubscribed)
         assert await cache.memory.get("acme") is None
