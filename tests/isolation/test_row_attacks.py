@@ -609,6 +609,61 @@ async def test_an_object_of_another_tenant_claimed_by_this_one_raises(
     ]
 
 
+async def test_writes_by_key_to_a_scoped_subclass_of_an_unscoped_base_stay_in_the_tenant(
+    isolation: RowIsolation, engine: AsyncEngine
+) -> None:
+    # The key lives in the unscoped base's table, tenant_id in the subclass's: the read-back
+    # that proves a key is the tenant's must join the two, not multiply them.
+    ids = dict(
+        await raw(
+            engine,
+            "SELECT s.tenant_id, d.id FROM attack_documents d "
+            "JOIN attack_secret_documents s ON s.id = d.id",
+        )
+    )
+    theirs = ids[B.id]
+
+    def forged(**values: Any) -> SecretDocument:
+        document = SecretDocument(id=theirs, tenant_id=A.id, **values)
+        make_transient_to_detached(document)
+        return document
+
+    async with isolation.session(A) as session:
+        document = forged(title="x")
+        session.add(document)
+        document.title = "hijacked"
+        with pytest.raises(CrossTenantAccess):
+            await session.flush()
+    async with isolation.session(A) as session:
+        document = forged(title="x")
+        session.add(document)
+        await session.delete(document)
+        with pytest.raises(CrossTenantAccess):
+            await session.flush()
+    async with isolation.session(A) as session:
+        document = forged()  # tenant_id and title unloaded: loading them finds nothing
+        session.add(document)
+        document.title = "hijacked"
+        with pytest.raises(CrossTenantAccess):
+            await session.flush()
+    async with isolation.session(A) as session:
+        with pytest.raises(CrossTenantAccess):
+            await session.run_sync(
+                lambda s: s.bulk_update_mappings(
+                    SecretDocument, [{"id": theirs, "title": "hijacked", "tenant_id": A.id}]
+                )
+            )
+    async with isolation.session(A) as session:  # the own row, by key: no cartesian warning
+        own = await session.get(SecretDocument, ids[A.id])
+        assert own is not None
+        own.title = "renamed"
+        await session.commit()
+    assert sorted(await raw(engine, "SELECT title FROM attack_documents")) == [
+        ("b-secret",),
+        ("renamed",),
+    ]
+
+
 async def test_refreshing_a_forged_object_loads_no_foreign_data(isolation: RowIsolation) -> None:
     async with isolation.session(A) as session:
         forged = Gadget(id=B_GADGET, tenant_id=A.id)

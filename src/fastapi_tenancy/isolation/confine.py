@@ -81,6 +81,11 @@ class ScopedFacts:
     tenant_column: Column[Any]
     joins_to_tenant_table: tuple[ColumnElement[bool], ...]
     """Inherit conditions from this mapper's table up to the tenant table; empty when it is one."""
+    joins_to_root: tuple[ColumnElement[bool], ...]
+    """Every inherit condition from this mapper's table up to the root's. A key-only SELECT may
+    name any table of the hierarchy (the primary key lives in the root's, which need not hold
+    ``tenant_id``); with these conditions the tenant condition applies to that very row instead
+    of a cartesian product."""
 
 
 @cache
@@ -97,7 +102,10 @@ def scoped_facts(mapper: Mapper[Any]) -> ScopedFacts | None:
         current = current.inherits
     column = current.local_table.c[TENANT_KEY]
     assert isinstance(column, Column)
-    return ScopedFacts(mapper, current, column, tuple(joins))
+    to_root = tuple(
+        m.inherit_condition for m in mapper.iterate_to_root() if m.inherit_condition is not None
+    )
+    return ScopedFacts(mapper, current, column, tuple(joins), to_root)
 
 
 # Unscoped mappers with a TenantScoped descendant: ``select(Base)`` would return every tenant's
@@ -428,7 +436,7 @@ def confine_update_or_delete(
 
 def confine_column_load(statement: Any, facts: ScopedFacts, tenant_id: str) -> Any:
     """Add the tenant to a refresh or an expired-attribute load, which select by key alone."""
-    confine = (facts.tenant_column == tenant_id, *facts.joins_to_tenant_table)
+    confine = (facts.tenant_column == tenant_id, *facts.joins_to_root)
     if isinstance(statement, FromStatement):
         # Loading only a joined subclass's own columns selects from that table alone.
         inner = statement.element
@@ -479,7 +487,8 @@ def verify_mappings(
     if facts is None or not mappings:
         return
     keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
-    wanted = {tuple(mapping[key] for key in keys): mapping for mapping in mappings}
+    # A missing key part is SQLAlchemy's error to report; here it matches no row of the tenant.
+    wanted = {tuple(mapping.get(key) for key in keys): mapping for mapping in mappings}
     with session.no_autoflush:
         _verify_keys(session, facts.tenant_mapper, wanted, tenant_id)
 
@@ -489,6 +498,8 @@ def _verify_keys(
 ) -> None:
     columns = list(mapper.primary_key)
     tenant_column = mapper.local_table.c[TENANT_KEY]
+    facts = scoped_facts(mapper)
+    assert facts is not None  # the mapper holding tenant_id is TenantScoped
     pending = list(keys)
     found: set[tuple[Any, ...]] = set()
     for start in range(0, len(pending), _VERIFY_CHUNK):
@@ -497,7 +508,9 @@ def _verify_keys(
             matches = columns[0].in_([key[0] for key in chunk])
         else:
             matches = tuple_(*columns).in_(chunk)
-        result = session.execute(select(*columns).where(matches, tenant_column == tenant_id))
+        result = session.execute(
+            select(*columns).where(matches, tenant_column == tenant_id, *facts.joins_to_root)
+        )
         found.update(tuple(row) for row in result)
     missing = [key for key in pending if key not in found]
     if missing:

@@ -112,6 +112,10 @@ class TenantSession(Session):
         if scoped_facts(resolved):
             tenant_id = session_tenant_id(self)
             check_parameters(mappings, tenant_id)
+            if any(column.key == "tenant_id" for column in resolved.primary_key):
+                # A (tenant_id, id) key: the session's tenant is the only one it may name.
+                for mapping in mappings:
+                    mapping.setdefault("tenant_id", tenant_id)
             verify_mappings(self, resolved, mappings, tenant_id)
         super().bulk_update_mappings(mapper, mappings)
 
@@ -207,7 +211,10 @@ def _guard_flush(session: Session, _flush: UOWTransaction, _instances: object) -
         elif obj.tenant_id != tenant_id:
             raise CrossTenantAccess(f"cannot add a {type(obj).__name__} of another tenant")
     for obj in changed + removed:
-        if obj.tenant_id != tenant_id:
+        # Only a loaded value is compared: loading an expired one is confined to this tenant and
+        # finds nothing for a forged object. verify_flush reads the stored tenant of each row.
+        loaded = inspect(obj).dict.get("tenant_id")
+        if loaded is not None and loaded != tenant_id:
             raise CrossTenantAccess(f"cannot write a {type(obj).__name__} of another tenant")
     written = [obj for obj in changed if session.is_modified(obj, include_collections=False)]
     verify_flush(session, written + removed, tenant_id)
