@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import Tenancy, TenancyConfig, get_tenant_session
 from fastapi_tenancy.health import health_router
@@ -221,3 +223,17 @@ def foreign_rows(response: httpx.Response, identifier: str, ids: dict[str, str])
 def assert_no_leak(response: httpx.Response, identifier: str, ids: dict[str, str]) -> None:
     leaked = foreign_rows(response, identifier, ids)
     assert leaked == [], f"{identifier} received another tenant's data: {leaked}"
+
+
+async def admin_execute(url: str, *statements: str, maintenance: bool = True) -> None:
+    """Run ``statements`` outside a transaction, in ``url``'s database or the maintenance one."""
+    parsed = make_url(url)
+    if maintenance and parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(database="postgres")
+    engine = create_async_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()

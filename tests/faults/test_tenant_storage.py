@@ -20,25 +20,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.helpers import GENERIC_503, running
+from tests.faults.helpers import GENERIC_503, admin_execute, running
 from tests.faults.proxy import FaultProxy
 
 HEALTHY = ["storealpha", "storebravo"]
 BROKEN = "storebroken"
-
-
-async def admin_execute(url: str, *statements: str, maintenance: bool = True) -> None:
-    """Run ``statements`` outside a transaction, in ``url``'s database or the maintenance one."""
-    parsed = make_url(url)
-    if maintenance and parsed.get_backend_name() == "postgresql":
-        parsed = parsed.set(database="postgres")
-    engine = create_async_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def quoted(url: str, name: str) -> str:

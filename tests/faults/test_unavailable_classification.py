@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.conftest import empty_database
-from tests.faults.helpers import GENERIC_503, Running, running
+from tests.faults.helpers import GENERIC_503, Running, admin_execute, running
 from tests.faults.proxy import FaultProxy
 
 WARM = "refusedwarm"
@@ -51,14 +52,8 @@ class Refusal:
     logged: str  # what the 503's log line names: the error code, or the exception's class
 
 
-async def admin(url: str, *statements: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
+# Statements run in the test database itself, not the maintenance one.
+admin = partial(admin_execute, maintenance=False)
 
 
 @asynccontextmanager

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import aliased, selectinload
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantContextMissing
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantContextMissing
 from fastapi_tenancy.isolation import RowIsolation, TenantSession, TenantTables
 from tests.backends import all_databases
 from tests.models import Base, Item, Note, Plan
@@ -19,13 +16,6 @@ A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")
 
 pytestmark = all_databases
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(TenancyConfig(database_url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

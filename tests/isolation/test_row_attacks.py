@@ -7,7 +7,6 @@ parameters, and objects forged in memory with another tenant's primary key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from types import MappingProxyType
 from typing import Any
 
@@ -38,8 +37,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import set_committed_value
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
 from fastapi_tenancy.isolation import RowIsolation, TenantTables
 from tests.backends import all_databases
 
@@ -137,13 +135,6 @@ class SecretDocument(TenantScoped, Document):
 
 
 A_GADGET, B_GADGET = 1, 2
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(TenancyConfig(database_url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

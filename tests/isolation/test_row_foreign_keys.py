@@ -8,7 +8,7 @@ another tenant's row gets exactly the answer a reference to a row that exists no
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,8 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
 from fastapi_tenancy.isolation import RowIsolation, TenantTables, references
 from tests.backends import all_databases
 
@@ -59,13 +58,6 @@ class Link(TenantScoped, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     folder_id: Mapped[int | None] = mapped_column(ForeignKey("fk_folders.id"))
     folder: Mapped[Folder | None] = relationship()
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(TenancyConfig(database_url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
