@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -159,3 +161,22 @@ async def test_session_without_tenant_refuses_scoped_statements(engine: AsyncEng
     async with AsyncSession(engine, sync_session_class=TenantSession) as session:
         with pytest.raises(TenantContextMissing):
             await session.execute(select(Item))
+
+
+async def test_concurrent_first_tenants_create_the_shared_tables_once(engine: AsyncEngine) -> None:
+    isolation = RowIsolation(engine, TenantTables(Base.metadata))
+    await asyncio.gather(*(isolation.provision(tenant) for tenant in (A, B) * 4))
+    async with isolation.session(A) as session:
+        assert (await session.scalars(select(Item))).all() == []
+
+
+async def test_processes_creating_the_shared_tables_at_once_all_succeed(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("an embedded SQLite database serves one process")
+    # Each RowIsolation stands for a process of its own: only the server can order them.
+    isolations = [RowIsolation(engine, TenantTables(Base.metadata)) for _ in range(4)]
+    await asyncio.gather(*(isolation.provision(A) for isolation in isolations))
+    async with isolations[0].session(A) as session:
+        assert (await session.scalars(select(Item))).all() == []

@@ -18,12 +18,13 @@ session's tenant transaction-locally at every BEGIN, for the policies to read.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, event, inspect
+from sqlalchemy import delete, event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import (
@@ -220,6 +221,12 @@ def _guard_flush(session: Session, _flush: UOWTransaction, _instances: object) -
     verify_flush(session, written + removed, tenant_id)
 
 
+_SHARED_TABLES_LOCK = "fastapi_tenancy.shared_tables"
+_PG_LOCK = text(f"SELECT pg_advisory_xact_lock(hashtext('{_SHARED_TABLES_LOCK}'))")
+_MYSQL_LOCK = text(f"SELECT GET_LOCK('{_SHARED_TABLES_LOCK}', 60)")
+_MYSQL_UNLOCK = text(f"SELECT RELEASE_LOCK('{_SHARED_TABLES_LOCK}')")
+
+
 class RowIsolation:
     """All tenants in the central database's shared tables, kept apart by ``tenant_id``.
 
@@ -240,6 +247,7 @@ class RowIsolation:
             engine, sync_session_class=TenantSession, expire_on_commit=False
         )
         self._tables_ready = False
+        self._tables_lock = asyncio.Lock()
 
     @property
     def row_level_security(self) -> bool:
@@ -273,10 +281,27 @@ class RowIsolation:
 
     async def provision(self, tenant: Tenant) -> None:
         # Shared tables are created once per process; each tenant needs no storage of its own.
-        if not self._tables_ready:
+        # Concurrent first tenants would race on CREATE TABLE (PostgreSQL answers the loser with
+        # a unique violation in pg_type, MariaDB with "table exists"), so one creator runs at a
+        # time: in this process by the lock, across processes by a server lock (SQLite, the
+        # embedded default, serves one process).
+        if self._tables_ready:
+            return
+        async with self._tables_lock:
+            if self._tables_ready:
+                return
             async with self._engine.begin() as conn:
-                for metadata in self._tables.metadatas():
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
+                dialect = conn.dialect.name
+                if dialect == "postgresql":
+                    await conn.execute(_PG_LOCK)  # released with the transaction
+                elif dialect in ("mysql", "mariadb"):
+                    await conn.execute(_MYSQL_LOCK)
+                try:
+                    for metadata in self._tables.metadatas():
+                        await conn.run_sync(metadata.create_all, checkfirst=True)
+                finally:
+                    if dialect in ("mysql", "mariadb"):
+                        await conn.execute(_MYSQL_UNLOCK)
             self._tables_ready = True
 
     async def purge(self, tenant: Tenant) -> None:
