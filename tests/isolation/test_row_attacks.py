@@ -644,6 +644,9 @@ async def test_writes_by_key_to_a_scoped_subclass_of_an_unscoped_base_stay_in_th
                     SecretDocument, [{"id": theirs, "title": "hijacked", "tenant_id": A.id}]
                 )
             )
+    async with isolation.session(A) as session:
+        with pytest.raises(CrossTenantAccess):
+            await session.execute(update(SecretDocument), [{"id": theirs, "title": "hijacked"}])
     async with isolation.session(A) as session:  # the own row, by key: no cartesian warning
         own = await session.get(SecretDocument, ids[A.id])
         assert own is not None

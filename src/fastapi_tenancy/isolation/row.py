@@ -171,6 +171,11 @@ def _confine_statement(state: ORMExecuteState) -> None:
     if state.is_update and isinstance(state.parameters, list):
         # Bulk UPDATE by primary key ignores loader criteria, so the tenant goes in the WHERE.
         if facts is not None:
+            # Where the key lives in an unscoped base table, the WHERE below cannot confine that
+            # table's UPDATE: the keys are proved the tenant's first.
+            tenant_table = facts.tenant_column.table
+            if any(column.table is not tenant_table for column in facts.mapper.primary_key):
+                verify_mappings(state.session, facts.mapper, state.parameters, tenant_id)
             statement = statement.where(facts.mapper.class_.tenant_id == tenant_id)
             state.statement = statement.execution_options(synchronize_session=None)
         return
