@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
 
+from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 
@@ -56,14 +57,6 @@ _MYSQL_SESSION_STATE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SESSION_STATE_KEY = "fastapi_tenancy.session_state"
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL with its password masked, safe for logs and error messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL may itself hold a secret
-        return "<unparsable database URL>"
 
 
 def create_engine(

@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fastapi_tenancy._secrets import redact_url, scrub
 from fastapi_tenancy.cli.checks import (
     CheckResult,
     Connection,
@@ -27,9 +28,8 @@ from fastapi_tenancy.cli.checks import (
     run_checks,
 )
 from fastapi_tenancy.cli.output import print_json
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config, scrub
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
 from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from fastapi_tenancy._secrets import scrub
 from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import (
@@ -64,20 +64,6 @@ def load_config(database_url: str | None = None, **overrides: Any) -> TenancyCon
     if database_url is not None:
         overrides["database_url"] = database_url
     return TenancyConfig(**overrides)
-
-
-def scrub(message: str, urls: Iterable[str | None]) -> str:
-    """``message`` with the password of every URL in ``urls`` replaced by ``***``."""
-    for url in urls:
-        if not url:
-            continue
-        try:
-            password = make_url(url).password
-        except Exception:  # an unparsable URL has no password we could find
-            continue
-        if password:
-            message = message.replace(str(password), "***")
-    return message
 
 
 def run_with_tenancy(

@@ -15,8 +15,9 @@ from sqlalchemy import delete, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine, redact_url
+from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name

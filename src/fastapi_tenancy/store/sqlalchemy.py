@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
-from fastapi_tenancy.engines import redact_url
+from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 from fastapi_tenancy.unavailable import describe, is_unavailable
