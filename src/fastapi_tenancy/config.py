@@ -259,6 +259,15 @@ class TenancyConfig(BaseSettings):
         default=None,
         description="required by `subdomain`: `example.com` makes `acme.example.com` name `acme`",
     )
+    custom_domains: bool = Field(
+        default=True,
+        description=(
+            "`subdomain` also serves a tenant's own host names (`acme.com`), added with "
+            "`fastapi-tenancy tenants domains add`; a host outside `domain_suffix` is looked up in "
+            "the `tenancy_domains` table (through the cache) — see [custom domains]"
+            "(resolution.md#custom-domains)"
+        ),
+    )
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
         default=(),
         description=(

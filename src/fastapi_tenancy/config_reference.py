@@ -47,6 +47,7 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
             "resolution_strategy",
             "tenant_header_name",
             "domain_suffix",
+            "custom_domains",
             "trusted_proxies",
             "tenant_path_prefix",
             "jwt_secret",

@@ -22,8 +22,10 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from fastapi_tenancy.domains import Domain, DomainChanged
 from fastapi_tenancy.events import Hooks, LifecycleAction, TenantChanged
 from fastapi_tenancy.exceptions import (
+    ConfigurationError,
     InvalidTransition,
     ServiceUnavailable,
     TenantAlreadyExists,
@@ -33,7 +35,7 @@ from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
-from fastapi_tenancy.store.base import TenantStore
+from fastapi_tenancy.store.base import DomainStore, TenantStore
 
 logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
@@ -269,8 +271,11 @@ class TenantLifecycle:
                     "nothing was purged"
                 )
         await self._isolation.purge(tenant)
-        await self._store.delete(tenant.id)
+        hosts = [domain.host for domain in await self.list_domains(tenant)]
+        await self._store.delete(tenant.id)  # its domains go with it
         await self._lookup.invalidate(identifier)
+        for host in hosts:
+            await self._lookup.invalidate(host)
         await self._hooks.emit(TenantChanged(action="purge", tenant=tenant, previous=_S.DELETED))
 
     async def _move(self, tenant: Tenant, action: LifecycleAction, **changes: Any) -> Tenant:
@@ -310,6 +315,52 @@ class TenantLifecycle:
                     f"tenant {other.identifier!r} already uses this database; each tenant needs a "
                     "database of its own (purging one would destroy the other's tables)"
                 )
+
+    # Custom domains (`fastapi_tenancy.domains`): stored, invalidated everywhere, then announced.
+
+    def _domain_store(self) -> DomainStore:
+        if not isinstance(self._store, DomainStore):
+            raise ConfigurationError(
+                f"{type(self._store).__name__} keeps no custom domains: implement DomainStore"
+            )
+        return self._store
+
+    async def add_domain(self, identifier: str, host: str) -> Domain:
+        """Give the (normalised) ``host`` to the tenant; `DomainAlreadyExists` if it has one.
+
+        The host is invalidated in every process right after, so a "no such host" cached by an
+        earlier request lasts no longer than one for a tenant created since.
+        """
+        store = self._domain_store()
+        tenant = await self.require(identifier)
+        if tenant.status in (_S.DELETED, _S.PURGING):
+            raise InvalidTransition(
+                f"cannot add a domain to tenant {identifier!r}: it is {tenant.status.value}"
+            )
+        domain = await store.add_domain(Domain(host, tenant.id))
+        await self._lookup.invalidate(host)
+        await self._hooks.emit(DomainChanged(action="add", tenant=tenant, host=host))
+        return domain
+
+    async def remove_domain(self, host: str, *, identifier: str | None = None) -> Domain:
+        """Take ``host`` from its tenant (which must be ``identifier``, when given)."""
+        store = self._domain_store()
+        owner = await store.get_by_domain(host)
+        if owner is None or (identifier is not None and owner.identifier != identifier):
+            whose = "any tenant" if identifier is None else f"tenant {identifier!r}"
+            raise TenantNotFound(f"domain {host!r} does not belong to {whose}")
+        removed = await store.remove_domain(host)
+        await self._lookup.invalidate(host)
+        if removed is None:
+            raise TenantNotFound(f"domain {host!r} does not belong to any tenant")
+        await self._hooks.emit(DomainChanged(action="remove", tenant=owner, host=host))
+        return removed
+
+    async def list_domains(self, tenant: Tenant | None = None) -> list[Domain]:
+        """Every custom domain (or ``tenant``'s), ordered by host; none for a store without."""
+        if not isinstance(self._store, DomainStore):
+            return []
+        return await self._store.list_domains(None if tenant is None else tenant.id)
 
 
 def _database_key(url: str) -> tuple[str, str, int | None, str]:

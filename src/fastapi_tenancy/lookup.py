@@ -4,6 +4,7 @@
 * Concurrent misses for one identifier share a single store query (single-flight).
 * The status gate turns unknown and soft-deleted tenants into `TenantNotFound` and suspended
   ones into `TenantSuspended`.
+* Custom domains (`find_host`) are cached like identifiers, keyed by the host name.
 * `invalidate` drops the cached entry and discards any load already in flight, so a lifecycle
   change is never overwritten by a stale read.
 """
@@ -11,11 +12,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from fastapi_tenancy.cache.base import TenantCache
-from fastapi_tenancy.exceptions import TenantNotFound, TenantSuspended
+from fastapi_tenancy.exceptions import (
+    AuthenticationFailed,
+    InvalidTenantIdentifier,
+    TenantNotFound,
+    TenantSuspended,
+)
 from fastapi_tenancy.models import Tenant, TenantStatus
-from fastapi_tenancy.store.base import TenantStore
+from fastapi_tenancy.resolution.base import Resolution
+from fastapi_tenancy.store.base import DomainStore, TenantStore
 
 __all__ = ["TenantLookup", "check_status"]
 
@@ -63,26 +71,68 @@ class TenantLookup:
 
     async def find(self, identifier: str) -> Tenant | None:
         """The tenant record (any status) or ``None``, from the cache when possible."""
+        return await self._find(identifier, self._store.get_by_identifier)
+
+    async def resolve_request(self, resolution: Resolution) -> Tenant:
+        """② for a request: the active tenant ``resolution`` names, by identifier or by host.
+
+        A custom domain (``resolution.host``) is mapped to its owner; when another strategy also
+        named a tenant, the host must belong to that one, or the request names two tenants.
+        """
+        if resolution.host is None:
+            return await self.resolve(resolution.identifier)
+        tenant = await self.find_host(resolution.host)
+        if tenant is None:
+            raise TenantNotFound()
+        if resolution.identifier and tenant.identifier != resolution.identifier:
+            if resolution.claims is not None:
+                raise AuthenticationFailed("the token names another tenant than the request")
+            raise InvalidTenantIdentifier("the request names two different tenants")
+        return check_status(tenant)
+
+    async def find_host(self, host: str) -> Tenant | None:
+        """The tenant (any status) owning the custom domain ``host``, or ``None``.
+
+        The cache keeps host -> tenant under the host itself (a host always has a dot, an
+        identifier never does); the record served is then the one cached under its identifier,
+        which lifecycle changes invalidate, so a suspension needs no per-domain invalidation.
+        """
+        store = self._store
+        if not isinstance(store, DomainStore):
+            return None
+        owner = await self._find(host, store.get_by_domain)
+        if owner is None:
+            return None
+        current = await self.find(owner.identifier)
+        if current is not None and current.id == owner.id:
+            return current
+        # The owner went (purged) or its identifier now names another tenant: never serve a
+        # host through a stale mapping; ask the store.
+        return await store.get_by_domain(host)
+
+    async def _find(
+        self, key: str, load: Callable[[str], Awaitable[Tenant | None]]
+    ) -> Tenant | None:
         cache = self._cache
         if cache is not None:
             loads_done = self._loads_done
-            hit = await cache.get(identifier)
-            if hit is None and identifier not in self._inflight and self._loads_done != loads_done:
+            hit = await cache.get(key)
+            if hit is None and key not in self._inflight and self._loads_done != loads_done:
                 # A load finished while the (shared) cache was being read, so the miss may be
                 # stale: read the cache once more rather than query the store a second time.
-                hit = await cache.get(identifier)
+                hit = await cache.get(key)
             if hit is not None:
                 return hit.tenant
-        task = self._inflight.get(identifier)
+        task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._load(identifier, self._generation))
-            self._inflight[identifier] = task
-            task.add_done_callback(lambda done: self._load_finished(identifier, done))
+            task = asyncio.ensure_future(self._load(key, self._generation, load))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._load_finished(key, done))
         # A cancelled caller must not cancel the load the other callers are waiting for.
         return await asyncio.shield(task)
 
     async def invalidate(self, identifier: str) -> None:
-        """Forget what is known about ``identifier``, in every process the cache reaches."""
+        """Forget what is known about ``identifier`` (or a host), in every process it reaches."""
         self.forget(identifier)
         if self._cache is not None:
             await self._cache.delete(identifier)
@@ -98,10 +148,12 @@ class TenantLookup:
         else:
             self._inflight.pop(identifier, None)
 
-    async def _load(self, identifier: str, generation: int) -> Tenant | None:
+    async def _load(
+        self, identifier: str, generation: int, load: Callable[[str], Awaitable[Tenant | None]]
+    ) -> Tenant | None:
         cache = self._cache
         token = await cache.read_token(identifier) if cache is not None else None
-        tenant = await self._store.get_by_identifier(identifier)
+        tenant = await load(identifier)
         if cache is not None and generation == self._generation:
             ttl = self._ttl if tenant is not None else self._negative_ttl
             if ttl > 0:

@@ -101,7 +101,7 @@ class TenancyMiddleware:
             resolution = await tenancy.resolve(scope)
             if resolution is None:
                 raise TenantNotFound()
-            tenant = await tenancy.lookup.resolve(resolution.identifier)
+            tenant = await tenancy.lookup.resolve_request(resolution)
             if metrics is not None:
                 metrics.resolved(time.perf_counter() - started)
             if tenancy.principal_check is not None:

@@ -37,6 +37,7 @@ from fastapi_tenancy.types import Scope
 from fastapi_tenancy.unavailable import unavailable_as_503
 
 if TYPE_CHECKING:
+    from fastapi_tenancy.domains import Domain
     from fastapi_tenancy.lifecycle import TenantLifecycle
     from fastapi_tenancy.metrics import TenancyMetrics
 
@@ -371,6 +372,42 @@ class Tenancy:
         """Destroy a deleted tenant's data and record; the only destructive operation."""
         await self.start()
         await self.lifecycle.purge(identifier)
+
+    # Custom domains: host names besides <identifier>.<domain_suffix> (fastapi_tenancy.domains).
+
+    async def add_domain(self, identifier: str, host: str) -> Domain:
+        """Serve the tenant ``identifier`` at ``host`` too (``acme.com``), in every process.
+
+        ``host`` is normalised (lower case, IDNA, no port or trailing dot); raises `InvalidDomain`
+        for a name that is no host name or lies under ``domain_suffix``, and
+        `DomainAlreadyExists` when a tenant already owns it. Emits `DomainChanged`.
+        """
+        from fastapi_tenancy.domains import InvalidDomain, normalise_domain
+
+        normalised = normalise_domain(host)
+        suffix = self.config.domain_suffix
+        if suffix is not None and (normalised == suffix or normalised.endswith("." + suffix)):
+            raise InvalidDomain(
+                f"{host!r} lies under domain_suffix {suffix!r}: "
+                f"<identifier>.{suffix} already names every tenant there"
+            )
+        await self.start()
+        return await self.lifecycle.add_domain(validate_identifier(identifier), normalised)
+
+    async def remove_domain(self, host: str, *, identifier: str | None = None) -> Domain:
+        """Stop serving ``host`` (owned by ``identifier``, when given) in every process."""
+        from fastapi_tenancy.domains import normalise_domain
+
+        normalised = normalise_domain(host)
+        await self.start()
+        owner = None if identifier is None else validate_identifier(identifier)
+        return await self.lifecycle.remove_domain(normalised, identifier=owner)
+
+    async def list_domains(self, identifier: str | None = None) -> list[Domain]:
+        """Every custom domain, or the tenant ``identifier``'s, ordered by host."""
+        await self.start()
+        tenant = None if identifier is None else await self.lifecycle.require(identifier)
+        return await self.lifecycle.list_domains(tenant)
 
 
 async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]]) -> None:

@@ -164,6 +164,108 @@ def register(
     purge.add_argument("--yes", action="store_true", help="confirm that the data is destroyed")
     purge.set_defaults(handler=_purge)
 
+    _register_domains(sub, common)
+
+
+def domain(value: str) -> str:
+    """An argparse type: a host name, normalised (lower case, IDNA, no port or trailing dot)."""
+    from fastapi_tenancy.domains import InvalidDomain, normalise_domain
+
+    try:
+        return normalise_domain(value)
+    except InvalidDomain as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _register_domains(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    group = sub.add_parser(
+        "domains",
+        help="add, remove and list a tenant's custom domains",
+        description="Serve tenants at host names of their own (acme.com) besides "
+        "<identifier>.<domain_suffix>. Each domain belongs to one tenant.",
+        parents=[common],
+    )
+    group.set_defaults(handler=lambda _args: _group_help(group))
+    commands = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    add = commands.add_parser(
+        "add",
+        help="serve a tenant at a host name too",
+        description="Give a host name to a tenant; every app process serves it at once.",
+        parents=[common],
+    )
+    add.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
+    add.add_argument("host", type=domain, metavar="HOST")
+    add.set_defaults(handler=_add_domain)
+
+    remove = commands.add_parser(
+        "remove",
+        help="stop serving a host name",
+        description="Take a host name from its tenant; every app process stops serving it.",
+        parents=[common],
+    )
+    remove.add_argument("host", type=domain, metavar="HOST")
+    remove.add_argument(
+        "--tenant", type=identifier, metavar="IDENTIFIER", help="refuse unless it owns the host"
+    )
+    remove.set_defaults(handler=_remove_domain)
+
+    listing = commands.add_parser(
+        "list",
+        help="list custom domains",
+        description="List custom domains and their tenants, ordered by host.",
+        parents=[common],
+    )
+    listing.add_argument("identifier", type=identifier, metavar="IDENTIFIER", nargs="?")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=_list_domains)
+
+
+def _add_domain(args: argparse.Namespace) -> int:
+    async def add(tenancy: Tenancy) -> int:
+        await tenancy.add_domain(args.identifier, args.host)
+        print(f"added domain {args.host} to tenant {args.identifier}")
+        return EXIT_OK
+
+    return run_with_tenancy(args, add)
+
+
+def _remove_domain(args: argparse.Namespace) -> int:
+    async def remove(tenancy: Tenancy) -> int:
+        await tenancy.remove_domain(args.host, identifier=args.tenant)
+        print(f"removed domain {args.host}")
+        return EXIT_OK
+
+    return run_with_tenancy(args, remove)
+
+
+def _list_domains(args: argparse.Namespace) -> int:
+    async def list_domains(tenancy: Tenancy) -> int:
+        domains = await tenancy.list_domains(args.identifier)
+        tenants = await tenancy.list_tenants(include_deleted=True)
+        names = {tenant.id: tenant.identifier for tenant in tenants}
+        records = [
+            {
+                "host": d.host,
+                "tenant": names.get(d.tenant_id, d.tenant_id),
+                "created_at": d.created_at.isoformat(),
+            }
+            for d in domains
+        ]
+        if args.json:
+            print_json(records)
+        else:
+            rows = [
+                [d.host, names.get(d.tenant_id, d.tenant_id), f"{d.created_at:%Y-%m-%d %H:%M:%S}Z"]
+                for d in domains
+            ]
+            print(render_table(["HOST", "TENANT", "CREATED"], rows))
+        return EXIT_OK
+
+    return run_with_tenancy(args, list_domains, **_quiet(args))
+
 
 def _group_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)

@@ -58,7 +58,9 @@ def _build_one(
         case "subdomain":
             if config.domain_suffix is None:
                 raise ConfigurationError("resolution strategy 'subdomain' needs domain_suffix")
-            return SubdomainResolver(config.domain_suffix, config.trusted_proxies)
+            return SubdomainResolver(
+                config.domain_suffix, config.trusted_proxies, custom_domains=config.custom_domains
+            )
         case "jwt":
             key: str | SigningKeys
             if config.jwt_jwks_url is not None:

@@ -19,11 +19,16 @@ class Resolution:
     ``mount`` is a path prefix the app must not see (path strategy: ``"/t/acme"``); the middleware
     appends it to ``root_path`` the way Starlette's ``Mount`` does. ``claims`` holds the verified
     token claims when a JWT named the tenant.
+
+    ``host`` is a request host that may be a tenant's custom domain (`fastapi_tenancy.domains`):
+    the lookup maps it to a tenant, since resolution does no I/O. ``identifier`` is then empty,
+    or names the tenant another strategy found, which the host must belong to.
     """
 
     identifier: str
     mount: str = ""
     claims: Mapping[str, Any] | None = field(default=None, compare=False)
+    host: str | None = None
 
 
 class TenantResolver(Protocol):

@@ -32,11 +32,15 @@ class ChainResolver:
         found = [r for r in (resolver.resolve(scope) for resolver in self.resolvers) if r]
         if not found:
             return None
-        identifier = found[0].identifier
-        if any(resolution.identifier != identifier for resolution in found):
+        # A custom domain (``host``, empty identifier) is mapped by the lookup, which also checks
+        # that it belongs to the tenant the other strategies name.
+        named = [resolution for resolution in found if resolution.identifier]
+        identifier = named[0].identifier if named else ""
+        if any(resolution.identifier != identifier for resolution in named):
             if any(resolution.claims is not None for resolution in found):
                 raise AuthenticationFailed("the token names another tenant than the request")
             raise InvalidTenantIdentifier("the request names two different tenants")
         mount = next((r.mount for r in found if r.mount), "")
         claims = next((r.claims for r in found if r.claims is not None), None)
-        return Resolution(identifier, mount=mount, claims=claims)
+        host = next((r.host for r in found if r.host is not None), None)
+        return Resolution(identifier, mount=mount, claims=claims, host=host)

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from fastapi_tenancy.domains import mappable_host
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.models import validate_identifier
 from fastapi_tenancy.resolution.base import Resolution
@@ -102,15 +103,26 @@ class SubdomainResolver:
     last one) counts, since earlier values may come from the client::
 
         SubdomainResolver("example.com", trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
+
+    With ``custom_domains``, any other host name (``acme.com``) is handed to the lookup as
+    `Resolution.host`, to be mapped to the tenant that owns it; the same proxy rules decide
+    which host the request asked for.
     """
 
-    def __init__(self, domain_suffix: str, trusted_proxies: Iterable[IPNetwork] = ()) -> None:
+    def __init__(
+        self,
+        domain_suffix: str,
+        trusted_proxies: Iterable[IPNetwork] = (),
+        *,
+        custom_domains: bool = False,
+    ) -> None:
         suffix = domain_suffix.strip().lower().strip(".")
         if not suffix:
             raise ConfigurationError("domain_suffix must be a domain such as 'example.com'")
         self.domain_suffix = suffix
         self.trusted_proxies = tuple(trusted_proxies)
         self._dotted_suffix = "." + suffix
+        self.custom_domains = custom_domains
 
     def resolve(self, scope: Scope) -> Resolution | None:
         host = self._requested_host(scope)
@@ -118,7 +130,10 @@ class SubdomainResolver:
             return None
         host = _normalise_host(host)
         if not host.endswith(self._dotted_suffix):
-            return None
+            if not self.custom_domains or host == self.domain_suffix:
+                return None
+            mapped = mappable_host(host)
+            return None if mapped is None else Resolution("", host=mapped)
         label = host[: -len(self._dotted_suffix)]
         if "." in label:
             # "a.b.example.com": nested subdomains never name a tenant.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from fastapi_tenancy.domains import Domain
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["TenantStore"]
+__all__ = ["DomainStore", "TenantStore"]
 
 
 class TenantStore(Protocol):
@@ -65,4 +66,28 @@ class TenantStore(Protocol):
 
     async def list(self, *, include_deleted: bool = False) -> list[Tenant]:
         """All tenants ordered by identifier; soft-deleted ones only when asked for."""
+        ...
+
+
+@runtime_checkable
+class DomainStore(Protocol):
+    """A store that also keeps custom domains (`fastapi_tenancy.domains`); both built-in do.
+
+    Hosts are stored normalised (`normalise_domain`); a tenant's domains go with its record.
+    """
+
+    async def add_domain(self, domain: Domain) -> Domain:
+        """Give ``domain.host`` to its tenant; raises `DomainAlreadyExists` if it has an owner."""
+        ...
+
+    async def remove_domain(self, host: str) -> Domain | None:
+        """Take ``host`` from its tenant; returns what was removed, ``None`` if nobody owned it."""
+        ...
+
+    async def list_domains(self, tenant_id: str | None = None) -> list[Domain]:
+        """Every domain (or ``tenant_id``'s), ordered by host."""
+        ...
+
+    async def get_by_domain(self, host: str) -> Tenant | None:
+        """The tenant that owns ``host``, in any status, or ``None``."""
         ...

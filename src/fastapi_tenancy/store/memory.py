@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from datetime import UTC, datetime
 
+from fastapi_tenancy.domains import Domain, DomainAlreadyExists
 from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 
@@ -29,6 +30,7 @@ class MemoryTenantStore:
     def __init__(self) -> None:
         self._by_id: dict[str, Tenant] = {}
         self._id_by_identifier: dict[str, str] = {}
+        self._domains: dict[str, Domain] = {}
 
     async def initialize(self) -> None:
         """Nothing to prepare."""
@@ -87,6 +89,35 @@ class MemoryTenantStore:
         tenant = self._by_id.pop(tenant_id, None)
         if tenant is not None:
             del self._id_by_identifier[tenant.identifier]
+        for host in [host for host, d in self._domains.items() if d.tenant_id == tenant_id]:
+            del self._domains[host]
+
+    # Custom domains (`fastapi_tenancy.store.base.DomainStore`).
+
+    async def add_domain(self, domain: Domain) -> Domain:
+        """Give ``domain.host`` to its tenant; raises `DomainAlreadyExists` if it has an owner."""
+        if domain.tenant_id not in self._by_id:
+            raise TenantNotFound(f"no tenant with id {domain.tenant_id!r}")
+        if domain.host in self._domains:
+            raise DomainAlreadyExists(f"domain {domain.host!r} already belongs to a tenant")
+        self._domains[domain.host] = domain
+        return domain
+
+    async def remove_domain(self, host: str) -> Domain | None:
+        """Take ``host`` from its tenant; returns what was removed, ``None`` if nobody owned it."""
+        return self._domains.pop(host, None)
+
+    async def list_domains(self, tenant_id: str | None = None) -> builtins.list[Domain]:
+        """Every domain (or ``tenant_id``'s), ordered by host."""
+        return sorted(
+            (d for d in self._domains.values() if tenant_id is None or d.tenant_id == tenant_id),
+            key=lambda domain: domain.host,
+        )
+
+    async def get_by_domain(self, host: str) -> Tenant | None:
+        """The tenant that owns ``host``, in any status, or ``None``."""
+        domain = self._domains.get(host)
+        return None if domain is None else self._by_id.get(domain.tenant_id)
 
     async def claim_for_provisioning(
         self, *, limit: int, stale_before: datetime

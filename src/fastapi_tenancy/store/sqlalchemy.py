@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -37,11 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
 from fastapi_tenancy._secrets import redact_url
+from fastapi_tenancy.domains import Domain, DomainAlreadyExists
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 from fastapi_tenancy.unavailable import describe, is_unavailable
 
-__all__ = ["SQLAlchemyTenantStore", "tenants_metadata", "tenants_table"]
+__all__ = ["SQLAlchemyTenantStore", "domains_table", "tenants_metadata", "tenants_table"]
 
 # Tries at creating the tenants table when other processes race to create it too.
 CREATE_ATTEMPTS = 5
@@ -98,9 +100,30 @@ tenants_table = Table(
     mysql_charset="utf8mb4",
 )
 
+# Custom domains (`fastapi_tenancy.domains`): each normalised host name belongs to one tenant.
+domains_table = Table(
+    "tenancy_domains",
+    tenants_metadata,
+    Column("host", String(253), primary_key=True),
+    Column(
+        "tenant_id",
+        String(64),
+        ForeignKey("tenancy_tenants.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("created_at", UTCDateTime, nullable=False),
+    mysql_charset="utf8mb4",
+)
+
 _SELECT_BY_ID = select(tenants_table).where(tenants_table.c.id == bindparam("tenant_id"))
 _SELECT_BY_IDENTIFIER = select(tenants_table).where(
     tenants_table.c.identifier == bindparam("identifier")
+)
+_SELECT_BY_DOMAIN = (
+    select(tenants_table)
+    .join(domains_table, domains_table.c.tenant_id == tenants_table.c.id)
+    .where(domains_table.c.host == bindparam("host"))
 )
 
 
@@ -189,11 +212,61 @@ class SQLAlchemyTenantStore:
         return stored if result.rowcount == 1 else None
 
     async def delete(self, tenant_id: str) -> None:
-        """Remove the record for good; no error if it is already gone."""
+        """Remove the record (and its domains) for good; no error if it is already gone."""
         statement = delete(tenants_table).where(tenants_table.c.id == tenant_id)
         with self._translate_errors():
             async with self._engine.begin() as conn:
+                # Explicitly, not by the foreign key's cascade: SQLite enforces foreign keys only
+                # when asked to per connection.
+                await conn.execute(
+                    delete(domains_table).where(domains_table.c.tenant_id == tenant_id)
+                )
                 await conn.execute(statement)
+
+    # Custom domains (`fastapi_tenancy.store.base.DomainStore`).
+
+    async def add_domain(self, domain: Domain) -> Domain:
+        """Give ``domain.host`` to its tenant; raises `DomainAlreadyExists` if it has an owner."""
+        stored = Domain(domain.host, domain.tenant_id, _utc(domain.created_at))
+        values = {
+            "host": stored.host,
+            "tenant_id": stored.tenant_id,
+            "created_at": stored.created_at,
+        }
+        try:
+            with self._translate_errors():
+                async with self._engine.begin() as conn:
+                    await conn.execute(domains_table.insert().values(values))
+        except TenantAlreadyExists:
+            raise DomainAlreadyExists(
+                f"domain {domain.host!r} already belongs to a tenant"
+            ) from None
+        return stored
+
+    async def remove_domain(self, host: str) -> Domain | None:
+        """Take ``host`` from its tenant; returns what was removed, ``None`` if nobody owned it."""
+        d = domains_table
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                row = (await conn.execute(select(d).where(d.c.host == host))).first()
+                if row is None:
+                    return None
+                await conn.execute(delete(d).where(d.c.host == host))
+        return _to_domain(row)
+
+    async def list_domains(self, tenant_id: str | None = None) -> builtins.list[Domain]:
+        """Every domain (or ``tenant_id``'s), ordered by host."""
+        statement = select(domains_table)
+        if tenant_id is not None:
+            statement = statement.where(domains_table.c.tenant_id == tenant_id)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(statement)).all()
+        return sorted((_to_domain(row) for row in rows), key=lambda domain: domain.host)
+
+    async def get_by_domain(self, host: str) -> Tenant | None:
+        """The tenant that owns ``host``, in any status, or ``None``: one indexed join."""
+        return await self._select_one(_SELECT_BY_DOMAIN, {"host": host})
 
     async def claim_for_provisioning(
         self, *, limit: int, stale_before: datetime
@@ -331,6 +404,10 @@ def _row_values(tenant: Tenant) -> dict[str, Any]:
             tenant.database_url.get_secret_value() if tenant.database_url is not None else None
         ),
     }
+
+
+def _to_domain(row: Row[Any]) -> Domain:
+    return Domain(row.host, row.tenant_id, _utc(row.created_at))
 
 
 def _to_tenant(row: Row[Any]) -> Tenant:
