@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fastapi_tenancy.exceptions import InvalidTransition, ServiceUnavailable
+from fastapi_tenancy.exceptions import InvalidTransition
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.unavailable import is_unavailable
@@ -32,9 +32,9 @@ __all__ = ["BatchResult", "ProvisioningWorker", "is_outage"]
 logger = logging.getLogger("fastapi_tenancy.worker")
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means storage could not be reached, rather than a bug or a bad tenant."""
-    return isinstance(exc, ServiceUnavailable) or is_unavailable(exc)
+# Whether a failed attempt means storage could not be reached (retry later) rather than a bug or
+# a bad tenant: the library's one classifier, under the name this module has always exported.
+is_outage = is_unavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,10 +111,12 @@ def run_with_config(
         return EXIT_UNAVAILABLE if is_unavailable(exc) else EXIT_FAILURE
     except SQLAlchemyError as exc:
         print_error(scrub(f"database error: {type(exc).__name__}: {exc}", urls))
-        return EXIT_FAILURE
+        return EXIT_UNAVAILABLE if is_unavailable(exc) else EXIT_FAILURE
     except OSError as exc:
-        # Drivers raise connection failures unwrapped (refused, timed out, unresolvable host),
-        # e.g. while provisioning a tenant database on another server.
+        if not is_unavailable(exc):  # the app's own, e.g. a migration script's missing file
+            print_error(scrub(f"{type(exc).__name__}: {exc}", urls))
+            return EXIT_FAILURE
+        # Drivers raise connection failures unwrapped (refused, timed out, unresolvable host).
         print_error(scrub(f"database unreachable: {type(exc).__name__}: {exc}", urls))
         return EXIT_UNAVAILABLE
     except Exception as exc:
