@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests import hypothesis_profiles
-from tests.redis_server import PrivateRedis
-from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+from tests.support import hypothesis_profiles
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
 
 settings.load_profile("tenancy")  # --hypothesis-profile=NAME (Hypothesis' plugin) still wins
 
@@ -43,7 +43,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 async def isolation_case(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[str, str]]:
-    """``(strategy, database_url)`` for one row of ``tests.backends.ISOLATIONS``."""
+    """``(strategy, database_url)`` for one row of ``tests.support.backends.ISOLATIONS``."""
     strategy, kind = request.param
     async with empty_database(kind, tmp_path) as url:
         yield strategy, url

@@ -8,7 +8,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,9 +30,10 @@ from fastapi_tenancy.audit import (
 from fastapi_tenancy.audit.spill import decode_line, encode_line
 from fastapi_tenancy.events import Hooks, RequestCompleted, TenantChanged
 from fastapi_tenancy.exceptions import ConfigurationError
-from tests import apps
-from tests.backends import all_databases
-from tests.models import Base
+from tests.support import apps
+from tests.support.backends import all_databases
+from tests.support.models import Base
+from tests.support.polling import eventually
 
 
 @all_databases
@@ -122,14 +123,6 @@ class HangingSink:
 
 def changed(identifier: str) -> TenantChanged:
     return TenantChanged(action="suspend", tenant=Tenant(identifier=identifier), previous=None)
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_sink_that_refuses_everything_is_retried_then_its_records_are_spilled(

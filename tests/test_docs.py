@@ -1,7 +1,7 @@
 """The docs stay true to the code: every setting is documented, and every code block runs.
 
-Python blocks in ``docs/*.md`` and ``README.md`` are executed (see `tests.docs_blocks` for the
-``<!-- docs: ... -->`` markers), YAML and JSON blocks must parse, and shell blocks must be valid
+Python blocks in ``docs/*.md`` and ``README.md`` are executed (see `tests.support.docs_blocks` for
+the ``<!-- docs: ... -->`` markers), YAML and JSON blocks must parse, and shell blocks must be valid
 bash.
 """
 
@@ -19,7 +19,7 @@ import yaml
 
 from fastapi_tenancy import TenancyConfig
 from fastapi_tenancy.config_reference import replace_reference
-from tests.docs_blocks import MARKERS, ROOT, Block, all_blocks, python_chains
+from tests.support.docs_blocks import MARKERS, ROOT, Block, all_blocks, python_chains
 
 DOCS = ROOT / "docs"
 CHAINS = python_chains()
@@ -105,7 +105,7 @@ def test_python_blocks_run(chain: list[Block], tmp_path: Path) -> None:
     blocks = [{**asdict(block), "source": block.text()} for block in chain]
     payload = tmp_path / "blocks.json"
     payload.write_text(json.dumps(blocks), encoding="utf-8")
-    run([sys.executable, "-m", "tests.docs_runner", str(payload)], tmp_path)
+    run([sys.executable, "-m", "tests.support.docs_runner", str(payload)], tmp_path)
 
 
 def test_yaml_and_json_blocks_parse() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from fastapi_tenancy import Tenancy, TenancyConfig, TenantStatus
 from fastapi_tenancy.events import Event, Hooks, TenantChanged
-from tests.models import Base
+from tests.support.models import Base
 
 
 @pytest.fixture

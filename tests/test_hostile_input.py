@@ -44,8 +44,8 @@ from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.models import IDENTIFIER_PATTERN
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Message, Receive, Scope, Send
-from tests.models import Base
-from tests.services import POSTGRES_URL, TEST_STORAGE_PREFIX, require_server, reset_database
+from tests.support.models import Base
+from tests.support.services import POSTGRES_URL, TEST_STORAGE_PREFIX, require_server, reset_database
 
 SECRET = secrets.token_urlsafe(48)
 LIVE = {"acme", "globex"}

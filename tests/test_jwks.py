@@ -28,10 +28,10 @@ from fastapi_tenancy import (
 )
 from fastapi_tenancy.jwks import JWKSError, JWKSKeys, parse_jwks
 from fastapi_tenancy.resolution import JWTResolver, Resolution, UnknownSigningKey
-from tests import apps
-from tests.models import Base
-from tests.resolution.scopes import http_scope
 from tests.resolution.test_jwt import forge, public_pem
+from tests.support import apps
+from tests.support.models import Base
+from tests.support.scopes import http_scope
 
 RSA_KEYS = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in "abc"}
 EC_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -29,9 +29,9 @@ from fastapi_tenancy.cli import main
 from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation.ownership import StorageConflict
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.backends import isolation_config, schema_exists
-from tests.models import Item
-from tests.services import TEST_STORAGE_PREFIX
+from tests.support.backends import isolation_config, schema_exists
+from tests.support.models import Item
+from tests.support.services import TEST_STORAGE_PREFIX
 
 RACE_CASES = [
     pytest.param(("row", "sqlite"), id="row-sqlite"),
@@ -268,7 +268,7 @@ def test_a_failed_tenant_is_retried_from_the_cli_then_deleted_and_purged(
     monkeypatch.setenv("TENANCY_DATABASE_URL", url)
     monkeypatch.setenv("TENANCY_ISOLATION_STRATEGY", "schema")
     monkeypatch.setenv("TENANCY_SCHEMA_PREFIX", TEST_STORAGE_PREFIX)
-    monkeypatch.setenv("TENANCY_TENANT_METADATA", "tests.models:Base.metadata")
+    monkeypatch.setenv("TENANCY_TENANT_METADATA", "tests.support.models:Base.metadata")
     config = isolation_config(isolation_case)
 
     async def fail_acme() -> str | None:

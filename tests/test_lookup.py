@@ -13,7 +13,7 @@ from fastapi_tenancy import Tenant, TenantNotFound, TenantStatus, TenantSuspende
 from fastapi_tenancy.cache import MemoryTenantCache
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.store import MemoryTenantStore
-from tests.cache.redis import redis_cache
+from tests.support.redis_cache import redis_cache
 
 
 class CountingStore(MemoryTenantStore):

@@ -31,11 +31,11 @@ from fastapi_tenancy.exceptions import RateLimitExceeded
 from fastapi_tenancy.metrics import OTHER_TENANTS, TenancyMetrics, metrics_app, outcome_of
 from fastapi_tenancy.testing import run_app
 from fastapi_tenancy.types import ASGIApp
-from tests import apps
-from tests.backends import isolation_config
-from tests.models import Base
-from tests.redis_server import PrivateRedis
-from tests.services import REDIS_URL, REQUIRE_SERVICES, require_server
+from tests.support import apps
+from tests.support.backends import isolation_config
+from tests.support.models import Base
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import REDIS_URL, REQUIRE_SERVICES, require_server
 
 
 def metrics_config(tmp_path: Path, **overrides: Any) -> TenancyConfig:

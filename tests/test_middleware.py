@@ -18,8 +18,8 @@ from sqlalchemy.pool import QueuePool
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig, TenancyMiddleware
 from fastapi_tenancy.testing import run_app
-from tests import apps
-from tests.models import Base
+from tests.support import apps
+from tests.support.models import Base
 
 NOT_FOUND = {"detail": "Tenant not found"}
 

@@ -27,7 +27,7 @@ from fastapi_tenancy.exceptions import PrincipalNotAllowed, TenantNotFound
 from fastapi_tenancy.principal import PrincipalCheck, check_principal
 from fastapi_tenancy.resolution import Resolution
 from fastapi_tenancy.types import Scope
-from tests.models import Base
+from tests.support.models import Base
 
 SECRET = secrets.token_urlsafe(48)
 NOT_FOUND = {"detail": "Tenant not found"}

@@ -12,9 +12,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from tests import apps
-from tests.models import Base
-from tests.services import REDIS_URL, require_server
+from tests.support import apps
+from tests.support.models import Base
+from tests.support.services import REDIS_URL, require_server
 
 
 def config(tmp_path: Path, **overrides: Any) -> TenancyConfig:

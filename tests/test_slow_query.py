@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.slowquery import SlowQueryLog
-from tests.backends import isolation_config
-from tests.models import Base
+from tests.support.backends import isolation_config
+from tests.support.models import Base
 
 LOGGER = "fastapi_tenancy.slow_query"
 

@@ -28,9 +28,9 @@ from fastapi_tenancy import (
 )
 from fastapi_tenancy.health import health_router
 from fastapi_tenancy.testing import run_app, tenant_client
-from tests import apps
-from tests.models import Base
-from tests.services import POSTGRES_URL, require_server, reset_database
+from tests.support import apps
+from tests.support.models import Base
+from tests.support.services import POSTGRES_URL, require_server, reset_database
 
 # Makes `import asyncpg` fail in the server process, as on a machine without the postgres extra.
 HIDE_ASYNCPG = """

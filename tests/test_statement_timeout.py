@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from fastapi_tenancy import TenancyConfig, TenancyMiddleware, get_tenant_session
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.unavailable import is_statement_timeout, is_unavailable
-from tests.backends import isolation_config
+from tests.support.backends import isolation_config
 
 CASES = [
     pytest.param(("row", "postgres"), marks=pytest.mark.postgres, id="row-postgres"),

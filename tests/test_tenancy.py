@@ -19,8 +19,8 @@ from fastapi_tenancy import (
     TenantSuspended,
     current_tenant,
 )
-from tests.backends import all_isolations, isolation_config
-from tests.models import Item
+from tests.support.backends import all_isolations, isolation_config
+from tests.support.models import Item
 
 pytestmark = all_isolations
 

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from fastapi_tenancy import ConfigurationError, TenancyConfig
 from fastapi_tenancy.config import ResolutionStrategy
 from fastapi_tenancy.testing import AppHarness, run_app, tenant_binding
-from tests import apps
-from tests.backends import schema_exists
-from tests.models import Base, Item
+from tests.support import apps
+from tests.support.backends import schema_exists
+from tests.support.models import Base, Item
 
 JWT_SECRET = secrets.token_urlsafe(48)
 

@@ -22,7 +22,7 @@ from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.store import SQLAlchemyTenantStore
 from fastapi_tenancy.unavailable import is_unavailable
-from tests.models import Base
+from tests.support.models import Base
 
 
 @pytest.fixture

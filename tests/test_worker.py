@@ -13,8 +13,8 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, inspect
 
 from fastapi_tenancy import InvalidTransition, Tenancy, TenantStatus
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.cli.helpers import CLI
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.cli import CLI
 
 ROOT = Path(__file__).parent.parent
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -91,8 +91,8 @@ async def test_two_worker_processes_provision_each_tenant_exactly_once(database_
         "TENANCY_DATABASE_URL": database_url,
         "TENANCY_ISOLATION_STRATEGY": "schema",
         "TENANCY_SCHEMA_PREFIX": TEST_STORAGE_PREFIX,
-        "TENANCY_TENANT_METADATA": "tests.models:Base.metadata",
-        "PYTHONPATH": str(ROOT),  # so the workers can import tests.models
+        "TENANCY_TENANT_METADATA": "tests.support.models:Base.metadata",
+        "PYTHONPATH": str(ROOT),  # so the workers can import tests.support.models
     }
     workers = [
         await asyncio.create_subprocess_exec(

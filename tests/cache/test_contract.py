@@ -10,7 +10,7 @@ import pytest
 
 from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache, TenantCache
 from fastapi_tenancy.models import Tenant
-from tests.cache.redis import redis_cache
+from tests.support.redis_cache import redis_cache
 
 ACME = Tenant(identifier="acme", name="Acme", metadata={"plan": "pro"})
 GLOBEX = Tenant(identifier="globex")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -14,10 +13,11 @@ from pydantic import SecretStr
 from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache
 from fastapi_tenancy.cache.layered import LayeredTenantCache
 from fastapi_tenancy.models import Tenant
-from tests.cache.redis import redis_cache
 from tests.cache.test_contract import ManualClock
-from tests.redis_server import PrivateRedis
-from tests.services import REDIS_URL
+from tests.support.polling import eventually
+from tests.support.redis_cache import redis_cache
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.redis
 
@@ -64,17 +64,6 @@ async def layered(
         await cache.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
-    """Seconds until ``check()`` holds; fails after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await check():
-        if loop.time() - started > within:
-            pytest.fail(f"condition not reached within {within} s")
-        await asyncio.sleep(0.005)
-    return loop.time() - started
-
-
 async def test_delete_in_one_process_empties_the_memory_of_every_other() -> None:
     prefix = f"tt-{uuid.uuid4().hex[:12]}"
     async with layered(prefix=prefix) as first, layered(prefix=prefix) as second:
@@ -88,9 +77,8 @@ async def test_delete_in_one_process_empties_the_memory_of_every_other() -> None
         async def second_forgot() -> bool:
             return await second.memory.get("acme") is None
 
-        elapsed = await eventually(second_forgot)
-        assert elapsed < 1.0, f"invalidation took {elapsed:.3f} s to reach the other process"
-        assert heard == ["acme"]
+        await eventually(second_forgot)
+        assert heard == ["acme"]  # the announcement emptied it, not an expiry
         assert await second.get("acme") is None
 
 
@@ -176,7 +164,7 @@ async def test_redis_outage_falls_back_to_memory_then_resumes_on_its_own(
         async def resumed() -> bool:
             return cache.redis_available
 
-        await eventually(resumed, within=10.0)
+        await eventually(resumed)
         assert observer.up[-1] is True
         await cache.set("acme", ACME, ttl=60, token=await cache.read_token("acme"))
         assert await cache.redis.get("acme") == CachedLookup(ACME)

@@ -27,10 +27,11 @@ from fastapi_tenancy.cache.layered import LayeredTenantCache
 from fastapi_tenancy.cache.redis import RedisTenantCache, redis_client
 from fastapi_tenancy.exceptions import TenantSuspended
 from fastapi_tenancy.models import Tenant
-from tests.backends import isolation_config
-from tests.cache.test_layered import CountingObserver, eventually, layered
-from tests.redis_server import PrivateRedis
-from tests.services import REDIS_URL, require_server
+from tests.cache.test_layered import CountingObserver, layered
+from tests.support.backends import isolation_config
+from tests.support.polling import eventually
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import REDIS_URL, require_server
 
 pytestmark = pytest.mark.redis
 
@@ -132,7 +133,7 @@ async def test_a_redis_restored_from_a_snapshot_never_serves_a_suspended_tenant(
                 async def resubscribed() -> bool:
                     return cache.redis_available
 
-                await eventually(resubscribed, within=10.0)
+                await eventually(resubscribed)
                 # The process that lived through the restart...
                 with pytest.raises(TenantSuspended):
                     await running.lookup.resolve("acme")

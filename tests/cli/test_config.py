@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi_tenancy import TenancyConfig
 from fastapi_tenancy.config_reference import MARKER
-from tests.cli.helpers import cli_environment, run_cli
+from tests.support.cli import cli_environment, run_cli
 
 
 def test_reference_lists_every_setting_with_its_env_var(tmp_path: Path) -> None:

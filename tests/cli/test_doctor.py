@@ -24,8 +24,8 @@ from fastapi_tenancy.cli.checks import (
     check_sqlite_workers,
     check_ssl,
 )
-from tests.cli.helpers import cli_environment, run_cli
-from tests.services import POSTGRES_URL, require_server
+from tests.support.cli import cli_environment, run_cli
+from tests.support.services import POSTGRES_URL, require_server
 
 
 def doctor(tmp_path: Path, *args: str, url: str | None = None, **settings: str) -> Any:

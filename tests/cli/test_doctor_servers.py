@@ -14,7 +14,7 @@ import pytest
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.cli import main
-from tests.services import POSTGRES_URL, REDIS_URL, require_server, reset_database
+from tests.support.services import POSTGRES_URL, REDIS_URL, require_server, reset_database
 from tests.test_jwks import JWKSServer
 
 UNREACHABLE_REDIS = "redis://:hunter2@127.0.0.1:1/0"

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import MetaData
 
 from fastapi_tenancy.cli import build_parser, main
-from tests.cli.helpers import cli_environment, run_cli
+from tests.support.cli import cli_environment, run_cli
 
 
 def leaf_commands(

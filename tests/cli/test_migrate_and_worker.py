@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy import MetaData
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from tests.cli.helpers import NO_TABLES_SPEC, cli_environment, run_cli
-from tests.migrations.scripts import SECOND, alembic_config
+from tests.support.cli import NO_TABLES_SPEC, cli_environment, run_cli
+from tests.support.migration_scripts import SECOND, alembic_config
 
 
 def alembic_ini(tmp_path: Path) -> Path:

@@ -13,11 +13,11 @@ import pytest
 from fastapi_tenancy import TenancyConfig
 from fastapi_tenancy.cli.checks import check_row_level_security
 from fastapi_tenancy.isolation.rls import POLICY_NAME, RlsProblem
-from tests.cli.helpers import cli_environment, run_cli
-from tests.rls import OWNER_ROLE, RlsDatabase, rls_database
+from tests.support.cli import cli_environment, run_cli
+from tests.support.rls import OWNER_ROLE, RlsDatabase, rls_database
 
 ROOT = Path(__file__).resolve().parents[2]
-METADATA = "tests.models:Base.metadata"
+METADATA = "tests.support.models:Base.metadata"
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def database() -> AsyncIterator[RlsDatabase]:
 
 def rls(tmp_path: Path, url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = cli_environment(url, tenant_metadata=METADATA, **settings)
-    env["PYTHONPATH"] = str(ROOT)  # so the command can import tests.models
+    env["PYTHONPATH"] = str(ROOT)  # so the command can import tests.support.models
     result = run_cli(*args, env=env, cwd=tmp_path)
     assert "Traceback" not in result.stderr
     return result

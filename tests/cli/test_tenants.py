@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import cli_environment, run_cli
-from tests.services import POSTGRES_URL, require_server, reset_database
+from tests.support.cli import cli_environment, run_cli
+from tests.support.services import POSTGRES_URL, require_server, reset_database
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from fastapi_tenancy.testing import AppHarness, run_app
-from tests.cli.helpers import cli_environment, run_cli
-from tests.services import REDIS_URL, require_server
+from tests.support.cli import cli_environment, run_cli
+from tests.support.services import REDIS_URL, require_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import TenancyConfig, TenancyMiddleware, get_tenant_session
 from fastapi_tenancy.metrics import metrics_app
-from tests.models import Item
+from tests.support.models import Item
 
 PID_KEY = "server_connection_id"
 

@@ -8,7 +8,7 @@ central database refuses connections, and each of them owes one audit row.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.audit import AuditTrail, SpillFile, audit_table
 from fastapi_tenancy.audit.spill import decode_line
-from tests.backends import isolation_config
-from tests.faults.helpers import running
-from tests.faults.proxy import FaultProxy
+from tests.support.backends import isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import running
+from tests.support.polling import eventually
 
 TENANT = "auditwarm"
 
@@ -68,14 +69,6 @@ def spilled_database_records(spill: Path) -> list[str]:
         for sink, record in map(decode_line, SpillFile(spill).read())
         if sink == "database"
     ]
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_records_written_while_the_central_database_is_down_all_arrive(

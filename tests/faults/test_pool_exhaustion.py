@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.backends import isolation_config
-from tests.faults.helpers import GENERIC_503, Holder, Running, running
+from tests.support.backends import isolation_config
+from tests.support.faults import GENERIC_503, Holder, Running, running
 
 POOL_TIMEOUT = 0.5
 TENANTS = ["poolalpha", "poolbravo"]

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from fastapi_tenancy import Tenancy, TenantStatus
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.proxy import FaultProxy
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.fault_proxy import FaultProxy
 
 pytestmark = [
     pytest.mark.postgres,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.backends import isolation_config
-from tests.faults.helpers import GENERIC_503, Holder, Running, running
-from tests.faults.proxy import FaultProxy
-from tests.redis_server import PrivateRedis
+from tests.support.backends import isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import GENERIC_503, Holder, Running, running
+from tests.support.redis_server import PrivateRedis
 
 TENANT = "readyalpha"
 

@@ -13,8 +13,6 @@ for other tenants' rows.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,15 +20,14 @@ from redis.asyncio import Redis
 
 from fastapi_tenancy import TenancyConfig
 from fastapi_tenancy.cache.layered import LayeredTenantCache
-from tests.backends import isolation_config
-from tests.faults.helpers import GENERIC_503, Running, running
-from tests.redis_server import PrivateRedis
+from tests.support.backends import isolation_config
+from tests.support.faults import GENERIC_503, Running, running
+from tests.support.polling import eventually
+from tests.support.redis_server import PrivateRedis
 
 TENANTS = ["redisalpha", "redisbravo"]
 # Recovery is waited for in short steps, never with a fixed delay: reconnecting takes as long as
 # the client's retry interval, and the bound only keeps a broken recovery from hanging the test.
-RECOVERY_ATTEMPTS = 150
-RECOVERY_STEP_SECONDS = 0.1
 
 pytestmark = [
     pytest.mark.postgres,
@@ -45,14 +42,6 @@ def redis(private_redis: PrivateRedis) -> PrivateRedis:
 
 def config(case: tuple[str, str], redis: PrivateRedis, **overrides: Any) -> TenancyConfig:
     return isolation_config(case, redis_url=redis.url, **overrides)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
-    for _ in range(RECOVERY_ATTEMPTS):
-        if await check():
-            return True
-        await asyncio.sleep(RECOVERY_STEP_SECONDS)
-    return False
 
 
 async def served(service: Running, identifier: str) -> bool:
@@ -77,7 +66,7 @@ async def test_fail_closed_rate_limiting_answers_503_while_redis_is_down_then_re
 
         await redis.start()
 
-        assert await eventually(lambda: served(service, "redisalpha"))
+        await eventually(lambda: served(service, "redisalpha"))
         assert await service.statuses("redisbravo", 2) == [200, 200]
         admitted = await service.get("redisbravo")
         assert "ratelimit-remaining" in admitted.headers  # counted in Redis again
@@ -100,7 +89,7 @@ async def test_fail_open_rate_limiting_lets_requests_through_while_redis_is_down
 
         await redis.start()
 
-        assert await eventually(
+        await eventually(
             lambda: _has_rate_limit_headers(service, "redisalpha"),
         )
 
@@ -136,7 +125,7 @@ async def test_tenant_cache_falls_back_to_memory_and_store_while_redis_is_down(
             assert await service.statuses("redisalpha") == [200]
             return await redis_has(redis, key)
 
-        assert await eventually(written_to_redis_again)
+        await eventually(written_to_redis_again)
         assert cache.redis_available
 
 

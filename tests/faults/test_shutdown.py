@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,10 +24,11 @@ from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.audit import SpillFile, audit_table
 from fastapi_tenancy.audit.spill import decode_line
 from fastapi_tenancy.store.memory import MemoryTenantStore
-from tests.backends import isolation_config
-from tests.faults.proxy import FaultProxy
-from tests.http_servers import server_process
-from tests.services import free_port
+from tests.support.backends import isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.http_servers import server_process
+from tests.support.polling import eventually
+from tests.support.services import free_port
 
 TENANT = "stalled"
 SHUTDOWN_TIMEOUT = 3.0
@@ -49,14 +49,6 @@ async def request_rows(url: str) -> int:
             return int((await conn.execute(query)).scalar_one())
     finally:
         await engine.dispose()
-
-
-async def eventually(condition: Callable[[], object], seconds: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await condition():  # type: ignore[misc]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("isolation_case", CASES, indirect=True)

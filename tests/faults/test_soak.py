@@ -40,12 +40,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.isolation.servers import create_database, drop_database
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.helpers import GENERIC_503, Failures, Running, foreign_rows, running
-from tests.faults.proxy import FaultProxy
-from tests.models import Item
-from tests.redis_server import PrivateRedis
-from tests.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import GENERIC_503, Failures, Running, foreign_rows, running
+from tests.support.models import Item
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
 
 REQUESTS = int(os.environ.get("TENANCY_SOAK_REQUESTS", "4000"))
 SECONDS = float(os.environ.get("TENANCY_SOAK_SECONDS", "90"))

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.backends import isolation_config
-from tests.faults.helpers import GENERIC_503, Running, running
-from tests.faults.proxy import FaultProxy
+from tests.support.backends import isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import GENERIC_503, Running, running
 
 TENANT = "stallwarm"
 TIMEOUT = 1.0

@@ -20,10 +20,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_tenancy import Tenancy
-from tests.backends import isolation_config
-from tests.http_servers import serving
-from tests.models import Item
-from tests.services import free_port
+from tests.support.backends import isolation_config
+from tests.support.http_servers import serving
+from tests.support.models import Item
+from tests.support.services import free_port
 
 TENANT = "teardown"
 COUNTER = "fastapi_tenancy_storage_failures_after_response"
@@ -42,7 +42,7 @@ def server_environment(case: tuple[str, str]) -> dict[str, str]:
     settings = {
         "TENANCY_DATABASE_URL": config.database_url,
         "TENANCY_ISOLATION_STRATEGY": config.isolation_strategy,
-        "TENANCY_TENANT_METADATA": "tests.models:Base.metadata",
+        "TENANCY_TENANT_METADATA": "tests.support.models:Base.metadata",
         "TENANCY_SCHEMA_PREFIX": config.schema_prefix,
         "TENANCY_ENABLE_METRICS": "true",
         "TENANCY_EXCLUDED_PATHS": "/health/*,/metrics",

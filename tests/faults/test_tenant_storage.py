@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.helpers import GENERIC_503, admin_execute, running
-from tests.faults.proxy import FaultProxy
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import GENERIC_503, admin_execute, running
 
 HEALTHY = ["storealpha", "storebravo"]
 BROKEN = "storebroken"

@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.faults.helpers import GENERIC_503, running
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.faults import GENERIC_503, running
 
 TENANTS = ["termalpha", "termbravo"]
 

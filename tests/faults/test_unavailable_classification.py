@@ -31,10 +31,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.conftest import empty_database
-from tests.faults.helpers import GENERIC_503, Running, admin_execute, running
-from tests.faults.proxy import FaultProxy
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.fault_proxy import FaultProxy
+from tests.support.faults import GENERIC_503, Running, admin_execute, running
 
 WARM = "refusedwarm"
 COLD = "refusedcold"

@@ -14,9 +14,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from fastapi_tenancy import Tenancy
-from tests import apps
-from tests.backends import all_isolations, isolation_config
-from tests.traffic import assert_each_tenant_owns_exactly, mixed_traffic
+from tests.support import apps
+from tests.support.backends import all_isolations, isolation_config
+from tests.support.traffic import assert_each_tenant_owns_exactly, mixed_traffic
 
 TENANTS = [f"tenant-{n}" for n in range(6)]
 REQUESTS = 240

@@ -16,9 +16,9 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import ConfigurationError, ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy.isolation import DatabaseIsolation
-from tests import apps
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config
-from tests.models import Item
+from tests.support import apps
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
+from tests.support.models import Item
 
 postgres = pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True

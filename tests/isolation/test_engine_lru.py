@@ -20,7 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
-from tests.services import MYSQL_URL, POSTGRES_URL, require_server
+from tests.support.polling import eventually
+from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server
 
 FEW = [f"h5_s{i}" for i in range(4)]
 MANY = [f"h5_t{i:03d}" for i in range(200)]
@@ -126,12 +127,11 @@ async def pg_connections(admin: AsyncConnection, database: str | None = None) ->
 
 
 async def eventually_zero(count: Callable[[], Awaitable[int]]) -> None:
-    # Disposal runs in the background: give it a few seconds to close the connections.
-    for _ in range(250):
-        if await count() == 0:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail("connections are still open 5 s after the engine was dropped")
+    # Disposal runs in the background: wait for it to close the connections.
+    async def zero() -> bool:
+        return await count() == 0
+
+    await eventually(zero, what="no connection open after the engine was dropped")
 
 
 async def select_one(engine: AsyncEngine) -> None:

@@ -17,12 +17,12 @@ from asyncpg.exceptions import DuplicatePreparedStatementError, InvalidSQLStatem
 from sqlalchemy import event
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from tests import apps
-from tests.backends import TEST_STORAGE_PREFIX
-from tests.models import Base
-from tests.pgbouncer import PgBouncer, running_pgbouncer, server_connection_sampler
-from tests.services import POSTGRES_URL, require_server, reset_database
-from tests.traffic import assert_each_tenant_owns_exactly, mixed_traffic
+from tests.support import apps
+from tests.support.backends import TEST_STORAGE_PREFIX
+from tests.support.models import Base
+from tests.support.pgbouncer import PgBouncer, running_pgbouncer, server_connection_sampler
+from tests.support.services import POSTGRES_URL, require_server, reset_database
+from tests.support.traffic import assert_each_tenant_owns_exactly, mixed_traffic
 
 pytestmark = pytest.mark.postgres
 

@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fastapi_tenancy import CrossTenantAccess, Tenancy, TenancyConfig
 from fastapi_tenancy.engines import create_engine, reset_postgres_session
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
-from tests.backends import TEST_STORAGE_PREFIX
-from tests.models import Base, Item
-from tests.rls import rls_database
-from tests.services import POSTGRES_URL, require_server, reset_database
+from tests.support.backends import TEST_STORAGE_PREFIX
+from tests.support.models import Base, Item
+from tests.support.rls import rls_database
+from tests.support.services import POSTGRES_URL, require_server, reset_database
 
 postgres = pytest.mark.postgres
 VARIANTS = ["row", "row+rls", "schema"]

@@ -1,8 +1,8 @@
 """PostgreSQL row-level security under row isolation, with real roles and real policies.
 
-The app logs in as a role that is neither superuser, BYPASSRLS nor owner (see tests/rls.py), so
-PostgreSQL applies the policies. Raw SQL, which the ORM filter never sees, is what these tests
-use to read and write: whatever confines it is the database.
+The app logs in as a role that is neither superuser, BYPASSRLS nor owner (see
+tests/support/rls.py), so PostgreSQL applies the policies. Raw SQL, which the ORM filter never
+sees, is what these tests use to read and write: whatever confines it is the database.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from fastapi_tenancy.isolation.rls import (
 )
 from fastapi_tenancy.migrations.rls import enable_row_level_security
 from fastapi_tenancy.models import Tenant
-from tests.models import Base, Item
-from tests.pgbouncer import PgBouncer, running_pgbouncer
-from tests.rls import APP_ROLE, OWNER_ROLE, RlsDatabase, rls_database
-from tests.traffic import assert_each_tenant_owns_exactly, mixed_traffic
+from tests.support.models import Base, Item
+from tests.support.pgbouncer import PgBouncer, running_pgbouncer
+from tests.support.rls import APP_ROLE, OWNER_ROLE, RlsDatabase, rls_database
+from tests.support.traffic import assert_each_tenant_owns_exactly, mixed_traffic
 
 postgres = pytest.mark.postgres
 
@@ -213,7 +213,7 @@ async def test_purge_deletes_the_tenants_rows_under_the_policy(
 
 
 def raw_sql_app(config: TenancyConfig) -> FastAPI:
-    """The traffic helper's app (tests/apps.py), reading and writing with raw SQL only."""
+    """The traffic helper's app (tests/support/apps.py), reading and writing with raw SQL only."""
     app = FastAPI()
     app.add_middleware(TenancyMiddleware, config=config)
 

@@ -11,8 +11,8 @@ from sqlalchemy.orm import aliased, selectinload
 
 from fastapi_tenancy import CrossTenantAccess, Tenant, TenantContextMissing
 from fastapi_tenancy.isolation import RowIsolation, TenantSession, TenantTables
-from tests.backends import all_databases
-from tests.models import Base, Item, Note, Plan
+from tests.support.backends import all_databases
+from tests.support.models import Base, Item, Note, Plan
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")

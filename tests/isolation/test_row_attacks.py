@@ -39,7 +39,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
 from fastapi_tenancy.isolation import RowIsolation, TenantTables
-from tests.backends import all_databases
+from tests.support.backends import all_databases
 
 A = Tenant(identifier="attack-a")
 B = Tenant(identifier="attack-b")

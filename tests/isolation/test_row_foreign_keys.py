@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
 from fastapi_tenancy.isolation import RowIsolation, TenantTables, references
-from tests.backends import all_databases
+from tests.support.backends import all_databases
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")

@@ -1,6 +1,6 @@
 """Row isolation, as a property: no generated ORM program lets tenant A touch tenant B's rows.
 
-`tests.isolation.row_grammar` generates programs of ordinary SQLAlchemy ORM code (selects, joins,
+`tests.support.row_grammar` generates programs of ordinary SQLAlchemy ORM code (selects, joins,
 subqueries, CTEs, unions, inheritance, loaders, get/merge/refresh, inserts, upserts, updates,
 deletes, bulk statements, forged objects). Each program runs step by step, one transaction a
 step, in tenant A's session, twice:
@@ -60,8 +60,9 @@ from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation import RowIsolation, TenantTables
 from tests.conftest import empty_database
-from tests.hypothesis_profiles import DEEP, ROW_PROPERTY
-from tests.isolation.row_grammar import (
+from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
+from tests.support.rls import rls_database
+from tests.support.row_grammar import (
     B_ENTRY_IDS,
     FOREIGN_MARK,
     A,
@@ -71,7 +72,6 @@ from tests.isolation.row_grammar import (
     Step,
     seed_rows,
 )
-from tests.rls import rls_database
 
 TENANT_A = Tenant(identifier="prop-a", id=A)
 

@@ -13,8 +13,8 @@ from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.schema import Binding
-from tests.backends import TEST_STORAGE_PREFIX, isolation_config, schema_exists
-from tests.models import Base, Item
+from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config, schema_exists
+from tests.support.models import Base, Item
 
 SCHEMA_CASES = [
     pytest.param("postgres", "search_path", marks=pytest.mark.postgres, id="postgres-search_path"),

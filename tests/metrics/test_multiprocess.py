@@ -13,8 +13,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from tests.http_servers import serving
-from tests.services import free_port
+from tests.support.http_servers import serving
+from tests.support.services import free_port
 
 CONF = Path(__file__).with_name("gunicorn_conf.py")
 WORKERS = 2

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from fastapi_tenancy.migrations import MigrationError
 from fastapi_tenancy.migrations.errors import describe_error, url_passwords
-from tests.migrations.scripts import alembic_config
+from tests.support.migration_scripts import alembic_config
 
 
 def test_offline_mode_is_refused(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from fastapi_tenancy import Tenancy, TenancyConfig, Tenant, TenantStatus
 from fastapi_tenancy.migrations import MigrationReport, TenantMigration, migrate_tenant, upgrade
 from fastapi_tenancy.migrations.locks import advisory_key, named_lock
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.backends import isolation_config, schema_exists
-from tests.migrations.scripts import FIRST, SECOND, alembic_config
-from tests.migrations.storage import add_note_column, item_columns, revision, tenant_tables
+from tests.support.backends import isolation_config, schema_exists
+from tests.support.migration_scripts import FIRST, SECOND, alembic_config
+from tests.support.migration_storage import add_note_column, item_columns, revision, tenant_tables
 
 PER_TENANT = [
     pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),

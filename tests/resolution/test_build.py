@@ -17,7 +17,7 @@ from fastapi_tenancy.resolution import (
     SubdomainResolver,
     build_resolver,
 )
-from tests.resolution.scopes import http_scope
+from tests.support.scopes import http_scope
 
 SECRET = secrets.token_urlsafe(48)
 

@@ -18,7 +18,7 @@ from fastapi_tenancy.resolution import (
     PathResolver,
     Resolution,
 )
-from tests.resolution.scopes import http_scope
+from tests.support.scopes import http_scope
 
 CHAIN = ChainResolver(HeaderResolver("X-Tenant-ID"), PathResolver("/t"))
 

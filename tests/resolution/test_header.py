@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.resolution import HeaderResolver, Resolution
-from tests.resolution.scopes import http_scope, resolve_or_refuse
+from tests.support.scopes import http_scope, resolve_or_refuse
 
 RESOLVER = HeaderResolver("X-Tenant-ID")
 

@@ -22,7 +22,7 @@ from fastapi_tenancy.exceptions import AuthenticationFailed, ConfigurationError
 from fastapi_tenancy.models import IDENTIFIER_PATTERN
 from fastapi_tenancy.resolution import JWTResolver, Resolution
 from fastapi_tenancy.resolution.jwt import DEFAULT_LEEWAY
-from tests.resolution.scopes import http_scope, resolve_or_refuse
+from tests.support.scopes import http_scope, resolve_or_refuse
 
 SECRET = secrets.token_urlsafe(48)
 RESOLVER = JWTResolver(SECRET, "HS256", "tenant")

@@ -13,9 +13,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from fastapi_tenancy import TenancyConfig
-from tests import apps
-from tests.models import Base
 from tests.resolution.test_jwt import RSA_PRIVATE, RSA_PUBLIC_PEM, forge
+from tests.support import apps
+from tests.support.models import Base
 
 
 def now() -> int:

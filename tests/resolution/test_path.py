@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.resolution import PathResolver, Resolution
-from tests.resolution.scopes import http_scope, resolve_or_refuse
+from tests.support.scopes import http_scope, resolve_or_refuse
 
 
 def test_first_path_segment_names_the_tenant_without_a_prefix() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTenantIdentifier
 from fastapi_tenancy.resolution import Resolution, SubdomainResolver
-from tests.resolution.scopes import Header, http_scope, raw_header, resolve_or_refuse
+from tests.support.scopes import Header, http_scope, raw_header, resolve_or_refuse
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 RESOLVER = SubdomainResolver("example.com", trusted_proxies=PROXIES)

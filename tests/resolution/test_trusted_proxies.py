@@ -11,8 +11,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from fastapi_tenancy import TenancyConfig
-from tests import apps
-from tests.models import Base
+from tests.support import apps
+from tests.support.models import Base
 
 # As an operator writes it in the environment: a CIDR network, an IPv6 network, one address.
 TRUSTED = "10.0.0.0/8, 2001:db8::/32, 192.0.2.7"

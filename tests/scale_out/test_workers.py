@@ -20,8 +20,8 @@ from pydantic import SecretStr
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.conftest import empty_database
-from tests.http_servers import serving
-from tests.services import REDIS_URL, free_port, require_server
+from tests.support.http_servers import serving
+from tests.support.services import REDIS_URL, free_port, require_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -14,8 +14,8 @@ from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.store import MemoryTenantStore, SQLAlchemyTenantStore, TenantStore
-from tests.backends import DATABASES
 from tests.conftest import empty_database
+from tests.support.backends import DATABASES
 
 STORES = [pytest.param("memory", id="memory"), *DATABASES]
 

@@ -16,7 +16,7 @@ from fastapi_tenancy.engines import create_engine, redact_url
 from fastapi_tenancy.exceptions import ServiceUnavailable
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore, tenants_table
-from tests.backends import all_databases
+from tests.support.backends import all_databases
 
 PASSWORD = "hunter2-Sup3rSecret"
 UNREACHABLE = [

@@ -13,7 +13,7 @@ soak counts against it, into ``$SOAK_EVENTS/events-<pid>.jsonl`` (one JSON objec
   middleware passes the exception of each ``5xx`` it answers as a log argument).
 
 Exceptions are kept twice: as the chain of ``Class: message`` (the report groups by the classes)
-and as `tests.faults.helpers.explain` renders them, with where each was raised.
+and as `tests.support.faults.explain` renders them, with where each was raised.
 
 Each line carries the request's ``X-Soak-Request`` id (``null`` for work off the request path, such
 as the audit writer), so the driver joins the server's side to the client's.
@@ -38,8 +38,8 @@ from fastapi_tenancy.exceptions import TenancyError
 from fastapi_tenancy.metrics import metrics_app
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.types import Message, Receive, Scope, Send
-from tests.faults.helpers import explain
-from tests.models import Item
+from tests.support.faults import explain
+from tests.support.models import Item
 
 REQUEST_HEADER = b"x-soak-request"
 RECENT_ROWS = 20

@@ -50,12 +50,12 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from fastapi_tenancy.isolation.servers import create_database, drop_database
-from tests.backends import TEST_STORAGE_PREFIX, database_url_template
-from tests.faults.proxy import FaultProxy
 from tests.faults.soak.app import REQUEST_HEADER
-from tests.http_servers import serving
-from tests.redis_server import PrivateRedis
-from tests.services import POSTGRES_URL, free_port
+from tests.support.backends import TEST_STORAGE_PREFIX, database_url_template
+from tests.support.fault_proxy import FaultProxy
+from tests.support.http_servers import serving
+from tests.support.redis_server import PrivateRedis
+from tests.support.services import POSTGRES_URL, free_port
 
 __all__ = ["SoakSettings", "SoakReport", "run_soak"]
 
@@ -336,7 +336,7 @@ class Soak:
         env = {
             "TENANCY_DATABASE_URL": deployment_url,
             "TENANCY_ISOLATION_STRATEGY": strategy,
-            "TENANCY_TENANT_METADATA": "tests.models:Base.metadata",
+            "TENANCY_TENANT_METADATA": "tests.support.models:Base.metadata",
             "TENANCY_SCHEMA_PREFIX": TEST_STORAGE_PREFIX,
             "TENANCY_REDIS_URL": self.redis.url,
             "TENANCY_CACHE_KEY_PREFIX": f"soak-{strategy}",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tests.redis_server import PrivateRedis
+from tests.support.redis_server import PrivateRedis
 
 
 async def stored(redis: PrivateRedis) -> bytes | str | None:

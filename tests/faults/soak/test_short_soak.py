@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from tests.faults.soak.driver import FAULT_KINDS, SoakSettings, run_soak
-from tests.services import POSTGRES_URL, require_server
+from tests.support.services import POSTGRES_URL, require_server
 
 pytestmark = [
     pytest.mark.slow,

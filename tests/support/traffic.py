@@ -11,15 +11,15 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from fastapi_tenancy import Tenancy
-from tests.models import Item
+from tests.support.models import Item
 
 
 async def mixed_traffic(
     app: FastAPI, ids: dict[str, str], *, requests: int, concurrency: int
 ) -> tuple[Counter[str], list[BaseException]]:
-    """Reads and writes (each write commits twice and reads back, see tests/apps.py) for random
-    tenants of ``ids`` (identifier -> tenant id). Returns the rows each tenant wrote and every
-    failed request; a response holding another tenant's row counts as a failure."""
+    """Reads and writes (each write commits twice and reads back, see tests/support/apps.py) for
+    random tenants of ``ids`` (identifier -> tenant id). Returns the rows each tenant wrote and
+    every failed request; a response holding another tenant's row counts as a failure."""
     rng = random.Random(20261123)
     tenants = sorted(ids)
     plan = [(rng.choice(tenants), rng.random() < 0.5, n) for n in range(requests)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi_tenancy.cache.redis import RedisTenantCache, redis_client
-from tests.services import REDIS_URL, require_server
+from tests.support.services import REDIS_URL, require_server
 
 
 def redis_cache(url: str = REDIS_URL, prefix: str | None = None) -> RedisTenantCache:

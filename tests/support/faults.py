@@ -24,8 +24,8 @@ from sqlalchemy.pool import NullPool
 from fastapi_tenancy import Tenancy, TenancyConfig, get_tenant_session
 from fastapi_tenancy.health import health_router
 from fastapi_tenancy.types import ASGIApp, Receive, Scope, Send
-from tests import apps
-from tests.models import Item
+from tests.support import apps
+from tests.support.models import Item
 
 GENERIC_503 = {"detail": "Service unavailable"}
 REPOSITORY = str(Path(__file__).resolve().parents[2]) + "/"
@@ -122,8 +122,8 @@ class Holder:
 
 
 def fault_app(config: TenancyConfig, holder: Holder | None = None) -> FastAPI:
-    """The example app of tests/apps.py plus ``/hold``, which keeps its connection checked out,
-    and the health endpoints."""
+    """The example app of tests/support/apps.py plus ``/hold``, which keeps its connection checked
+    out, and the health endpoints."""
     app = apps.create_app(config)
     app.include_router(health_router())
     held = holder or Holder()

@@ -11,10 +11,10 @@ from pathlib import Path
 from sqlalchemy import MetaData
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-TEST_METADATA = "tests.models:Base.metadata"
+TEST_METADATA = "tests.support.models:Base.metadata"
 # For tenants whose tables Alembic creates: provisioning makes the storage only.
 NO_TABLES = MetaData()
-NO_TABLES_SPEC = "tests.cli.helpers:NO_TABLES"
+NO_TABLES_SPEC = "tests.support.cli:NO_TABLES"
 # The script pip installed next to this interpreter, so the tests exercise the real entry point.
 CLI = shutil.which("fastapi-tenancy", path=str(Path(sys.executable).parent))
 

@@ -17,7 +17,7 @@ from fastapi_tenancy import (
     get_current_tenant,
     get_tenant_session,
 )
-from tests.models import Item
+from tests.support.models import Item
 
 # Filled by the /background route's task, to prove the tenant follows BackgroundTasks.
 background_seen: list[str] = []

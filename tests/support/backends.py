@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_tenancy import TenancyConfig
-from tests.models import Base
-from tests.services import TEST_STORAGE_PREFIX as TEST_STORAGE_PREFIX
+from tests.support.models import Base
+from tests.support.services import TEST_STORAGE_PREFIX as TEST_STORAGE_PREFIX
 
 DATABASES = [
     pytest.param("sqlite", id="sqlite"),

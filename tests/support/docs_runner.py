@@ -1,4 +1,4 @@
-"""Run a chain of doc blocks in one namespace: ``python -m tests.docs_runner BLOCKS.json``.
+"""Run a chain of doc blocks in one namespace: ``python -m tests.support.docs_runner BLOCKS.json``.
 
 Runs in its own process (so models a page defines never meet another page's) and in a scratch
 working directory, where the default ``./tenancy.db`` lands. Top-level ``await`` and ``async

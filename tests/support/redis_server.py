@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.services import REQUIRE_SERVICES, free_port
+from tests.support.services import REQUIRE_SERVICES, free_port
 
 __all__ = ["PrivateRedis"]
 

@@ -20,8 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.isolation.rls import apply_policies
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
-from tests.models import Base
-from tests.services import POSTGRES_URL, require_server, reset_database
+from tests.support.models import Base
+from tests.support.services import POSTGRES_URL, require_server, reset_database
 
 _DATABASE = re.sub(r"[^a-z0-9_]", "", (make_url(POSTGRES_URL).database or "test").lower())
 OWNER_ROLE = f"tenancy_owner_{_DATABASE}"
@@ -53,8 +53,8 @@ async def rls_database(
 ) -> AsyncIterator[RlsDatabase]:
     """An empty test database with the three roles; the owner has created the test tables.
 
-    ``metadata`` names the tables (default: tests/models.py's). With ``policies`` the owner has
-    also put the tenant tables under row-level security.
+    ``metadata`` names the tables (default: tests/support/models.py's). With ``policies`` the owner
+    has also put the tenant tables under row-level security.
     Everything (tables and roles) is dropped on exit.
     """
     require_server("postgres", POSTGRES_URL, 5432)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.services import REQUIRE_SERVICES, free_port
+from tests.support.services import REQUIRE_SERVICES, free_port
 
 POOL_SIZE = 2
 MAX_CLIENT_CONNECTIONS = 200
