@@ -35,9 +35,9 @@ from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.resolution import ChainResolver, HeaderResolver, Resolution, SubdomainResolver
 from fastapi_tenancy.store import MemoryTenantStore
-from tests.backends import DATABASES, isolation_config
-from tests.resolution.scopes import http_scope
-from tests.services import REDIS_URL, require_server
+from tests.support.backends import DATABASES, isolation_config
+from tests.support.scopes import http_scope
+from tests.support.services import REDIS_URL, require_server
 
 PUBLIC_PEER = ("203.0.113.7", 50000)
 

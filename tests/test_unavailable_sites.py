@@ -35,9 +35,9 @@ from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore
 from fastapi_tenancy.unavailable import is_unavailable
 from tests.conftest import empty_database
-from tests.faults.proxy import FaultProxy
-from tests.models import Base
 from tests.store.test_sqlalchemy import join_aiosqlite_workers
+from tests.support.fault_proxy import FaultProxy
+from tests.support.models import Base
 
 SITES = ("store", "provisioning", "session")
 KINDS = {"missing_table": False, "refused": True, "dropped": True, "pool_timeout": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.helpers import cli_environment, run_cli
+from tests.support.cli import cli_environment, run_cli
 
 
 def test_domains_are_added_listed_and_removed_from_the_command_line(tmp_path: Path) -> None:
