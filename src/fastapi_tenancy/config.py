@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -50,39 +49,6 @@ ASYNC_DRIVERS = {
 
 ResolutionStrategy = Literal["header", "subdomain", "jwt", "path"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# An HMAC key shorter than the hash output weakens the signature (RFC 7518, section 3.2).
-HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET_BYTES)
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-# Values copied from tutorials and .env templates; a token signed with one of them is forgeable.
-PLACEHOLDER_SECRET_PREFIXES = (
-    "change-me",
-    "changeme",
-    "change_me",
-    "replace-me",
-    "replaceme",
-    "replace_me",
-    "your-secret",
-    "your_secret",
-    "yoursecret",
-    "secret",
-    "placeholder",
-    "example",
-    "dummy",
-    "insecure",
-)
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def env_name(field: str) -> str:
@@ -760,58 +726,13 @@ class TenancyConfig(BaseSettings):
         scheme = self.database_url.split(":", 1)[0]
         return scheme.split("+", 1)[0]
 
-    def _check_jwks(self) -> None:
-        url = self.jwt_jwks_url or ""
-        if self.jwt_secret is not None:
-            raise ConfigurationError(
-                "set either TENANCY_JWT_SECRET (one key) or TENANCY_JWT_JWKS_URL (keys chosen by "
-                "kid), not both"
-            )
-        if self.jwt_algorithm not in ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"TENANCY_JWT_JWKS_URL publishes public keys; jwt_algorithm {self.jwt_algorithm} "
-                "is not asymmetric (use e.g. RS256 or ES256)"
-            )
-        parts = urlsplit(url)
-        local = parts.scheme == "http" and _is_loopback(parts.hostname)
-        if parts.scheme != "https" and not local:
-            # Keys fetched over plain HTTP can be swapped in transit, and with them any token.
-            raise ConfigurationError("TENANCY_JWT_JWKS_URL must be an https:// URL")
-
     def _check_jwt(self) -> None:
-        algorithm = self.jwt_algorithm
-        if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"jwt_algorithm {algorithm!r} is not supported; use one of "
-                f"{', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
-            )
-        if self.jwt_jwks_url is not None:
-            self._check_jwks()
-            return
-        if self.jwt_secret is None or not self.jwt_secret.get_secret_value().strip():
-            raise ConfigurationError(
-                "resolution_strategy 'jwt' needs TENANCY_JWT_SECRET: the HMAC secret for HS* "
-                "algorithms, or the PEM public key for RS*/PS*/ES*/EdDSA"
-            )
-        if algorithm in HMAC_ALGORITHMS:
-            secret = self.jwt_secret.get_secret_value()
-            minimum = HMAC_MIN_SECRET_BYTES[algorithm]
-            if len(secret.encode()) < minimum:
-                raise ConfigurationError(
-                    f"TENANCY_JWT_SECRET is shorter than {minimum} bytes, the minimum for "
-                    f"{algorithm}; generate one with: "
-                    "python -c 'import secrets; print(secrets.token_urlsafe(64))'"
-                )
-            lowered = secret.strip().lower()
-            if lowered.startswith(PLACEHOLDER_SECRET_PREFIXES) or len(set(secret)) < 8:
-                raise ConfigurationError(
-                    "TENANCY_JWT_SECRET looks like a placeholder; generate a real one with: "
-                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-                )
-        else:
-            key = self.jwt_secret.get_secret_value()
-            if "-----BEGIN" not in key or "PRIVATE KEY" in key:
-                raise ConfigurationError(
-                    f"jwt_algorithm {algorithm} verifies with a public key: set "
-                    "TENANCY_JWT_SECRET to the PEM-encoded public key (never the private key)"
-                )
+        # The policy lives with JWT resolution; imported here, as resolution's wiring reads this
+        # module.
+        from fastapi_tenancy.resolution.jwt import check_jwt_settings
+
+        check_jwt_settings(
+            self.jwt_algorithm,
+            None if self.jwt_secret is None else self.jwt_secret.get_secret_value(),
+            self.jwt_jwks_url,
+        )

@@ -16,8 +16,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fastapi_tenancy.config import ASYMMETRIC_ALGORITHMS
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
+from fastapi_tenancy.resolution.jwt import check_algorithm
 
 if TYPE_CHECKING:
     import httpx
@@ -114,10 +114,7 @@ class JWKSKeys:
         min_refresh_interval: float = 10.0,
         timeout: float = 5.0,
     ) -> None:
-        if algorithm not in ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"a JWKS holds public keys: jwt_algorithm must be asymmetric, not {algorithm}"
-            )
+        check_algorithm(algorithm, public_keys=True)
         try:
             import httpx
             import jwt  # noqa: F401 - fail here, at construction, not at the first fetch

@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import URL, make_url
 
-from fastapi_tenancy.config import HMAC_ALGORITHMS, TenancyConfig
+from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exclusions import PathExclusions
 from fastapi_tenancy.isolation.rls import RlsProblem
+from fastapi_tenancy.resolution.jwt import HMAC_ALGORITHMS
 
 __all__ = [
     "CheckResult",

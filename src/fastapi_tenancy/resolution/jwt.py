@@ -1,10 +1,17 @@
-"""JWT strategy: a verified bearer token names the tenant in one of its claims."""
+"""JWT strategy: a verified bearer token names the tenant in one of its claims.
+
+The crypto policy lives here, once: which algorithms are accepted, how strong an HMAC secret must
+be, that a public-key algorithm gets a public key, and that a JWKS is fetched over HTTPS.
+`TenancyConfig` validates its ``jwt_*`` settings with `check_jwt_settings`; `JWTResolver` and
+`JWKSKeys` check their own arguments with `check_algorithm`.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-from fastapi_tenancy.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS
 from fastapi_tenancy.exceptions import (
     AuthenticationFailed,
     ConfigurationError,
@@ -18,13 +25,116 @@ from fastapi_tenancy.types import Scope
 if TYPE_CHECKING:
     from jwt import PyJWT
 
-__all__ = ["DEFAULT_LEEWAY", "JWTResolver", "SigningKeys", "UnknownSigningKey"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DEFAULT_LEEWAY",
+    "HMAC_ALGORITHMS",
+    "HMAC_MIN_SECRET_BYTES",
+    "JWTResolver",
+    "SigningKeys",
+    "UnknownSigningKey",
+    "check_algorithm",
+    "check_jwt_settings",
+]
+
+# An HMAC key shorter than the hash output weakens the signature (RFC 7518, section 3.2).
+HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET_BYTES)
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# Values copied from tutorials and .env templates; a token signed with one of them is forgeable.
+PLACEHOLDER_SECRET_PREFIXES = (
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "replace_me",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "secret",
+    "placeholder",
+    "example",
+    "dummy",
+    "insecure",
+)
 
 # Seconds of clock skew tolerated on exp, nbf and iat: enough for servers kept in time by NTP, too
 # little to stretch a token's life in any way that matters.
 DEFAULT_LEEWAY = 10.0
 
 _INSTALL_HINT = "install it with: pip install 'fastapi-tenancy[jwt]'"
+
+
+def check_algorithm(algorithm: str, *, public_keys: bool = False) -> None:
+    """Raise `ConfigurationError` unless ``algorithm`` is accepted (and asymmetric, when the keys
+    are published public keys: a JWKS, keys chosen by ``kid``)."""
+    if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+        raise ConfigurationError(
+            f"jwt_algorithm {algorithm!r} is not supported; use one of "
+            f"{', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
+        )
+    if public_keys and algorithm not in ASYMMETRIC_ALGORITHMS:
+        raise ConfigurationError(
+            f"a JWKS publishes public keys; jwt_algorithm {algorithm} is not asymmetric "
+            "(use e.g. RS256 or ES256)"
+        )
+
+
+def check_jwt_settings(algorithm: str, secret: str | None, jwks_url: str | None) -> None:
+    """Raise `ConfigurationError` with what to change unless the JWT settings are safe to use.
+
+    One key (``secret``: an HMAC secret long enough for the algorithm and no placeholder, or a PEM
+    public key) or a JWKS at an ``https://`` URL (plain HTTP only on loopback), never both.
+    """
+    check_algorithm(algorithm, public_keys=jwks_url is not None)
+    if jwks_url is not None:
+        if secret is not None:
+            raise ConfigurationError(
+                "set either TENANCY_JWT_SECRET (one key) or TENANCY_JWT_JWKS_URL (keys chosen by "
+                "kid), not both"
+            )
+        parts = urlsplit(jwks_url)
+        local = parts.scheme == "http" and _is_loopback(parts.hostname)
+        if parts.scheme != "https" and not local:
+            # Keys fetched over plain HTTP can be swapped in transit, and with them any token.
+            raise ConfigurationError("TENANCY_JWT_JWKS_URL must be an https:// URL")
+        return
+    if secret is None or not secret.strip():
+        raise ConfigurationError(
+            "resolution_strategy 'jwt' needs TENANCY_JWT_SECRET: the HMAC secret for HS* "
+            "algorithms, or the PEM public key for RS*/PS*/ES*/EdDSA"
+        )
+    if algorithm in HMAC_ALGORITHMS:
+        minimum = HMAC_MIN_SECRET_BYTES[algorithm]
+        if len(secret.encode()) < minimum:
+            raise ConfigurationError(
+                f"TENANCY_JWT_SECRET is shorter than {minimum} bytes, the minimum for "
+                f"{algorithm}; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(64))'"
+            )
+        lowered = secret.strip().lower()
+        if lowered.startswith(PLACEHOLDER_SECRET_PREFIXES) or len(set(secret)) < 8:
+            raise ConfigurationError(
+                "TENANCY_JWT_SECRET looks like a placeholder; generate a real one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+    elif "-----BEGIN" not in secret or "PRIVATE KEY" in secret:
+        raise ConfigurationError(
+            f"jwt_algorithm {algorithm} verifies with a public key: set "
+            "TENANCY_JWT_SECRET to the PEM-encoded public key (never the private key)"
+        )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -119,8 +229,7 @@ class JWTResolver:
             raise ConfigurationError(
                 f"resolution strategy 'jwt' needs PyJWT; {_INSTALL_HINT}"
             ) from exc
-        if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(f"jwt_algorithm {algorithm!r} is not supported")
+        check_algorithm(algorithm, public_keys=not isinstance(key, str))
         if not tenant_claim:
             raise ConfigurationError("jwt_tenant_claim must name a claim")
         if leeway < 0:
@@ -134,10 +243,6 @@ class JWTResolver:
             self._key: Any = _prepare_key(key, algorithm)
             self._keys: SigningKeys | None = None
         else:
-            if algorithm not in ASYMMETRIC_ALGORITHMS:
-                raise ConfigurationError(
-                    f"keys selected by kid are public keys; {algorithm} is not asymmetric"
-                )
             self._key = None
             self._keys = key
         self._decoder: PyJWT = jwt.PyJWT()
