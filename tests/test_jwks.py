@@ -26,8 +26,8 @@ from fastapi_tenancy import (
     Tenancy,
     TenancyConfig,
 )
-from fastapi_tenancy.jwks import JWKSError, JWKSKeys, parse_jwks
 from fastapi_tenancy.resolution import JWTResolver, Resolution, UnknownSigningKey
+from fastapi_tenancy.resolution.jwks import JWKSError, JWKSKeys, parse_jwks
 from tests.resolution.test_jwt import forge, public_pem
 from tests.support import apps
 from tests.support.models import Base

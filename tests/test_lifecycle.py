@@ -26,7 +26,7 @@ from fastapi_tenancy import (
     TenantStatus,
 )
 from fastapi_tenancy.cli import main
-from fastapi_tenancy.inflight import InFlight
+from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.isolation.ownership import StorageConflict
 from fastapi_tenancy.worker import ProvisioningWorker
 from tests.support.backends import isolation_config, schema_exists

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from fastapi_tenancy import TenancyConfig, TenancyMiddleware, get_tenant_session
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.unavailable import is_statement_timeout, is_unavailable
+from fastapi_tenancy.isolation.unavailable import is_statement_timeout, is_unavailable
 from tests.support.backends import isolation_config
 
 CASES = [

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.store import SQLAlchemyTenantStore
-from fastapi_tenancy.unavailable import is_unavailable
 from tests.support.models import Base
 
 

@@ -31,9 +31,9 @@ from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore
-from fastapi_tenancy.unavailable import is_unavailable
 from tests.conftest import empty_database
 from tests.store.test_sqlalchemy import join_aiosqlite_workers
 from tests.support.fault_proxy import FaultProxy

@@ -31,8 +31,8 @@ from fastapi_tenancy.exceptions import (
     TenantAlreadyExists,
     TenantNotFound,
 )
-from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation.base import IsolationStrategy
+from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
 from fastapi_tenancy.store.base import DomainStore, TenantStore

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.unavailable import describe, is_unavailable
+from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

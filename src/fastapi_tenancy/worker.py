@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fastapi_tenancy.exceptions import InvalidTransition
+from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
-from fastapi_tenancy.unavailable import is_unavailable
 
 __all__ = ["BatchResult", "ProvisioningWorker", "is_outage"]
 

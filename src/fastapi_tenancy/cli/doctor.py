@@ -33,9 +33,9 @@ from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
 from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
-from fastapi_tenancy.jwks import JWKSKeys
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.preflight import storage_mismatch
+from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.store.sqlalchemy import tenants_table
 from fastapi_tenancy.tenancy import Tenancy
 

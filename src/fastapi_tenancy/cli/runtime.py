@@ -25,8 +25,8 @@ from fastapi_tenancy.exceptions import (
     ServiceUnavailable,
     TenancyError,
 )
+from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.tenancy import Tenancy
-from fastapi_tenancy.unavailable import is_unavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig

@@ -39,7 +39,7 @@ def build_resolver(
     """The resolver for ``config.resolution_strategy``: one strategy, or a chain in that order.
 
     ``signing_keys`` is the key set the ``jwt`` strategy selects from when ``jwt_jwks_url`` is
-    set (`fastapi_tenancy.jwks.JWKSKeys`, which `Tenancy` fetches and refreshes).
+    set (`fastapi_tenancy.resolution.jwks.JWKSKeys`, which `Tenancy` fetches and refreshes).
     """
     resolvers = [
         _build_one(config, strategy, signing_keys) for strategy in config.resolution_strategy

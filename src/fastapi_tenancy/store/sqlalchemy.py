@@ -40,8 +40,8 @@ from sqlalchemy.types import TypeDecorator
 from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.domains import Domain, DomainAlreadyExists
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
+from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
 from fastapi_tenancy.models import Tenant, TenantStatus, later_than
-from fastapi_tenancy.unavailable import describe, is_unavailable
 
 __all__ = ["SQLAlchemyTenantStore", "domains_table", "tenants_metadata", "tenants_table"]
 
