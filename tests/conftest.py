@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -9,7 +9,14 @@ from hypothesis import settings
 
 from tests.support import hypothesis_profiles
 from tests.support.redis_server import PrivateRedis
-from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server, reset_database
+from tests.support.redis_topologies import RedisClusterNodes, RedisSentinelGroup
+from tests.support.services import (
+    MYSQL_URL,
+    POSTGRES_URL,
+    REDIS_URL,
+    require_server,
+    reset_database,
+)
 
 settings.load_profile("tenancy")  # --hypothesis-profile=NAME (Hypothesis' plugin) still wins
 
@@ -68,3 +75,29 @@ async def private_redis() -> AsyncIterator[PrivateRedis]:
     """A ``redis-server`` of the test's own, which it may stop and start."""
     async with PrivateRedis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    """A Sentinel group shared by the tests that only read and write through it (no failover)."""
+    with RedisSentinelGroup() as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A 3-master Cluster shared by the tests that only read and write through it (no failover)."""
+    with RedisClusterNodes() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_any_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the topology named by the indirect parameter (see ``REDIS_TOPOLOGIES``)."""
+    if request.param == "server":
+        require_server("Redis", REDIS_URL, 6379)
+        return REDIS_URL
+    topology: RedisSentinelGroup | RedisClusterNodes = request.getfixturevalue(
+        f"redis_{request.param}"
+    )
+    return topology.url

@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.support import apps
 from tests.support.models import Base
-from tests.support.services import REDIS_URL, require_server
+from tests.support.redis_topologies import REDIS_TOPOLOGIES
 
 
 def config(tmp_path: Path, **overrides: Any) -> TenancyConfig:
@@ -75,10 +75,9 @@ async def test_tenant_metadata_and_plans_override_the_default(tmp_path: Path) ->
         assert (await statuses(client, "basic", 4)).count(200) == 3
 
 
-@pytest.mark.redis
-async def test_redis_shares_the_limit_between_processes(tmp_path: Path) -> None:
-    require_server("redis", REDIS_URL, 6379)
-    settings = config(tmp_path, redis_url=REDIS_URL, rate_limit_per_minute=5)
+@pytest.mark.parametrize("redis_any_url", REDIS_TOPOLOGIES, indirect=True)
+async def test_redis_shares_the_limit_between_processes(tmp_path: Path, redis_any_url: str) -> None:
+    settings = config(tmp_path, redis_url=redis_any_url, rate_limit_per_minute=5)
     # Two runtimes with their own memory, like two worker processes, share one Redis.
     async with client_for(settings, {"shared": {}}) as first:
         async with client_for(settings, {"shared": {}}) as second:

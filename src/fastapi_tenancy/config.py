@@ -349,13 +349,16 @@ class TenancyConfig(BaseSettings):
         ),
     )
 
-    # ③ Rate limiting, and the Redis server that shares it between processes.
+    # The Redis that shares ② the cache and ③ the rate-limit counts between processes.
     redis_url: SecretStr | None = Field(
         default=None,
         repr=False,
         description=(
             "`redis://…`: shares the tenant cache (L2), its invalidations and the rate-limit counts"
             " between every process and host (otherwise each process caches and counts alone). "
+            "`rediss://` and `unix://` work too, and so do Sentinel "
+            "(`redis+sentinel://host:26379,host2:26379/mymaster[/db]`) and Cluster "
+            "(`redis+cluster://host:6379,host2:6379`); see [Scaling out](scaling-out.md). "
             "Never printed."
         ),
     )
@@ -645,10 +648,10 @@ class TenancyConfig(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if value is not None:
+            from fastapi_tenancy._redis import parse_redis_url
+
+            parse_redis_url(value.get_secret_value())  # its errors never repeat the password
         return value
 
     @field_validator("domain_suffix")

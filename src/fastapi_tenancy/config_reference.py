@@ -71,6 +71,14 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
         "",
     ),
     (
+        "Redis",
+        "One Redis (a server, a Sentinel group or a Cluster) shares the lookup cache, its "
+        "invalidations and the rate-limit counts between processes. See "
+        "[Scaling out](scaling-out.md) for the topologies.",
+        ["redis_url", "redis_timeout"],
+        "",
+    ),
+    (
         "Rate limiting",
         "",
         [
@@ -78,8 +86,6 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
             "rate_limit_per_minute",
             "rate_limit_plans",
             "rate_limit_fail_closed",
-            "redis_url",
-            "redis_timeout",
         ],
         "",
     ),

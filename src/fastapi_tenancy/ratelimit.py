@@ -14,18 +14,24 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import MovingWindowSupport, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
+from limits.storage import Storage as SyncStorage
 from limits.storage import storage_from_string
 
+from fastapi_tenancy._redis import REDIS_SCHEMES, redact_redis_url
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, RateLimitExceeded, ServiceUnavailable
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["RateDecision", "TenantRateLimiter"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
+
+__all__ = ["RateDecision", "RedisMovingWindow", "TenantRateLimiter"]
 
 logger = logging.getLogger("fastapi_tenancy")
 
@@ -67,26 +73,31 @@ class TenantRateLimiter:
         fail_closed: bool = True,
         timeout: float = 1.0,
     ) -> None:
-        options: dict[str, float | str | bool] = {}
-        if "redis" in storage_uri.split("://")[0]:
-            # A Redis that stops answering must fail the check within ``timeout``, not hang it.
-            options = {
-                "implementation": "redispy",
-                "socket_timeout": timeout,
-                "socket_connect_timeout": timeout,
-            }
-        try:
-            storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
-        except Exception as exc:  # limits raises for an unknown scheme or a missing driver
-            raise ConfigurationError(
-                f"rate limit storage {redact_url(storage_uri)} cannot be used: {exc}"
-            ) from exc
+        self._uri = storage_uri
+        self._client: Redis | RedisCluster | None = None
+        storage: Storage | SyncStorage
+        if storage_uri.removeprefix("async+").startswith(REDIS_SCHEMES):
+            # Redis of any topology: the library's own client (`fastapi_tenancy._redis`), so the
+            # limiter agrees with the cache on URL forms, timeouts, failover and what a failure is.
+            from fastapi_tenancy._redis import RedisUrlError, redis_client
+
+            try:
+                self._client = redis_client(storage_uri.removeprefix("async+"), timeout=timeout)
+            except RedisUrlError as exc:
+                raise ConfigurationError(f"rate limit storage cannot be used: {exc}") from exc
+            storage = RedisMovingWindow(self._client)
+        else:
+            try:
+                storage = storage_from_string(storage_uri, wrap_exceptions=True)
+            except Exception as exc:  # limits raises for an unknown scheme or a missing driver
+                raise ConfigurationError(
+                    f"rate limit storage {redact_redis_url(storage_uri)} cannot be used: {exc}"
+                ) from exc
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self._default = RateLimitItemPerMinute(per_minute)
         self._plans = {plan: RateLimitItemPerMinute(n) for plan, n in (plans or {}).items()}
         self._fail_closed = fail_closed
-        self._uri = storage_uri
         # Anything but the in-process memory storage lives in a server that can go down.
         self.shared = "memory" not in storage_uri.split("://")[0]
         self.storage_failures = 0
@@ -116,8 +127,7 @@ class TenantRateLimiter:
 
     async def close(self) -> None:
         """Close the Redis connections, if any."""
-        # limits offers no close(); its redis-py bridge owns a client whose pool must be closed.
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
@@ -138,7 +148,7 @@ class TenantRateLimiter:
             stats = await self._limiter.get_window_stats(item, "tenant", tenant.id)
         except StorageError as exc:
             self.storage_failures += 1
-            logger.warning("rate limit storage %s failed: %s", redact_url(self._uri), exc)
+            logger.warning("rate limit storage %s failed: %s", redact_redis_url(self._uri), exc)
             if self._fail_closed:
                 raise ServiceUnavailable("rate limit storage unavailable") from exc
             return None
@@ -146,3 +156,114 @@ class TenantRateLimiter:
         if not admitted:
             raise RateLimitExceeded(limit=item.amount, retry_after=reset_after)
         return RateDecision(limit=item.amount, remaining=stats.remaining, reset_after=reset_after)
+
+
+# The moving window as ``limits`` keeps it in Redis (a list of hit timestamps, newest first, under
+# ``LIMITS:<key>``), so processes of this version and of one that used limits' own Redis storage
+# count in the same lists during a rolling upgrade.
+KEY_PREFIX = "LIMITS"
+
+# KEYS: the window. ARGV: now, limit, expiry seconds, amount. 1 if admitted.
+_ACQUIRE = """
+local timestamp = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local amount = tonumber(ARGV[4])
+if amount > limit then
+    return 0
+end
+local entry = redis.call('LINDEX', KEYS[1], limit - amount)
+if entry and tonumber(entry) >= timestamp - expiry then
+    return 0
+end
+for _ = 1, amount do
+    redis.call('LPUSH', KEYS[1], timestamp)
+end
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('EXPIRE', KEYS[1], expiry)
+return 1
+"""
+
+# KEYS: the window. ARGV: the oldest timestamp still inside it, limit. {oldest, count} or {}.
+_WINDOW = """
+local since = tonumber(ARGV[1])
+local entries = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local count = 0
+local oldest = nil
+for _, entry in ipairs(entries) do
+    if tonumber(entry) >= since then
+        count = count + 1
+        oldest = entry
+    else
+        break
+    end
+end
+if count == 0 then
+    return {}
+end
+return {oldest, count}
+"""
+
+
+class RedisMovingWindow(Storage, MovingWindowSupport):
+    """A ``limits`` moving-window storage on a client from `fastapi_tenancy._redis.redis_client`.
+
+    It works on a single server, a Sentinel master and a Cluster alike (each window is one key,
+    so its script runs on one node). The owner closes the client. Redis failures surface as
+    ``limits.errors.StorageError``.
+    """
+
+    STORAGE_SCHEME = None
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        super().__init__(wrap_exceptions=True)
+        self._client = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._window = client.register_script(_WINDOW)
+
+    @property
+    def base_exceptions(self) -> tuple[type[Exception], ...]:
+        from fastapi_tenancy._redis import redis_failures
+
+        return tuple(e for e in redis_failures() if issubclass(e, Exception))
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"{KEY_PREFIX}:{key}"
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        admitted = await self._acquire(
+            keys=[self._key(key)], args=[time.time(), limit, expiry, amount]
+        )
+        return bool(admitted)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        window = await self._window(keys=[self._key(key)], args=[now - expiry, limit])
+        if window:
+            return float(window[0]), int(window[1])
+        return now, 0
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        raise NotImplementedError("only the moving window is kept in Redis")
+
+    async def get(self, key: str) -> int:
+        raise NotImplementedError("only the moving window is kept in Redis")
+
+    async def get_expiry(self, key: str) -> float:
+        return max(int(await self._client.ttl(self._key(key))), 0) + time.time()
+
+    async def check(self) -> bool:
+        """Whether Redis answers ``PING``; never raises."""
+        from fastapi_tenancy._redis import redis_failures
+
+        try:
+            return bool(await self._client.ping())
+        except redis_failures():
+            return False
+
+    async def reset(self) -> int | None:
+        raise NotImplementedError("reset would have to scan every node; clear one key instead")
+
+    async def clear(self, key: str) -> None:
+        await self._client.delete(self._key(key))

@@ -31,7 +31,7 @@ from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
     from fastapi_tenancy.tenancy import Tenancy
 
@@ -137,7 +137,7 @@ class Readiness:
             await client.ping()
 
 
-def _redis_client_of(tenancy: Tenancy) -> Redis | None:
+def _redis_client_of(tenancy: Tenancy) -> Redis | RedisCluster | None:
     """The Redis client of the tenant cache, when the cache is the Redis-backed one."""
     if tenancy.config.redis_url is None:
         return None  # redis-py is an optional extra: imported only when Redis is configured

@@ -11,6 +11,7 @@ import pytest
 from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache, TenantCache
 from fastapi_tenancy.models import Tenant
 from tests.support.redis_cache import redis_cache
+from tests.support.services import REDIS_URL
 
 ACME = Tenant(identifier="acme", name="Acme", metadata={"plan": "pro"})
 GLOBEX = Tenant(identifier="globex")
@@ -54,29 +55,34 @@ def memory_backend() -> CacheBackend:
     return CacheBackend(build, advance)
 
 
-def redis_backend() -> CacheBackend:
+def redis_backend(url: str = REDIS_URL) -> CacheBackend:
     # Redis keeps time itself, so the clock is the real one; the TTLs in these tests are short.
     async def build(_max_size: int) -> TenantCache:
-        return redis_cache()
+        return redis_cache(url)
 
     return CacheBackend(build, asyncio.sleep, bounded=False)
 
 
-def layered_backend() -> CacheBackend:
+def layered_backend(url: str = REDIS_URL) -> CacheBackend:
     async def build(max_size: int) -> TenantCache:
         from fastapi_tenancy.cache.layered import LayeredTenantCache
 
-        layered = LayeredTenantCache(MemoryTenantCache(max_size), redis_cache())
+        layered = LayeredTenantCache(MemoryTenantCache(max_size), redis_cache(url))
         await layered.start()
         return layered
 
     return CacheBackend(build, asyncio.sleep, bounded=False)
 
 
-BACKENDS: dict[str, Callable[[], CacheBackend]] = {
-    "memory": memory_backend,
-    "redis": redis_backend,
-    "layered": layered_backend,
+# name: (how to build it, the fixture whose ``url`` it runs on, or None for the test Redis).
+BACKENDS: dict[str, tuple[Callable[..., CacheBackend], str | None]] = {
+    "memory": (memory_backend, None),
+    "redis": (redis_backend, None),
+    "layered": (layered_backend, None),
+    "redis-sentinel": (redis_backend, "redis_sentinel"),
+    "layered-sentinel": (layered_backend, "redis_sentinel"),
+    "redis-cluster": (redis_backend, "redis_cluster"),
+    "layered-cluster": (layered_backend, "redis_cluster"),
 }
 
 
@@ -85,10 +91,15 @@ BACKENDS: dict[str, Callable[[], CacheBackend]] = {
         pytest.param("memory", id="memory"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
         pytest.param("layered", id="layered", marks=pytest.mark.redis),
+        pytest.param("redis-sentinel", id="redis-sentinel", marks=pytest.mark.redis_sentinel),
+        pytest.param("layered-sentinel", id="layered-sentinel", marks=pytest.mark.redis_sentinel),
+        pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis_cluster),
+        pytest.param("layered-cluster", id="layered-cluster", marks=pytest.mark.redis_cluster),
     ]
 )
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
-    backend = BACKENDS[request.param]()
+    build, topology = BACKENDS[request.param]
+    backend = build() if topology is None else build(request.getfixturevalue(topology).url)
     yield backend
     for cache in backend.opened:
         await cache.clear()

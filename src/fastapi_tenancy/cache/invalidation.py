@@ -5,6 +5,11 @@ listener reports every state change, and on every (re)subscription tells its own
 everything it holds, since it cannot know what it missed. redis-py reconnects a dropped pub/sub
 connection by itself and subscribes again without raising; the server's subscription confirmation
 is the one sign of that, so every confirmation counts as a (re)subscription.
+
+A failover can leave the subscription open on a server that is no longer where messages are
+published first (a demoted Sentinel master, a cluster node that lost its slots), and it may miss
+what was published during the switch. So the owner calls `resubscribe` when a command fails: the
+listener then subscribes afresh, which again counts as a (re)subscription.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from fastapi_tenancy._redis import pubsub
+
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.asyncio.client import PubSub
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["InvalidationListener"]
 
@@ -41,7 +47,7 @@ class InvalidationListener:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         channel: str,
         *,
         on_message: Callable[[str], Awaitable[None]],
@@ -55,6 +61,7 @@ class InvalidationListener:
         self._retry_seconds = retry_seconds
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._renew = False
 
     async def start(self, *, wait: float) -> None:
         """Start listening; wait up to ``wait`` seconds for the first subscription."""
@@ -63,6 +70,10 @@ class InvalidationListener:
         self._task = asyncio.create_task(self._run(), name="fastapi-tenancy-invalidation")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), wait)
+
+    def resubscribe(self) -> None:
+        """Subscribe afresh within a poll interval (ignored while no subscription is up)."""
+        self._renew = True
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -74,24 +85,24 @@ class InvalidationListener:
     async def _run(self) -> None:
         connected: bool | None = None
         while True:
-            pubsub: PubSub = self._client.pubsub()
+            self._renew = False
             try:
-                await pubsub.subscribe(self._channel)
-                while True:
-                    message = await pubsub.get_message(timeout=POLL_SECONDS)
-                    kind = None if message is None else message.get("type")
-                    if kind == "subscribe":
-                        await self._on_connected(True)
-                        connected = True
-                        self._subscribed.set()
-                    elif kind == "message" and message is not None:
-                        await self._on_message(str(message["data"]))
+                async with pubsub(self._client) as subscription:
+                    await subscription.subscribe(self._channel)
+                    while not self._renew:
+                        message = await subscription.get_message(timeout=POLL_SECONDS)
+                        kind = None if message is None else message.get("type")
+                        if kind == "subscribe":
+                            await self._on_connected(True)
+                            connected = True
+                            self._subscribed.set()
+                        elif kind == "message" and message is not None:
+                            await self._on_message(str(message["data"]))
             except (RedisError, OSError) as exc:
                 if connected is not False:
                     connected = False
                     logger.warning("tenant cache invalidation channel lost: %s", exc)
                     await self._on_connected(False)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
+            else:
+                continue  # asked to renew a working subscription: at once
             await asyncio.sleep(self._retry_seconds)

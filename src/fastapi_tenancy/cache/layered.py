@@ -8,8 +8,11 @@
   arriving, that bound is how long another process's change can take to show. Invalidations that
   could not be announced are retried when Redis answers again; the listener's reconnection turns
   Redis back on, and since messages may have been missed meanwhile, memory is emptied then.
-* Every (re)subscription also checks whether Redis itself restarted (`RedisTenantCache.sync_server`)
-  before lookups use it again: entries restored from a snapshot are never served.
+* A failed command makes the listener subscribe afresh (a failover may have moved the server that
+  announcements reach first), which again empties memory once the subscription is back.
+* Every (re)subscription also checks whether Redis itself restarted or failed over
+  (`RedisTenantCache.sync_server`) before lookups use it again: entries restored from a snapshot
+  or written to a master that lost them are never served.
 * A Redis read that was in flight when an invalidation passed (local or announced) is returned to
   its caller but never copied into memory: an epoch, bumped by every invalidation, is taken before
   the read and compared after it.
@@ -183,7 +186,8 @@ class LayeredTenantCache:
         await self.memory.clear()
         if up and await self.redis.sync_server():
             logger.warning(
-                "tenant cache: Redis restarted; every entry cached before the restart is ignored"
+                "tenant cache: another Redis process answers (a restart or a failover); every "
+                "entry cached before is ignored"
             )
         self._channel_up = up
         self._notify(None)
@@ -212,6 +216,9 @@ class LayeredTenantCache:
         if self._observer is not None:
             self._observer.cache_backend_error(REDIS_LAYER)
         if first:
+            # After a failover the subscription may sit on a server that no longer receives
+            # announcements first; subscribing afresh also empties memory (see _on_channel).
+            self._listener.resubscribe()
             logger.warning(
                 "tenant cache: Redis %s failed (%s: %s); serving from memory and the store, "
                 "retrying in %.0f s",

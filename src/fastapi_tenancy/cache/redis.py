@@ -8,6 +8,9 @@ Keys, under a prefix so several apps can share one Redis:
 * ``<prefix>:server`` is the server mark: the ``run_id`` of the Redis process the entries belong to;
 * ``<prefix>:invalidate`` is the pub/sub channel on which invalidations are announced.
 
+On a Redis Cluster the key prefix is a hash tag (``{<prefix>}:tenant:<identifier>``, ...), so all of
+them share one slot, as the scripts below need.
+
 A process that read the store before an invalidation must not write its stale answer after it.
 `read_token` returns the server mark and the generation before the store is read, and `set` writes
 only if neither has moved since, atomically in one Lua script.
@@ -27,11 +30,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from fastapi_tenancy._redis import is_cluster, redis_client
 from fastapi_tenancy.cache.base import CachedLookup
 from fastapi_tenancy.models import Tenant
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisTenantCache", "redis_client"]
 
@@ -66,33 +70,18 @@ end
 return 0
 """
 
+# KEYS: entry, generation. ARGV: generation TTL, channel, identifier. One atomic step, so no
+# process can read the entry gone but the generation unchanged; PUBLISH in a script also works
+# on a cluster, which forwards it to every node.
+_INVALIDATE = """
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
 _ABSENT = '{"absent":true}'
-
-
-def redis_client(url: str, *, timeout: float) -> Redis:
-    """A client whose every command gives up after ``timeout`` seconds instead of hanging."""
-    try:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        from fastapi_tenancy.exceptions import ConfigurationError
-
-        raise ConfigurationError(
-            "redis_url is set but redis-py is not installed: pip install 'fastapi-tenancy[redis]'"
-        ) from exc
-    return Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        decode_responses=True,
-        # One immediate retry replaces a pooled connection that died with a Redis restart. The
-        # default (ten retries with backoff, timeouts too) would hold a request for seconds while
-        # Redis is down, where the cache should give up at once and fall back to the store.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
 
 
 class RedisTenantCache:
@@ -108,19 +97,24 @@ class RedisTenantCache:
         await cache.set("acme", tenant, ttl=60)
     """
 
-    def __init__(self, client: Redis, *, prefix: str = "fastapi_tenancy") -> None:
+    def __init__(self, client: Redis | RedisCluster, *, prefix: str = "fastapi_tenancy") -> None:
         self.client = client
         self.prefix = prefix
         self.channel = f"{prefix}:invalidate"
-        self._server_key = f"{prefix}:server"
+        # The scripts read an entry, its generation and the server mark together, which a cluster
+        # allows only within one hash slot: there every key carries the prefix as its hash tag,
+        # so the whole tenant cache lives on one master (it is small) and fails over with it.
+        self._keys = f"{{{prefix}}}" if is_cluster(client) else prefix
+        self._server_key = f"{self._keys}:server"
         self._set_if_current = client.register_script(_SET_IF_CURRENT)
         self._mark_server = client.register_script(_MARK_SERVER)
+        self._invalidate = client.register_script(_INVALIDATE)
 
     def _key(self, identifier: str) -> str:
-        return f"{self.prefix}:tenant:{identifier}"
+        return f"{self._keys}:tenant:{identifier}"
 
     def _generation_key(self, identifier: str) -> str:
-        return f"{self.prefix}:gen:{identifier}"
+        return f"{self._keys}:gen:{identifier}"
 
     async def get(self, identifier: str) -> CachedLookup | None:
         """The cached lookup, or ``None`` on a miss or after its TTL ran out."""
@@ -157,14 +151,21 @@ class RedisTenantCache:
         """Move the server mark to the Redis process now answering; ``True`` if another was there.
 
         Called on every (re)subscription. A moved mark invalidates every entry and token from
-        before, so a Redis restored from a snapshot never serves what it restored. A server that
+        before, so a Redis restored from a snapshot never serves what it restored. A Sentinel or
+        Cluster failover promotes another process, so it moves the mark too: the replica may have
+        missed the last writes (invalidations included) before it took over. A server that
         refuses INFO (some managed services rename it) cannot be told apart from its restart:
         that is logged, and entries are then trusted until their TTL.
         """
         from redis.exceptions import ResponseError  # redis-py is an optional extra
 
         try:
-            info = await self.client.info("server")
+            if is_cluster(self.client):
+                # The mark must name the master that holds the keys (and changes on failover).
+                node = self.client.get_node_from_key(self._server_key)  # type: ignore[union-attr]
+                info = await self.client.info("server", target_nodes=node)
+            else:
+                info = await self.client.info("server")
         except ResponseError as exc:
             logger.warning("tenant cache: Redis refuses INFO (%s); restarts go unnoticed", exc)
             return False
@@ -194,17 +195,14 @@ class RedisTenantCache:
 
     async def delete(self, identifier: str) -> None:
         """Forget ``identifier`` everywhere: here, and in every process's in-memory cache."""
-        generation = self._generation_key(identifier)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(identifier))
-            pipe.incr(generation)
-            pipe.expire(generation, GENERATION_TTL_SECONDS)
-            pipe.publish(self.channel, identifier)
-            await pipe.execute()
+        await self._invalidate(
+            keys=[self._key(identifier), self._generation_key(identifier)],
+            args=[GENERATION_TTL_SECONDS, self.channel, identifier],
+        )
 
     async def clear(self) -> None:
         """Forget every tenant under this prefix, in Redis and in every process."""
-        async for key in self.client.scan_iter(match=f"{self.prefix}:tenant:*", count=500):
+        async for key in self.client.scan_iter(match=f"{self._keys}:tenant:*", count=500):
             await self.client.delete(key)
         await self.client.publish(self.channel, CLEAR_ALL)
 

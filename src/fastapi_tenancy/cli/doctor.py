@@ -157,18 +157,19 @@ async def _probe_redis(config: TenancyConfig) -> Connection | None:
         return None
     url = config.redis_url.get_secret_value()
     try:
-        from redis.asyncio import Redis
+        from fastapi_tenancy._redis import redact_redis_url, redis_client
+
+        client = redis_client(url, timeout=PROBE_TIMEOUT_SECONDS)
     except ImportError:
         return Connection(error="redis-py is not installed: pip install 'fastapi-tenancy[redis]'")
-    client = Redis.from_url(
-        url, socket_connect_timeout=PROBE_TIMEOUT_SECONDS, socket_timeout=PROBE_TIMEOUT_SECONDS
-    )
+    except ConfigurationError as exc:  # redis-py is missing
+        return Connection(error=str(exc))
     started = time.perf_counter()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             await client.ping()
     except Exception as exc:
-        return Connection(error=_unreachable(url, exc))
+        return Connection(error=_unreachable(url, exc, shown=redact_redis_url(url)))
     finally:
         await client.aclose()
     return Connection(seconds=time.perf_counter() - started)
@@ -210,7 +211,7 @@ async def _max_connections(conn: AsyncConnection, backend: str) -> int | None:
     return int(value)
 
 
-def _unreachable(url: str, exc: Exception) -> str:
+def _unreachable(url: str, exc: Exception, *, shown: str | None = None) -> str:
     if isinstance(exc, TimeoutError):
         reason = f"no answer within {PROBE_TIMEOUT_SECONDS:g}s"
     elif isinstance(exc, TenancyError):
@@ -219,4 +220,4 @@ def _unreachable(url: str, exc: Exception) -> str:
         # The driver's own error; SQLAlchemy's wrapper would add the statement and parameters.
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         reason = f"{type(cause).__name__}: {cause}"
-    return scrub(f"{redact_url(url)} is unreachable: {reason}", [url])
+    return scrub(f"{shown or redact_url(url)} is unreachable: {reason}", [url])
