@@ -30,14 +30,13 @@ from fastapi_tenancy import (
     get_current_tenant,
     get_tenant_session,
 )
-from fastapi_tenancy.isolation.rls import (
-    POLICY_NAME,
-    TENANT_SETTING,
+from fastapi_tenancy.isolation.rls import POLICY_NAME, TENANT_SETTING
+from fastapi_tenancy.migrations.rls import (
     apply_policies,
+    enable_row_level_security,
     enable_statements,
     remove_policies,
 )
-from fastapi_tenancy.migrations.rls import enable_row_level_security
 from fastapi_tenancy.models import Tenant
 from tests.support.models import Base, Item
 from tests.support.pgbouncer import PgBouncer, running_pgbouncer

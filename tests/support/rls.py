@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_tenancy.isolation.rls import apply_policies
+from fastapi_tenancy.migrations.rls import apply_policies
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from tests.support.models import Base
 from tests.support.services import POSTGRES_URL, require_server, reset_database

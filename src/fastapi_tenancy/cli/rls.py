@@ -23,15 +23,9 @@ from fastapi_tenancy.cli.runtime import (
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.isolation.rls import (
-    POLICY_NAME,
-    TENANT_SETTING,
-    RlsProblem,
-    apply_policies,
-    enable_statements,
-    find_problems,
-)
+from fastapi_tenancy.isolation.rls import POLICY_NAME, TENANT_SETTING, RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.migrations.rls import apply_policies, enable_statements
 
 __all__ = ["register", "rls_tables", "setting_problem"]
 

@@ -7,10 +7,10 @@ every statement on a tenant table, whoever wrote it. Three pieces make it work:
 * **the binding** (`BIND_TENANT`): ``set_config('fastapi_tenancy.tenant_id', :tenant_id, true)``
   at every BEGIN of a tenant session; ``true`` makes it transaction-local, so it ends with the
   transaction and no pooled connection (nor a PgBouncer server connection) ever carries a tenant;
-* **the policies** (`apply_policies`): on every tenant table RLS is enabled and *forced* (so it
-  holds for the table owner too) with one policy whose ``USING`` and ``WITH CHECK`` compare
-  ``tenant_id`` with that setting. A missing or empty setting compares with NULL: zero rows
-  visible, every insert refused;
+* **the policies** (`fastapi_tenancy.migrations.rls`, DDL run off the request path): on every
+  tenant table RLS is enabled and *forced* (so it holds for the table owner too) with one policy
+  whose ``USING`` and ``WITH CHECK`` compare ``tenant_id`` with `CURRENT_TENANT`. A missing or
+  empty setting compares with NULL: zero rows visible, every insert refused;
 * **the check** (`find_problems`, `verify_row_level_security`): PostgreSQL skips RLS for
   superusers and ``BYPASSRLS`` roles, and a table's owner can switch it off, so the app must
   connect as a role that is none of these, and every tenant table must carry the policy.
@@ -18,25 +18,24 @@ every statement on a tenant table, whoever wrote it. Three pieces make it work:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import MetaData, Table, text
+from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection, Dialect
 
 from fastapi_tenancy.exceptions import ConfigurationError
 
 __all__ = [
     "BIND_TENANT",
+    "CURRENT_TENANT",
     "POLICY_NAME",
     "TENANT_SETTING",
     "RlsProblem",
-    "apply_policies",
-    "disable_statements",
-    "enable_statements",
     "find_problems",
-    "remove_policies",
-    "tenant_tables",
+    "require_postgres",
+    "table_sql",
     "verify_row_level_security",
 ]
 
@@ -51,7 +50,7 @@ BIND_TENANT = text(f"SELECT set_config('{TENANT_SETTING}', :tenant_id, true)")
 
 # NULLIF: once a transaction-local value has ended, the setting reads as '' (not NULL) for the
 # rest of the session; both must match no row.
-_CURRENT_TENANT = f"NULLIF(current_setting('{TENANT_SETTING}', true), '')"
+CURRENT_TENANT = f"NULLIF(current_setting('{TENANT_SETTING}', true), '')"
 # The fragment PostgreSQL shows back (pg_get_expr) for a policy that reads the setting.
 _SETTING_IN_EXPRESSION = f"current_setting('{TENANT_SETTING}'"
 
@@ -79,7 +78,7 @@ class RlsProblem:
         return f"{self.message} (fix: {self.fix})"
 
 
-def _postgres(dialect: Dialect) -> Dialect:
+def require_postgres(dialect: Dialect) -> Dialect:
     if dialect.name != "postgresql":
         raise ConfigurationError(
             f"row-level security exists on PostgreSQL only; this connection is {dialect.name}"
@@ -87,7 +86,7 @@ def _postgres(dialect: Dialect) -> Dialect:
     return dialect
 
 
-def _table_sql(dialect: Dialect, table: TableRef) -> str:
+def table_sql(dialect: Dialect, table: TableRef) -> str:
     """The quoted, schema-qualified name of ``table``; a string is one (quoted) identifier."""
     preparer = dialect.identifier_preparer
     if isinstance(table, Table):
@@ -100,69 +99,6 @@ def _table_sql(dialect: Dialect, table: TableRef) -> str:
     if not table or "\x00" in table or len(table.encode()) > 63:
         raise ConfigurationError(f"{table!r} is not a PostgreSQL table name")
     return preparer.quote_identifier(table)
-
-
-def tenant_tables(tables: Iterable[TableRef] | MetaData) -> list[TableRef]:
-    """``tables`` as a list; a MetaData stands for its tables with a ``tenant_id`` column."""
-    if isinstance(tables, MetaData):
-        return [table for table in tables.sorted_tables if TENANT_COLUMN in table.c]
-    return list(tables)
-
-
-def enable_statements(dialect: Dialect, table: TableRef) -> list[str]:
-    """The DDL that puts ``table`` under the tenant policy; safe to run again."""
-    name = _table_sql(_postgres(dialect), table)
-    policy = dialect.identifier_preparer.quote_identifier(POLICY_NAME)
-    column = dialect.identifier_preparer.quote_identifier(TENANT_COLUMN)
-    condition = f"{column} = {_CURRENT_TENANT}"
-    return [
-        f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY",
-        # FORCE: the owner is subject to the policy too (without it, owners skip RLS).
-        f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY",
-        # Drop and create in the caller's transaction: re-running replaces the policy, never
-        # duplicates it, and no other transaction sees the table without one.
-        f"DROP POLICY IF EXISTS {policy} ON {name}",
-        f"CREATE POLICY {policy} ON {name} AS PERMISSIVE FOR ALL TO PUBLIC "
-        f"USING ({condition}) WITH CHECK ({condition})",
-    ]
-
-
-def disable_statements(dialect: Dialect, table: TableRef) -> list[str]:
-    """The DDL that takes ``table`` back out from under row-level security."""
-    name = _table_sql(_postgres(dialect), table)
-    policy = dialect.identifier_preparer.quote_identifier(POLICY_NAME)
-    return [
-        f"DROP POLICY IF EXISTS {policy} ON {name}",
-        f"ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY",
-        f"ALTER TABLE {name} DISABLE ROW LEVEL SECURITY",
-    ]
-
-
-def apply_policies(connection: Connection, tables: Iterable[TableRef] | MetaData) -> list[str]:
-    """Enable, force and (re)create the tenant policy on every table; returns the DDL it ran.
-
-    Runs in ``connection``'s transaction: commit it (``engine.begin()``) for the change to stick.
-    Must run as the tables' owner (or a superuser).
-    """
-    return _run(connection, tables, enable_statements)
-
-
-def remove_policies(connection: Connection, tables: Iterable[TableRef] | MetaData) -> list[str]:
-    """Undo `apply_policies` on every table (for a migration's downgrade)."""
-    return _run(connection, tables, disable_statements)
-
-
-def _run(
-    connection: Connection,
-    tables: Iterable[TableRef] | MetaData,
-    build: Callable[[Dialect, TableRef], list[str]],
-) -> list[str]:
-    statements = [
-        sql for table in tenant_tables(tables) for sql in build(connection.dialect, table)
-    ]
-    for sql in statements:
-        connection.execute(text(sql))
-    return statements
 
 
 _ROLE_FACTS = text(
@@ -200,7 +136,7 @@ def find_problems(connection: Connection, tables: Sequence[Table]) -> list[RlsPr
 
     Reads the catalogs only. An empty list means: RLS applies to this role on every table.
     """
-    dialect = _postgres(connection.dialect)
+    dialect = require_postgres(connection.dialect)
     problems: list[RlsProblem] = []
     role = connection.execute(_ROLE_FACTS).one()
     if role.superuser:
@@ -235,7 +171,7 @@ def _table_problems(
 ) -> list[RlsProblem]:
     name = table.fullname
     facts = connection.execute(
-        _TABLE_FACTS, {"table": _table_sql(dialect, table), "policy": POLICY_NAME}
+        _TABLE_FACTS, {"table": table_sql(dialect, table), "policy": POLICY_NAME}
     ).one_or_none()
     if facts is None:
         return [
@@ -300,3 +236,24 @@ def verify_row_level_security(connection: Connection, tables: Sequence[Table]) -
             "row_level_security is on, but PostgreSQL would not enforce it: "
             + "; ".join(str(problem) for problem in problems)
         )
+
+
+# The policy DDL moved to `fastapi_tenancy.migrations.rls`; these names still resolve here for one
+# release (loaded on use: that module imports this one).
+_MOVED = frozenset(
+    {
+        "apply_policies",
+        "disable_statements",
+        "enable_statements",
+        "remove_policies",
+        "tenant_tables",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fastapi_tenancy.migrations import rls
+
+    return getattr(rls, name)

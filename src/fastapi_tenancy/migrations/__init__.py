@@ -16,10 +16,18 @@ Needs the ``migrations`` extra (``pip install fastapi-tenancy[migrations]``).
 
 from __future__ import annotations
 
-from fastapi_tenancy.migrations.environment import run_migrations
-from fastapi_tenancy.migrations.errors import MigrationError, MigrationLockTimeout
-from fastapi_tenancy.migrations.report import MigrationOutcome, MigrationReport, TenantMigration
-from fastapi_tenancy.migrations.runner import migrate_tenant, upgrade
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi_tenancy.migrations.environment import run_migrations
+    from fastapi_tenancy.migrations.errors import MigrationError, MigrationLockTimeout
+    from fastapi_tenancy.migrations.report import (
+        MigrationOutcome,
+        MigrationReport,
+        TenantMigration,
+    )
+    from fastapi_tenancy.migrations.runner import migrate_tenant, upgrade
 
 __all__ = [
     "MigrationError",
@@ -31,3 +39,25 @@ __all__ = [
     "run_migrations",
     "upgrade",
 ]
+
+# Loaded on first use, so `fastapi_tenancy.migrations.rls` (the row-level security DDL, which the
+# CLI's `rls enable` runs) works without Alembic and without the runtime.
+_HOMES = {
+    "MigrationError": "errors",
+    "MigrationLockTimeout": "errors",
+    "MigrationOutcome": "report",
+    "MigrationReport": "report",
+    "TenantMigration": "report",
+    "migrate_tenant": "runner",
+    "run_migrations": "environment",
+    "upgrade": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
