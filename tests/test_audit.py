@@ -220,11 +220,10 @@ async def test_close_honours_its_deadline_and_spills_what_the_sink_did_not_take(
     await trail.start()
     for n in range(5):
         await hooks.emit(changed(f"t{n}"))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await trail.close(flush_timeout=0.3)
-    # Bounded by the deadline (with room for a loaded machine), not by the sink.
-    assert loop.time() - started < 0.3 * 10
+    # Bounded by the deadline, not by the sink, which never returns: a close that waited for it
+    # would run into this far longer bound.
+    async with asyncio.timeout(30):
+        await trail.close(flush_timeout=0.3)
     assert sorted(decode_line(line)[1].tenant for line in SpillFile(spill).read()) == [
         f"t{n}" for n in range(5)
     ]
@@ -445,7 +444,9 @@ def test_processes_sharing_the_spill_file_never_lose_a_line(tmp_path: Path) -> N
     assert not removed & set(left)
 
 
-async def test_the_writer_outlives_a_spill_file_it_cannot_read(tmp_path: Path) -> None:
+async def test_the_writer_outlives_a_spill_file_it_cannot_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     hooks = Hooks()
     spill = tmp_path / "spill.jsonl"
     trail = AuditTrail([BrokenSink()], spill_path=spill, retry_window=0.05, max_backoff=0.05)
@@ -455,7 +456,9 @@ async def test_the_writer_outlives_a_spill_file_it_cannot_read(tmp_path: Path) -
     await eventually(lambda: trail.spilled == 1)
     spill.unlink()
     spill.mkdir()  # the next replay's read fails
-    await asyncio.sleep(0.3)
+    await eventually(
+        lambda: any("cannot be replayed" in record.getMessage() for record in caplog.records)
+    )
     spill.rmdir()
     await hooks.emit(changed("second"))
     await eventually(lambda: trail.spilled == 2)

@@ -13,6 +13,7 @@ from fastapi_tenancy import Tenant, TenantNotFound, TenantStatus, TenantSuspende
 from fastapi_tenancy.cache import MemoryTenantCache
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.store import MemoryTenantStore
+from tests.support.polling import eventually
 from tests.support.redis_cache import redis_cache
 
 
@@ -121,13 +122,20 @@ async def test_invalidate_discards_a_load_already_in_flight(store: CountingStore
 
 
 @asynccontextmanager
-async def process_lookup(store: CountingStore, prefix: str) -> AsyncIterator[TenantLookup]:
-    """The lookup of one app process: memory in front of the shared Redis, as Tenancy wires it."""
+async def process_lookup(
+    store: CountingStore, prefix: str, heard: list[str | None] | None = None
+) -> AsyncIterator[TenantLookup]:
+    """The lookup of one app process: memory in front of the shared Redis, as Tenancy wires it.
+
+    ``heard`` collects the invalidations other processes announce, once the lookup has seen them.
+    """
     from fastapi_tenancy.cache.layered import LayeredTenantCache
 
     cache = LayeredTenantCache(MemoryTenantCache(), redis_cache(prefix=prefix))
     lookup = TenantLookup(store, cache, ttl=60, negative_ttl=5)
     cache.listeners.append(lookup.forget)
+    if heard is not None:
+        cache.listeners.append(heard.append)
     await cache.start()
     try:
         yield lookup
@@ -172,7 +180,11 @@ async def test_an_invalidation_by_another_process_discards_a_load_in_flight_here
     store: CountingStore,
 ) -> None:
     prefix = f"tt-{uuid.uuid4().hex[:12]}"
-    async with process_lookup(store, prefix) as here, process_lookup(store, prefix) as there:
+    heard: list[str | None] = []
+    async with (
+        process_lookup(store, prefix, heard) as here,
+        process_lookup(store, prefix) as there,
+    ):
         acme = await store.get_by_identifier("acme")
         assert acme is not None
         store.release.clear()
@@ -180,7 +192,7 @@ async def test_an_invalidation_by_another_process_discards_a_load_in_flight_here
         await asyncio.sleep(0.01)
         await store.update(acme.model_copy(update={"status": TenantStatus.SUSPENDED}))
         await there.invalidate("acme")
-        await asyncio.sleep(0.2)  # the announcement reaches this process
+        await eventually(lambda: "acme" in heard)  # the announcement reached this process
         store.release.set()
         await stale
 

@@ -1,7 +1,8 @@
 """Every command's error paths: one line on stderr, a non-zero exit code, never a traceback.
 
 The commands run in process through `fastapi_tenancy.cli.main` (the console script is only that
-function); `test_a_real_process_fails_in_one_line` runs the installed script once.
+function); `test_a_real_process_fails_in_one_line` and
+`test_the_working_directory_is_importable_like_python_m` run the installed script.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import MetaData
 
 from fastapi_tenancy.cli import build_parser, main
-from tests.support.cli import cli_environment, run_cli
+from tests.support.cli import cli_environment, run_console_script
 
 
 def leaf_commands(
@@ -47,6 +48,8 @@ def runnable(path: tuple[str, ...]) -> list[str]:
     for action in command_parser(path)._actions:
         if not action.option_strings and action.dest == "identifier":
             argv.append("acme")
+        if not action.option_strings and action.dest == "host":
+            argv.append("acme.example.com")
     if path[-1] == "purge":
         argv.append("--yes")
     if path[-1] == "update":
@@ -157,7 +160,7 @@ def test_the_worker_checks_its_alembic_config_before_starting(
 
 def test_a_real_process_fails_in_one_line(tmp_path: Path) -> None:
     env = cli_environment(f"sqlite+aiosqlite:///{tmp_path / 't.db'}", isolation_strategy="rows")
-    result = run_cli("tenants", "list", env=env, cwd=tmp_path)
+    result = run_console_script("tenants", "list", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -208,7 +211,8 @@ def test_the_working_directory_is_importable_like_python_m(tmp_path: Path) -> No
     env = cli_environment(
         f"sqlite+aiosqlite:///{tmp_path / 't.db'}", tenant_metadata="cwdmodels:metadata"
     )
-    result = run_cli("tenants", "create", "acme", env=env, cwd=tmp_path)
+    # A console script's sys.path starts at its own folder, not the working directory.
+    result = run_console_script("tenants", "create", "acme", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "created tenant acme (active)\n"
 

@@ -1,4 +1,5 @@
-"""``fastapi-tenancy migrate upgrade`` and ``worker`` through the real console script."""
+"""``fastapi-tenancy migrate upgrade`` and ``worker`` through ``main``, as the console script
+runs them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``fastapi-tenancy tenants``: the real console script against SQLite files and PostgreSQL."""
+"""``fastapi-tenancy tenants`` against SQLite files and PostgreSQL, in process through ``main``
+(the installed script runs once, for its usage exit code)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import cli_environment, run_cli
+from tests.support.cli import cli_environment, run_cli, run_console_script
 from tests.support.services import POSTGRES_URL, require_server, reset_database
 
 
@@ -30,7 +31,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) ->
 
 
 def test_no_arguments_prints_help_and_exits_2(env: dict[str, str], tmp_path: Path) -> None:
-    result = cli(env, tmp_path)
+    result = run_console_script(env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: fastapi-tenancy" in result.stderr
     assert "tenants" in result.stderr

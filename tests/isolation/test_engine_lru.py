@@ -8,7 +8,6 @@ Every tenant database here is named ``h5_...``; the module creates and drops its
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -338,11 +337,10 @@ async def test_exhausted_budget_raises_service_unavailable_quickly(
     cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=1, budget_timeout=0.2)
     async with cache.lease(a) as engine:
         await select_one(engine)
-        started = time.monotonic()
+        # The 0.2 s budget timeout answers, not the 30 s default: the bound fails the test first.
         with pytest.raises(ServiceUnavailable):
-            async with cache.lease(b):
+            async with asyncio.timeout(10), cache.lease(b):
                 pass
-        assert time.monotonic() - started < 1.0
     async with cache.lease(b) as engine:  # a's idle connection is closed to make room
         await select_one(engine)
     assert await pg_connections(admin) == 1
