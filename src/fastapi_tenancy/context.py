@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from fastapi_tenancy.exceptions import TenantContextMissing
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["current_tenant", "current_tenant_or_none", "tenant_context"]
+__all__ = [
+    "bind_tenant",
+    "current_tenant",
+    "current_tenant_or_none",
+    "reset_tenant",
+    "tenant_context",
+]
 
 _current: ContextVar[Tenant | None] = ContextVar("fastapi_tenancy_current_tenant", default=None)
 
@@ -34,9 +40,26 @@ def current_tenant_or_none() -> Tenant | None:
     return _current.get()
 
 
+def bind_tenant(tenant: Tenant) -> Token[Tenant | None]:
+    """Bind ``tenant`` as current; pass the token to `reset_tenant` when its work is done.
+
+    For code that cannot use a ``with`` block (the middleware binds around the app's call).
+    """
+    return _current.set(tenant)
+
+
+def reset_tenant(token: Token[Tenant | None]) -> None:
+    """Restore the tenant bound before the `bind_tenant` call that returned ``token``."""
+    _current.reset(token)
+
+
 @contextmanager
 def tenant_context(tenant: Tenant) -> Iterator[Tenant]:
-    """Bind ``tenant`` for the body of the ``with`` block, then restore what was bound before."""
+    """Bind an already found ``tenant`` for the ``with`` block, then restore the outer one.
+
+    It takes a `Tenant` and does no I/O. `Tenancy.tenant_scope` is its runtime counterpart: it
+    takes an identifier, looks the tenant up (refusing one that may not serve) and binds it.
+    """
     token = _current.set(tenant)
     try:
         yield tenant

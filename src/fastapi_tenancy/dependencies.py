@@ -9,9 +9,9 @@ from starlette.requests import HTTPConnection
 
 from fastapi_tenancy.context import current_tenant
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.middleware import SCOPE_KEY
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
+from fastapi_tenancy.types import SCOPE_KEY
 
 __all__ = ["get_current_tenant", "get_tenancy", "get_tenant_session"]
 

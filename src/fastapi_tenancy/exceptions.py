@@ -14,8 +14,9 @@
     ├── TenantContextMissing          code needs a tenant but none is bound
     └── CrossTenantAccess             a statement could reach another tenant's rows (row isolation)
 
-Each error that can end a request carries its HTTP status, its WebSocket close code and the public
-detail sent to the client. The public detail never says which tenants exist or why one was refused.
+Each error that can end a request carries its HTTP status, its WebSocket close code, the public
+detail sent to the client and its ``outcome``: the label the observers (metrics) count it under.
+The public detail never says which tenants exist or why one was refused.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ __all__ = [
 WS_POLICY_VIOLATION = 1008
 WS_INTERNAL_ERROR = 1011
 
+# The outcome of an error class that names none, from its status (e.g. an app's own 403).
+_OUTCOME_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+
 
 class TenancyError(Exception):
     """Base class of every error this library raises."""
@@ -51,6 +55,17 @@ class TenancyError(Exception):
     ws_close_code: ClassVar[int] = WS_INTERNAL_ERROR
     public_detail: ClassVar[str] = "Internal server error"
     headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # What became of a request refused with this error (see metrics.OUTCOMES). A subclass that
+    # sets none gets one from its status_code.
+    outcome: ClassVar[str] = "error"
+    _outcome_from_status: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "outcome" in cls.__dict__:
+            cls._outcome_from_status = False
+        elif cls._outcome_from_status:
+            cls.outcome = _OUTCOME_BY_STATUS.get(cls.status_code, "error")
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.public_detail)
@@ -70,6 +85,7 @@ class TenantNotFound(TenancyError):
     status_code = 404
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Tenant not found"
+    outcome = "not_found"
 
 
 class InvalidTenantIdentifier(TenantNotFound):
@@ -90,6 +106,7 @@ class TenantSuspended(TenancyError):
     status_code = 403
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Forbidden"
+    outcome = "suspended"
 
 
 class AuthenticationFailed(TenancyError):
@@ -98,6 +115,7 @@ class AuthenticationFailed(TenancyError):
     status_code = 401
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Unauthorized"
+    outcome = "unauthorized"
     headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
 
 
@@ -107,6 +125,7 @@ class RateLimitExceeded(TenancyError):
     status_code = 429
     ws_close_code = WS_POLICY_VIOLATION
     public_detail = "Too many requests"
+    outcome = "rate_limited"
 
     def __init__(self, *, limit: int, retry_after: int) -> None:
         super().__init__(f"rate limit of {limit} requests per minute reached")
@@ -127,6 +146,7 @@ class ServiceUnavailable(TenancyError):
 
     status_code = 503
     public_detail = "Service unavailable"
+    outcome = "unavailable"
 
 
 class TenantAlreadyExists(TenancyError):

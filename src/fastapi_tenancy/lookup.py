@@ -46,7 +46,7 @@ class TenantLookup:
     Example::
 
         lookup = TenantLookup(store, MemoryTenantCache(), ttl=60, negative_ttl=5)
-        tenant = await lookup.resolve("acme")   # raises TenantNotFound / TenantSuspended
+        tenant = await lookup.get_active("acme")   # raises TenantNotFound / TenantSuspended
     """
 
     def __init__(
@@ -65,9 +65,13 @@ class TenantLookup:
         self._generation = 0
         self._loads_done = 0
 
-    async def resolve(self, identifier: str) -> Tenant:
+    async def get_active(self, identifier: str) -> Tenant:
         """The active tenant named ``identifier``; raises if it may not serve requests."""
         return check_status(await self.find(identifier))
+
+    # Deprecated alias of `get_active`, kept for one release: ``resolve`` names stage ① (the
+    # resolvers), and this is stage ②.
+    resolve = get_active
 
     async def find(self, identifier: str) -> Tenant | None:
         """The tenant record (any status) or ``None``, from the cache when possible."""
@@ -80,7 +84,7 @@ class TenantLookup:
         named a tenant, the host must belong to that one, or the request names two tenants.
         """
         if resolution.host is None:
-            return await self.resolve(resolution.identifier)
+            return await self.get_active(resolution.identifier)
         tenant = await self.find_host(resolution.host)
         if tenant is None:
             raise TenantNotFound()

@@ -1,43 +1,33 @@
 """`TenancyMiddleware`: the whole integration, as raw ASGI.
 
-Raw ASGI rather than ``BaseHTTPMiddleware``: the tenant ContextVar set here must reach the
-endpoint, its dependencies and its background tasks, and ``BaseHTTPMiddleware`` runs the app in
-another task, where changes to the context are lost.
+Each request reads top to bottom: lifespan or excluded path -> admit (①-③, `Admission`) -> bind
+the tenant (④) -> serve the app. Raw ASGI rather than ``BaseHTTPMiddleware``: the tenant
+ContextVar set here must reach the endpoint, its dependencies and its background tasks, and
+``BaseHTTPMiddleware`` runs the app in another task, where changes to the context are lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import JSONResponse
 
+from fastapi_tenancy.admission import Admitted
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.context import _current
-from fastapi_tenancy.events import RequestCompleted
-from fastapi_tenancy.exceptions import (
-    ConfigurationError,
-    ServiceUnavailable,
-    TenancyError,
-    TenantNotFound,
-)
+from fastapi_tenancy.context import bind_tenant, reset_tenant
+from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable, TenancyError
 from fastapi_tenancy.exclusions import PathExclusions
-from fastapi_tenancy.models import Tenant
-from fastapi_tenancy.principal import PrincipalCheck, check_principal
-from fastapi_tenancy.resolution.base import Resolution
+from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
+from fastapi_tenancy.observe.events import RequestCompleted
+from fastapi_tenancy.observe.observer import TenancyObserver
+from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
-from fastapi_tenancy.types import ASGIApp, Message, Receive, Scope, Send
-from fastapi_tenancy.unavailable import describe, is_unavailable
-
-if TYPE_CHECKING:
-    from fastapi_tenancy.metrics import TenancyMetrics
+from fastapi_tenancy.types import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["SCOPE_KEY", "TenancyMiddleware"]
-
-# Where each request's scope carries the runtime, for the dependencies.
-SCOPE_KEY = "fastapi_tenancy"
 
 logger = logging.getLogger("fastapi_tenancy")
 
@@ -91,50 +81,42 @@ class TenancyMiddleware:
         if self._is_excluded(scope):
             await self.app({**scope, SCOPE_KEY: tenancy}, receive, send)
             return
-        metrics = tenancy.metrics
-        started = time.perf_counter() if metrics is not None else 0.0
-        tenant: Tenant | None = None
         try:
             if not tenancy.started:
                 # No lifespan ran (some test clients and servers skip it): open on first use.
                 await tenancy.start()
-            resolution = await tenancy.resolve(scope)
-            if resolution is None:
-                raise TenantNotFound()
-            tenant = await tenancy.lookup.resolve_request(resolution)
-            if metrics is not None:
-                metrics.resolved(time.perf_counter() - started)
-            if tenancy.principal_check is not None:
-                # Before the rate limit: callers refused here never spend the tenant's quota.
-                await check_principal(tenancy.principal_check, tenant, resolution, scope)
-            decision = None
-            if tenancy.limiter is not None and kind == "http":
-                decision = await tenancy.limiter.check(tenant)
+            admitted = await tenancy.admission.admit(scope)
         except TenancyError as exc:
-            if metrics is not None:
-                metrics.refused(exc, tenant)
             await _reject(scope, send, exc)
             return
-        if metrics is not None:
-            metrics.request("accepted", tenant)
-        if decision is not None:
-            send = _with_headers(send, decision.headers())
-        state = {**scope.get("state", {}), "tenant": tenant}
-        child = {**scope, SCOPE_KEY: tenancy, "state": state}
-        if resolution.mount:
-            child["root_path"] = scope.get("root_path", "") + resolution.mount
-        token = _current.set(tenant)
+        if admitted.headers:
+            send = _with_headers(send, admitted.headers)
+        child = {
+            **scope,
+            SCOPE_KEY: tenancy,
+            "state": {**scope.get("state", {}), "tenant": admitted.tenant},
+        }
+        if admitted.resolution.mount:
+            child["root_path"] = scope.get("root_path", "") + admitted.resolution.mount
+        observer = tenancy.observer
+        token = bind_tenant(admitted.tenant)
         try:
-            if kind == "http" and tenancy.hooks.wants(RequestCompleted):
-                await self._call_observed(child, receive, send, tenant, resolution)
+            if kind == "http" and observer.wants(RequestCompleted):
+                await self._serve_observed(child, receive, send, admitted, observer)
             else:
-                await _serve(self.app, child, receive, send, metrics)
+                await _serve(self.app, child, receive, send, observer)
         finally:
-            _current.reset(token)
+            reset_tenant(token)
 
-    async def _call_observed(
-        self, scope: Scope, receive: Receive, send: Send, tenant: Tenant, resolution: Resolution
+    async def _serve_observed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        admitted: Admitted,
+        observer: TenancyObserver,
     ) -> None:
+        """`_serve`, then a `RequestCompleted` event with the status sent and the duration."""
         started = time.perf_counter()
         status = 500
 
@@ -145,12 +127,12 @@ class TenancyMiddleware:
             await send(message)
 
         try:
-            await _serve(self.app, scope, receive, send_observed, self.tenancy.metrics)
+            await _serve(self.app, scope, receive, send_observed, observer)
         finally:
-            subject = (resolution.claims or {}).get("sub")
-            await self.tenancy.hooks.emit(
+            subject = (admitted.resolution.claims or {}).get("sub")
+            await observer.emit(
                 RequestCompleted(
-                    tenant=tenant,
+                    tenant=admitted.tenant,
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
@@ -272,12 +254,12 @@ def _replay(first: Message, receive: Receive) -> Receive:
 
 
 async def _serve(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: TenancyMetrics | None
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, observer: TenancyObserver
 ) -> None:
     """Run the app; tenant storage failing inside it (its session) answers 503, like the lookup.
 
     Storage that fails once the response is complete (a session whose connection died closes
-    after FastAPI has sent the response) has no client left to tell: it is logged and counted
+    after FastAPI has sent the response) has no client left to tell: it is logged and reported
     here, so the server neither logs an application crash nor drops the keep-alive connection.
     """
     answered = finished = False
@@ -294,8 +276,7 @@ async def _serve(
         if finished and is_unavailable(exc):
             reason = exc if isinstance(exc, ServiceUnavailable) else describe(exc)
             logger.warning("tenant storage failed after the response was sent: %s", reason)
-            if metrics is not None:
-                metrics.failed_after_response()
+            observer.failed_after_response()
             return
         if answered or not isinstance(exc, ServiceUnavailable):
             raise

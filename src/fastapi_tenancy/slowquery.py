@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.context import current_tenant_or_none
-from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.observe.observer import TenancyObserver, handler
 
 __all__ = ["SlowQueryLog"]
 
@@ -29,7 +28,7 @@ _STARTED_KEY = "fastapi_tenancy_statement_started"
 MAX_LOGGED_STATEMENT = 4096
 
 
-class SlowQueryLog:
+class SlowQueryLog(TenancyObserver):
     """Logs and counts the statements of watched engines that run longer than a threshold.
 
     Example::
@@ -39,18 +38,20 @@ class SlowQueryLog:
         ...
         slow.count  # slow statements seen so far
 
-    ``on_slow(tenant)`` is called for each slow statement too (the metrics count it there).
+    As one of the runtime's observers it watches every engine created (`engine_created`), and it
+    reports each slow statement to ``observer`` (``slow_query``: the metrics count it there).
     """
 
-    def __init__(
-        self, threshold_ms: float, *, on_slow: Callable[[Tenant | None], None] | None = None
-    ) -> None:
+    def __init__(self, threshold_ms: float, *, observer: TenancyObserver | None = None) -> None:
         if threshold_ms < 0:
             raise ValueError(f"threshold_ms must not be negative, not {threshold_ms}")
         self.threshold_ms = threshold_ms
         self._threshold = threshold_ms / 1000
-        self._on_slow = on_slow
+        self._on_slow = handler(observer, "slow_query")
         self.count = 0
+
+    def engine_created(self, engine: AsyncEngine, pool: str = "tenant") -> None:
+        self.watch(engine)
 
     def watch(self, engine: AsyncEngine) -> None:
         """Time every statement ``engine`` runs from now on (its pool may be replaced, too)."""
@@ -112,4 +113,4 @@ class SlowQueryLog:
             extra={"duration_ms": duration_ms, "statement": statement},
         )
         if self._on_slow is not None:
-            self._on_slow(tenant)
+            self._on_slow(tenant, duration_ms)

@@ -4,37 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.cache.build import build_cache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.events import Hooks
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.inflight import InFlight
-from fastapi_tenancy.isolation import IsolationStrategy, build_isolation
+from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy, build_isolation
+from fastapi_tenancy.isolation.scope import tenant_session
 from fastapi_tenancy.jwks import JWKSKeys
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
-from fastapi_tenancy.observability import watch_engines
+from fastapi_tenancy.observe.events import Hooks
+from fastapi_tenancy.observe.observer import TenancyObserver, compose, handler
 from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
 from fastapi_tenancy.readiness import Readiness
-from fastapi_tenancy.resolution import UnknownSigningKey, build_resolver
+from fastapi_tenancy.resolution import build_resolver
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
 from fastapi_tenancy.slowquery import SlowQueryLog
 from fastapi_tenancy.store.base import TenantStore
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Scope
-from fastapi_tenancy.unavailable import unavailable_as_503
 
 if TYPE_CHECKING:
     from fastapi_tenancy.domains import Domain
@@ -59,7 +60,9 @@ class Tenancy:
 
     ``store`` and ``cache`` replace the defaults built from the config (an SQLAlchemy store on
     ``database_url`` and an in-process cache). ``principal_check`` is the app's hook that
-    confirms the caller belongs to the tenant (`fastapi_tenancy.principal`).
+    confirms the caller belongs to the tenant (`fastapi_tenancy.principal`). ``observers`` are
+    the app's own `fastapi_tenancy.observe.TenancyObserver` objects, told what the runtime does
+    alongside its metrics and hooks.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Tenancy:
         store: TenantStore | None = None,
         cache: TenantCache | None = None,
         principal_check: PrincipalCheck | None = None,
+        observers: Iterable[TenancyObserver] = (),
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
         self.metrics: TenancyMetrics | None = None
@@ -98,12 +102,25 @@ class Tenancy:
         self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
         self.slow_queries: SlowQueryLog | None = None
         if self.config.slow_query_threshold_ms is not None:
-            on_slow = self.metrics.slow_query if self.metrics is not None else None
-            self.slow_queries = SlowQueryLog(self.config.slow_query_threshold_ms, on_slow=on_slow)
-        watch_engines(
-            self.engine, self.isolation, metrics=self.metrics, slow_queries=self.slow_queries
-        )
+            self.slow_queries = SlowQueryLog(
+                self.config.slow_query_threshold_ms, observer=self.metrics
+            )
+        # The user's subscriptions to typed events (and the audit trail's, below).
         self.hooks = Hooks()
+        # ⑥ Everything reports to this one observer, which fans out to the metrics, the
+        # slow-query log, the hooks and the app's own observers.
+        self.observer: TenancyObserver = compose(
+            self.metrics, self.slow_queries, self.hooks, *observers
+        )
+        self._watch_engines()
+        self.admission = Admission(
+            self.resolver,
+            self.lookup,
+            principal_check=principal_check,
+            limiter=self.limiter,
+            signing_keys=self.jwks,
+            observer=self.observer,
+        )
         self.inflight = InFlight()
         self.audit: AuditTrail | None = None
         if self.config.enable_audit_logging:
@@ -111,13 +128,21 @@ class Tenancy:
                 [LoggingAuditSink(), DatabaseAuditSink(self.engine)],
                 spill_path=self.config.audit_spill_path,
                 flush_timeout=self.config.audit_flush_timeout,
-                on_drop=self.metrics.audit_dropped if self.metrics is not None else None,
+                on_drop=handler(self.observer, "audit_dropped"),
             )
             self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
         self.readiness = Readiness(self)
         self._lock = asyncio.Lock()
         self._started = False
+
+    def _watch_engines(self) -> None:
+        """Report the central engine, and each tenant engine as it is created, to the observer."""
+        if handler(self.observer, "engine_created") is None:
+            return
+        self.observer.engine_created(self.engine, "central")
+        if isinstance(self.isolation, DatabaseIsolation):
+            self.isolation.engines.observer = self.observer
 
     @property
     def started(self) -> bool:
@@ -221,25 +246,19 @@ class Tenancy:
         await self.close()
 
     async def resolve(self, scope: Scope) -> Resolution | None:
-        """① for one request: the resolver's answer, after one key refresh if a token needs it.
+        """Deprecated (kept for one release): use ``tenancy.admission.resolve(scope)``."""
+        return await self.admission.resolve(scope)
 
-        A token signed with a key the JWKS did not hold at the last fetch (a rotation) triggers
-        a rate-limited refresh and a second try; resolution itself stays free of I/O.
-        """
-        try:
-            return self.resolver.resolve(scope)
-        except UnknownSigningKey:
-            if self.jwks is None or not await self.jwks.refresh_for_unknown_key():
-                raise
-        return self.resolver.resolve(scope)
-
-    # Sessions and scopes for code outside a request.
+    # Sessions and scopes for code outside a request. By identifier (looked up, refused unless
+    # active): `tenant_scope` binds the tenant, `session` also opens its session. By an already
+    # found `Tenant` (no lookup): `fastapi_tenancy.tenant_context` binds it, `tenant_session`
+    # opens its session.
 
     @asynccontextmanager
     async def tenant_scope(self, identifier: str) -> AsyncIterator[Tenant]:
         """Bind the active tenant ``identifier`` as the current tenant for the block."""
         await self.start()
-        tenant = await self.lookup.resolve(validate_identifier(identifier))
+        tenant = await self.lookup.get_active(validate_identifier(identifier))
         with tenant_context(tenant):
             yield tenant
 
@@ -249,19 +268,13 @@ class Tenancy:
         async with self.tenant_scope(identifier) as tenant, self.tenant_session(tenant) as s:
             yield s
 
-    @asynccontextmanager
-    async def tenant_session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
-        """A session bound to ``tenant``, counted as in-flight work so a purge waits for it.
+    def tenant_session(self, tenant: Tenant) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session bound to ``tenant`` (`fastapi_tenancy.isolation.scope.tenant_session`).
 
-        A database that cannot be reached (refused, dropped, pool timed out, connection lost)
-        surfaces as `ServiceUnavailable`; statement errors pass through unchanged.
+        Counted as in-flight work so a purge waits for it; an unreachable database surfaces as
+        `ServiceUnavailable`. It does not bind the current tenant: `session` does both.
         """
-        with (
-            self.inflight.track(tenant.id),
-            unavailable_as_503(f"the storage of tenant {tenant.identifier!r}"),
-        ):
-            async with self.isolation.session(tenant) as session:
-                yield session
+        return tenant_session(self.isolation, tenant, inflight=self.inflight)
 
     # Lifecycle, delegated to a module the request path never imports.
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.observe.observer import CacheObserver  # the caches' slice of the observer
 
 __all__ = [
     "MEMORY_LAYER",
@@ -58,20 +59,6 @@ class TenantCache(Protocol):
     async def clear(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class CacheObserver(Protocol):
-    """Told about every cache lookup and backend failure; the metrics implement it.
-
-    ``layer`` is ``"memory"`` or ``"redis"``; ``result`` is ``"hit"``, ``"miss"`` or
-    ``"negative_hit"`` (a cached "no such tenant").
-    """
-
-    def cache_lookup(self, layer: str, result: str) -> None: ...
-
-    def cache_backend_error(self, layer: str) -> None: ...
-
-    def cache_backend_up(self, layer: str, up: bool) -> None: ...
 
 
 def report_lookup(observer: CacheObserver, layer: str, hit: CachedLookup | None) -> None:

@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,26 +30,11 @@ from sqlalchemy.pool import QueuePool
 
 from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
+from fastapi_tenancy.observe.observer import EngineObserver  # the engine cache's slice of it
 
 __all__ = ["EngineLRU", "EngineObserver"]
 
 logger = logging.getLogger(__name__)
-
-
-class EngineObserver(Protocol):
-    """Told about the engines an `EngineLRU` creates and keeps; the metrics implement it."""
-
-    def engine_created(self, engine: AsyncEngine) -> None:
-        """A new engine, before its first connection: the place to attach event listeners."""
-        ...
-
-    def engines_cached(self, count: int) -> None:
-        """The number of cached engines changed to ``count``."""
-        ...
-
-    def engine_evicted(self) -> None:
-        """An engine was evicted to make room for another key."""
-        ...
 
 
 class _Entry:

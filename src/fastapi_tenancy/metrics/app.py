@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.middleware import SCOPE_KEY
-from fastapi_tenancy.types import ASGIApp, Receive, Scope, Send
+from fastapi_tenancy.types import SCOPE_KEY, ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from fastapi_tenancy.metrics.core import TenancyMetrics
-    from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["MetricsApp", "metrics_app"]
 
 DISABLED_BODY = b"fastapi-tenancy metrics are disabled: set TENANCY_ENABLE_METRICS=true\n"
 
 
+class _Runtime(Protocol):
+    """What the app reads of a `Tenancy` (it never imports the runtime, which imports it)."""
+
+    @property
+    def metrics(self) -> TenancyMetrics | None: ...
+
+
 class MetricsApp:
     """The ASGI app `metrics_app` returns (a class, so Starlette routes treat it as ASGI)."""
 
-    def __init__(self, tenancy: Tenancy | None = None) -> None:
+    def __init__(self, tenancy: _Runtime | None = None) -> None:
         self._tenancy = tenancy
         self._served: dict[int, ASGIApp] = {}
 
@@ -51,7 +56,7 @@ class MetricsApp:
         await exposition(scope, receive, send)
 
 
-def metrics_app(tenancy: Tenancy | None = None) -> MetricsApp:
+def metrics_app(tenancy: _Runtime | None = None) -> MetricsApp:
     """An ASGI app that serves the runtime's metrics in the Prometheus text format.
 
     Route it on a path the middleware excludes, so scrapers need no tenant::

@@ -19,16 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import event
 
-from fastapi_tenancy.exceptions import (
-    AuthenticationFailed,
-    ConfigurationError,
-    RateLimitExceeded,
-    ServiceUnavailable,
-    TenancyError,
-    TenantNotFound,
-    TenantSuspended,
-)
+from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
 from fastapi_tenancy.metrics.labels import NO_TENANT, TenantLabels
+from fastapi_tenancy.observe.observer import TenancyObserver
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -79,18 +72,13 @@ RESOLUTION_BUCKETS = (
 
 
 def outcome_of(exc: TenancyError) -> str:
-    """The ``outcome`` label of a request refused with ``exc``."""
-    if isinstance(exc, TenantSuspended):
-        return "suspended"
-    if isinstance(exc, TenantNotFound):
-        return "not_found"
-    if isinstance(exc, AuthenticationFailed):
-        return "unauthorized"
-    if isinstance(exc, RateLimitExceeded):
-        return "rate_limited"
-    if isinstance(exc, ServiceUnavailable):
-        return "unavailable"
-    return {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(exc.status_code, "error")
+    """The ``outcome`` label of a request refused with ``exc`` (the error's own ``outcome``)."""
+    return exc.outcome
+
+
+# The per-tenant counters whose children `_tenant_child` keeps, each under its own key.
+_RATE_LIMITED = "rate_limited"
+_SLOW_QUERIES = "slow_queries"
 
 
 class _Families:
@@ -190,16 +178,17 @@ class _Families:
         # Children keyed by (outcome, tenant label) are created on first use; TenantLabels keeps
         # their number at len(OUTCOMES) * (limit + 2).
         self.request_children: dict[Any, Any] = {}
-        self.tenant_children: dict[tuple[int, str], Any] = {}
+        self.tenant_children: dict[tuple[str, str], Any] = {}
         if labels is None:
             self.request_children = {outcome: self.requests.labels(outcome) for outcome in OUTCOMES}
 
 
-class TenancyMetrics:
+class TenancyMetrics(TenancyObserver):
     """Prometheus metrics for one `Tenancy` runtime; built when ``enable_metrics`` is on.
 
-    It implements the cache's ``CacheObserver`` protocol (``cache_lookup``,
-    ``cache_backend_error``, ``cache_backend_up``). Expose it with
+    It is one of the runtime's observers (`fastapi_tenancy.observe.TenancyObserver`): the
+    admission, the caches, the engines, the slow-query log and the audit trail report to it.
+    Expose it with
     `fastapi_tenancy.metrics.metrics_app`::
 
         metrics = TenancyMetrics.from_config(TenancyConfig(enable_metrics=True))
@@ -285,36 +274,44 @@ class TenancyMetrics:
             child = families.request_children[key] = families.requests.labels(*key)
         child.inc()
 
-    def refused(self, exc: TenancyError, tenant: Tenant | None = None) -> None:
-        """Count a request the middleware refused with ``exc``."""
-        outcome = outcome_of(exc)
+    def admitted(self, tenant: Tenant) -> None:
+        """Count a request that reached the app with ``tenant`` bound."""
+        families = self._families
+        if families.labels is None:
+            families.request_children["accepted"].inc()
+            return
+        self.request("accepted", tenant)
+
+    def refused(self, error: TenancyError, tenant: Tenant | None = None) -> None:
+        """Count a request the middleware refused with ``error``."""
+        outcome = error.outcome
         self.request(outcome, tenant)
         if outcome == "rate_limited":
-            self._tenant_child(0, self._families.rate_limited, tenant).inc()
+            self._tenant_child(_RATE_LIMITED, self._families.rate_limited, tenant).inc()
 
     def resolved(self, seconds: float) -> None:
         """Record the time from middleware entry until the tenant was resolved."""
         self._resolution_observe(seconds)
 
-    def slow_query(self, tenant: Tenant | None) -> None:
+    def slow_query(self, tenant: Tenant | None, duration_ms: float = 0.0) -> None:
         """Count one statement slower than ``slow_query_threshold_ms``."""
-        self._tenant_child(1, self._families.slow_queries, tenant).inc()
+        self._tenant_child(_SLOW_QUERIES, self._families.slow_queries, tenant).inc()
 
     def failed_after_response(self) -> None:
         """Count a tenant storage failure that came after the response was complete."""
         self._families.failures_after_response.inc()
 
-    def _tenant_child(self, slot: int, family: Counter, tenant: Tenant | None) -> Any:
+    def _tenant_child(self, counter: str, family: Counter, tenant: Tenant | None) -> Any:
         families = self._families
         if families.labels is None:
             return family
-        key = (slot, self.tenant_label_of(tenant))
+        key = (counter, self.tenant_label_of(tenant))
         child = families.tenant_children.get(key)
         if child is None:
             child = families.tenant_children[key] = family.labels(key[1])
         return child
 
-    # CacheObserver (fastapi_tenancy.cache.base).
+    # The caches.
 
     def cache_lookup(self, layer: str, result: str) -> None:
         """Count a cache lookup: ``layer`` memory|redis, ``result`` hit|miss|negative_hit."""
@@ -333,6 +330,10 @@ class TenancyMetrics:
         self._families.audit_dropped_children[reason].inc(count)
 
     # Engines and pools.
+
+    def engine_created(self, engine: AsyncEngine, pool: str = "tenant") -> None:
+        """Count ``engine``'s checked-out connections in the ``pool`` gauge."""
+        self.watch_pool(engine, pool)
 
     def engines_cached(self, count: int) -> None:
         """Record how many per-tenant engines the engine cache holds."""

@@ -8,7 +8,7 @@ soak counts against it, into ``$SOAK_EVENTS/events-<pid>.jsonl`` (one JSON objec
   after the response had started);
 * ``response``: a ``5xx`` was sent (whatever sent it);
 * ``refused``: the middleware refused the request with a ``429`` or ``5xx`` before the app ran
-  (recorded from the metrics' ``refused`` call, the one place every refusal passes);
+  (recorded by an observer's ``refused`` call, the one place every refusal passes);
 * ``log``: a ``WARNING`` or worse was logged, with its exception if it carried one (the
   middleware passes the exception of each ``5xx`` it answers as a log argument).
 
@@ -37,6 +37,7 @@ from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware, get_tenan
 from fastapi_tenancy.exceptions import TenancyError
 from fastapi_tenancy.metrics import metrics_app
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.observe import TenancyObserver
 from fastapi_tenancy.types import Message, Receive, Scope, Send
 from tests.support.faults import explain
 from tests.support.models import Item
@@ -130,20 +131,15 @@ class Recording:
             request_id.reset(token)
 
 
-def record_refusals(tenancy: Tenancy, events: EventLog) -> None:
-    """Record each ``429``/``5xx`` refusal the middleware answers, with its exception."""
-    metrics = tenancy.metrics
-    if metrics is None:
-        raise RuntimeError("the soak app needs TENANCY_ENABLE_METRICS=true to see refusals")
-    counted = metrics.refused
+class RefusalRecorder(TenancyObserver):
+    """Records each ``429``/``5xx`` refusal the middleware answers, with its exception."""
 
-    def refused(exc: TenancyError, tenant: Tenant | None = None) -> None:
-        if exc.status_code >= 500 or exc.status_code == 429:
-            events.write("refused", status=exc.status_code, exc=exception_chain(exc))
-        counted(exc, tenant)
+    def __init__(self, events: EventLog) -> None:
+        self._events = events
 
-    # The instance attribute shadows the method for this process's runtime only.
-    metrics.refused = refused  # type: ignore[method-assign]
+    def refused(self, error: TenancyError, tenant: Tenant | None) -> None:
+        if error.status_code >= 500 or error.status_code == 429:
+            self._events.write("refused", status=error.status_code, exc=exception_chain(error))
 
 
 def create_app() -> Recording:
@@ -151,8 +147,9 @@ def create_app() -> Recording:
     root = logging.getLogger()
     root.addHandler(EventHandler(events))
     root.addHandler(logging.StreamHandler())  # the server log keeps the warnings too
-    tenancy = Tenancy(TenancyConfig())
-    record_refusals(tenancy, events)
+    tenancy = Tenancy(TenancyConfig(), observers=[RefusalRecorder(events)])
+    if tenancy.metrics is None:
+        raise RuntimeError("the soak app needs TENANCY_ENABLE_METRICS=true")
 
     app = FastAPI()
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)
