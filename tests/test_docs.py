@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,14 +82,61 @@ def run(args: list[str], tmp_path: Path) -> None:
         env=docs_environment(tmp_path),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=TIMEOUT,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+TIMEOUT = 180
+
+
+class ChainRunner:
+    """``tests.support.docs_runner --serve``: a process that has imported the library and forks a
+    fresh child for each chain, so no chain pays an interpreter start of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.docs_runner", "--serve"],
+            cwd=directory,
+            env=docs_environment(directory),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, payload: Path, tmp_path: Path) -> None:
+        output = tmp_path / "output.txt"
+        request = {
+            "blocks": str(payload),
+            "cwd": str(tmp_path),
+            "env": docs_environment(tmp_path),
+            "output": str(output),
+            "timeout": TIMEOUT,
+        }
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        assert answer, f"the chain runner exited with {self.process.wait()}"
+        assert int(answer) == 0, output.read_text(encoding="utf-8")
+
+    def close(self) -> None:
+        self.process.communicate(timeout=TIMEOUT)  # closes its stdin: the runner exits
+
+
+@pytest.fixture(scope="module")
+def chain_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainRunner]:
+    runner = ChainRunner(tmp_path_factory.mktemp("chain-runner"))
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
 @pytest.mark.parametrize("chain", CHAINS, ids=[chain[0].id for chain in CHAINS])
-def test_python_blocks_run(chain: list[Block], tmp_path: Path) -> None:
+def test_python_blocks_run(chain: list[Block], tmp_path: Path, chain_runner: ChainRunner) -> None:
     # The migrations page upgrades with Config("alembic.ini"): give it the SaaS example's scripts.
     (tmp_path / "alembic.ini").write_text(
         f"[alembic]\nscript_location = {ROOT / 'examples' / 'saas' / 'migrations'}\n",
@@ -105,7 +153,7 @@ def test_python_blocks_run(chain: list[Block], tmp_path: Path) -> None:
     blocks = [{**asdict(block), "source": block.text()} for block in chain]
     payload = tmp_path / "blocks.json"
     payload.write_text(json.dumps(blocks), encoding="utf-8")
-    run([sys.executable, "-m", "tests.support.docs_runner", str(payload)], tmp_path)
+    chain_runner.run(payload, tmp_path)
 
 
 def test_yaml_and_json_blocks_parse() -> None:
