@@ -34,6 +34,7 @@ Example (also for components outside the cache, e.g. writing routing keys)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "redis_client",
     "redact_redis_url",
     "redis_failures",
+    "subscription_is_stale",
 ]
 
 Topology = Literal["server", "sentinel", "cluster"]
@@ -198,22 +200,83 @@ def redis_client(url: str, *, timeout: float = 1.0) -> Redis | RedisCluster:
     )
 
 
+# How often a Sentinel client asks the sentinels where the master is, between failures.
+FOLLOW_MASTER_SECONDS = 1.0
+
+
 @functools.cache
 def _sentinel_master_class() -> type[Redis]:
     from redis.asyncio import Redis
     from redis.asyncio.sentinel import SentinelConnectionPool
 
     class SentinelMaster(Redis):
-        """The master's client; closing it also closes the connections to the sentinels."""
+        """The master's client: follows failovers, and closes the sentinel connections too.
 
-        async def aclose(self, close_connection_pool: bool | None = None) -> None:
-            await super().aclose(close_connection_pool)
+        After a failover the sentinels name the new master at once, but the old one keeps
+        accepting writes until they reconfigure it (up to ten seconds later), and pooled
+        connections to it stay open. So a background task asks the sentinels every second, and a
+        changed answer closes every connection of the pool, so writes move to the new master
+        within a second instead of splitting between two masters.
+        """
+
+        _follower: asyncio.Task[None] | None = None
+
+        @property
+        def sentinel_pool(self) -> SentinelConnectionPool:
             pool = self.connection_pool
             assert isinstance(pool, SentinelConnectionPool)  # master_for built it
-            for sentinel in pool.sentinel_manager.sentinels:
+            return pool
+
+        async def execute_command(self, *args: Any, **options: Any) -> Any:
+            if self._follower is None:
+                self._follower = asyncio.create_task(
+                    self._follow_master(), name="fastapi-tenancy-sentinel"
+                )
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+        async def _follow_master(self) -> None:
+            pool = self.sentinel_pool
+            seen = pool.master_address
+            while True:
+                await asyncio.sleep(FOLLOW_MASTER_SECONDS)
+                try:
+                    await pool.get_master_address()  # type: ignore[no-untyped-call]
+                    if seen is not None and pool.master_address != seen:
+                        # Busy connections too: redis-py would return them to the pool still
+                        # open to the old master. A command cut short is retried once.
+                        await pool.disconnect(inuse_connections=True)
+                except redis_failures():
+                    pass  # no sentinel answers: commands fail on their own meanwhile
+                seen = pool.master_address
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            follower, self._follower = self._follower, None
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            await super().aclose(close_connection_pool)
+            for sentinel in self.sentinel_pool.sentinel_manager.sentinels:
                 await sentinel.aclose()
 
     return SentinelMaster
+
+
+def subscription_is_stale(client: Redis | RedisCluster, subscription: PubSub) -> bool:
+    """Whether ``subscription`` sits on a Sentinel master that the sentinels no longer name.
+
+    Its messages then stop arriving from processes that already write to the new master, so the
+    subscriber should subscribe afresh. Always ``False`` on the other topologies.
+    """
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    pool = client.connection_pool if not is_cluster(client) else None  # type: ignore[union-attr]
+    connection = subscription.connection
+    if not isinstance(pool, SentinelConnectionPool) or connection is None:
+        return False
+    current = pool.master_address
+    address = (getattr(connection, "host", None), getattr(connection, "port", None))
+    return current is not None and address != current
 
 
 def is_cluster(client: Redis | RedisCluster) -> bool:

@@ -221,10 +221,25 @@ class RedisSentinelGroup(_Servers):
         new = self.master_port()
         if new == old or new not in self.processes:
             return False
+        # A live old master stays one until the sentinels reconfigure it (up to ten seconds
+        # later): clients must follow the sentinels' answer, not wait for that.
         return bool(self.client(new).info("replication")["role"] == "master")
 
+    def app_connections(self, port: int) -> int:
+        """Connections to the server on ``port`` other than sentinels, replicas and this admin."""
+        client = self.client(port)
+        own = client.client_id()
+        return sum(
+            1
+            for entry in client.client_list()
+            if int(entry["id"]) != own
+            and not entry.get("name", "").startswith("sentinel-")
+            and "S" not in entry.get("flags", "")  # a replica's link
+            and "M" not in entry.get("flags", "")
+        )
+
     def failover(self) -> float:
-        """``SENTINEL FAILOVER``: the replica becomes master; the seconds until it is."""
+        """``SENTINEL FAILOVER``: the seconds until the sentinels name the replica as master."""
         old = self.master_port()
         started = time.monotonic()
         _command(self.client(self.sentinel_ports[0]), "SENTINEL", "FAILOVER", SERVICE)

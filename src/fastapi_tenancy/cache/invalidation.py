@@ -8,8 +8,9 @@ is the one sign of that, so every confirmation counts as a (re)subscription.
 
 A failover can leave the subscription open on a server that is no longer where messages are
 published first (a demoted Sentinel master, a cluster node that lost its slots), and it may miss
-what was published during the switch. So the owner calls `resubscribe` when a command fails: the
-listener then subscribes afresh, which again counts as a (re)subscription.
+what was published during the switch. So the listener subscribes afresh when the sentinels name
+another master, and when its owner calls `resubscribe` after a failed command; either counts as a
+(re)subscription.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from fastapi_tenancy._redis import pubsub
+from fastapi_tenancy._redis import pubsub, subscription_is_stale
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -98,6 +99,8 @@ class InvalidationListener:
                             self._subscribed.set()
                         elif kind == "message" and message is not None:
                             await self._on_message(str(message["data"]))
+                        if subscription_is_stale(self._client, subscription):
+                            break  # a failover named another master: subscribe there
             except (RedisError, OSError) as exc:
                 if connected is not False:
                     connected = False
