@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import secrets
 import shlex
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,41 @@ def test_shutdown_deadlines_nest_inside_the_server_and_orchestrator_grace_period
     app = next(m for m in manifests() if m["kind"] == "Deployment" and "api" in str(m))
     assert graceful < app["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert graceful < int(compose()["services"]["app"]["stop_grace_period"].removesuffix("s"))
+
+
+def test_traefik_compose_publishes_routes_with_real_settings() -> None:
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.traefik.yml").read_text())
+    services = document["services"]
+    assert {"traefik", "redis", "app", "worker", "migrate", "postgres"} <= set(services)
+    for name in ("app", "worker", "migrate"):
+        service = services[name]
+        for variable in service["environment"]:
+            assert_real_variable(variable)
+        assert_real_command(service["command"])
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency == "migrate" else None
+            assert condition["condition"] == (expected or "service_healthy"), (name, dependency)
+    env = services["app"]["environment"]
+    assert env["TENANCY_EDGE_ENABLED"] == "true"
+    # Traefik reads the root key and Redis database the app writes to, and hears of changes.
+    traefik = " ".join(services["traefik"]["command"])
+    assert f"--providers.redis.rootKey={env['TENANCY_EDGE_ROOT_KEY']}" in traefik
+    assert "--providers.redis.db=0" in traefik
+    assert env["TENANCY_REDIS_URL"].endswith("/0")
+    assert f"certificatesResolvers.{env['TENANCY_EDGE_CERT_RESOLVER']}.acme" in traefik
+    assert f"entryPoints.{env['TENANCY_EDGE_ENTRYPOINTS']}.address" in traefik
+    assert "--notify-keyspace-events" in services["redis"]["command"]
+    # The service the routers point at is the app, on the port gunicorn binds.
+    assert env["TENANCY_EDGE_SERVICE_URLS"] == "http://app:8000"
+    assert "8000" in services["app"]["expose"]
+    # Every TENANCY_* value parses as a config (with a stand-in for the exported secret).
+    settings = {
+        name.removeprefix("TENANCY_").lower(): value
+        for name, value in env.items()
+        if name.startswith("TENANCY_")
+    }
+    settings["jwt_secret"] = secrets.token_urlsafe(48)
+    settings["domain_suffix"] = "example.com"
+    settings["tenant_metadata"] = None
+    TenancyConfig(**settings)

@@ -52,3 +52,10 @@ async def test_readiness_fails_without_revealing_why() -> None:
     assert body["checks"]["database"]["status"] == "unavailable"
     assert "hunter2" not in ready.text
     assert "Connect" not in ready.text  # no error text, only statuses
+
+
+async def test_the_health_prefix_itself_answers_liveness(tmp_path: Path) -> None:
+    # Probes (the EDE chapter's, many load balancers') ask for /health alone.
+    config = TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+    (health,) = await get(config, "/health")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})

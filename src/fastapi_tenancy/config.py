@@ -572,6 +572,71 @@ class TenancyConfig(BaseSettings):
         ),
     )
 
+    # Edge routing (fastapi_tenancy.edge): each active tenant's hosts published to Traefik's
+    # Redis KV provider, kept in step with the lifecycle.
+    edge_enabled: bool = Field(
+        default=False,
+        description=(
+            "publish a Traefik router per active tenant (its `<identifier>.<domain_suffix>` and "
+            "custom domains) to Traefik's Redis provider, updated on every lifecycle and domain "
+            "change — see [edge routing](deployment.md#edge-routing-with-traefik)"
+        ),
+    )
+    edge_redis_url: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "the Redis Traefik's Redis provider reads (default: `redis_url`); the database number "
+            "in the URL must match the provider's `db`. Never printed."
+        ),
+    )
+    edge_root_key: str = Field(
+        default="traefik",
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="the provider's `rootKey`: routers are written under `<root>/http/routers/`",
+    )
+    edge_router_prefix: str = Field(
+        default="tenant-",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description=(
+            "routers are named `<prefix><identifier>`; only routers with this prefix are ever "
+            "written or removed, so other routers under the same root key are left alone"
+        ),
+    )
+    edge_service: str = Field(
+        default="tenancy-app",
+        pattern=r"^[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+)?$",
+        description=(
+            "the Traefik service every tenant router points at, e.g. `app@docker` for a service "
+            "another provider defines"
+        ),
+    )
+    edge_service_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "when set (`http://app:8000,http://app2:8000`), `edge_service` is defined in Redis too,"
+            " load-balancing over these servers; leave empty when another provider defines it"
+        ),
+    )
+    edge_entrypoints: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Traefik entry points of the tenant routers (empty: every entry point)",
+    )
+    edge_cert_resolver: str | None = Field(
+        default=None,
+        description=(
+            "a Traefik certificate resolver (ACME) for the tenant routers, which then serve TLS "
+            "with a certificate for each of the tenant's hosts, custom domains included"
+        ),
+    )
+    edge_sync_on_start: bool = Field(
+        default=True,
+        description=(
+            "reconcile every route when the runtime starts (app, worker or CLI), which also "
+            "repairs routes a lost event or a flushed Redis left behind"
+        ),
+    )
+
     # The TENANCY_* names that were set but are no setting, one line each; see `unknown_settings`.
     _unknown: tuple[str, ...] = PrivateAttr(default=())
 
@@ -610,7 +675,14 @@ class TenancyConfig(BaseSettings):
                 raise ValueError(problem)
         return value
 
-    @field_validator("resolution_strategy", "trusted_proxies", "excluded_paths", mode="before")
+    @field_validator(
+        "resolution_strategy",
+        "trusted_proxies",
+        "excluded_paths",
+        "edge_service_urls",
+        "edge_entrypoints",
+        mode="before",
+    )
     @classmethod
     def _lists_from_csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -645,13 +717,21 @@ class TenancyConfig(BaseSettings):
             raise ValueError("tenant_path_prefix must be empty or start with '/'")
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "edge_redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             from fastapi_tenancy._redis import parse_redis_url
 
             parse_redis_url(value.get_secret_value())  # its errors never repeat the password
+        return value
+
+    @field_validator("edge_service_urls")
+    @classmethod
+    def _check_service_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://", "h2c://")):
+                raise ValueError(f"edge_service_urls: {url!r} must start with http:// or https://")
         return value
 
     @field_validator("domain_suffix")
@@ -674,6 +754,16 @@ class TenancyConfig(BaseSettings):
             )
         if "jwt" in strategies:
             self._check_jwt()
+        if self.edge_enabled and self.edge_redis_url is None and self.redis_url is None:
+            raise ConfigurationError(
+                "edge_enabled needs a Redis to publish routes to: set TENANCY_EDGE_REDIS_URL "
+                "(or TENANCY_REDIS_URL)"
+            )
+        if self.edge_service_urls and "@" in self.edge_service:
+            raise ConfigurationError(
+                "edge_service_urls defines the service in Redis, so edge_service names no other "
+                f"provider: drop the '@...' from {self.edge_service!r}"
+            )
         if self.database_url_template is not None and "{database}" not in (
             self.database_url_template
         ):

@@ -123,6 +123,22 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
         ],
         "",
     ),
+    (
+        "Edge routing",
+        "See [Edge routing with Traefik](deployment.md#edge-routing-with-traefik).",
+        [
+            "edge_enabled",
+            "edge_redis_url",
+            "edge_root_key",
+            "edge_router_prefix",
+            "edge_service",
+            "edge_service_urls",
+            "edge_entrypoints",
+            "edge_cert_resolver",
+            "edge_sync_on_start",
+        ],
+        "",
+    ),
 ]
 
 # Defaults whose value says less than a sentence would.

@@ -1,6 +1,6 @@
 """Liveness and readiness endpoints, mounted with one line and served without a tenant.
 
-    app.include_router(health_router())     # GET /health/live, GET /health/ready
+    app.include_router(health_router())     # GET /health, /health/live, /health/ready
 
 Both live under ``/health``, which ``excluded_paths`` (``/health/*``) leaves out of tenant
 resolution by default.
@@ -23,14 +23,16 @@ __all__ = ["health_router"]
 def health_router(
     prefix: str = "/health", *, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> APIRouter:
-    """``{prefix}/live``: the process answers; ``{prefix}/ready``: it can serve requests.
+    """``{prefix}`` and ``{prefix}/live``: the process answers; ``{prefix}/ready``: it can serve.
 
     Each readiness check gives up after ``timeout`` seconds: keep it below the probe's timeout.
     """
     router = APIRouter(prefix=prefix, tags=["health"])
 
+    @router.get("")
     @router.get("/live")
     async def live() -> dict[str, str]:
+        # ``{prefix}`` itself answers liveness too: probes often ask for just /health.
         return {"status": "ok"}
 
     @router.get("/ready")

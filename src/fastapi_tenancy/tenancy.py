@@ -18,7 +18,7 @@ from fastapi_tenancy.cache.build import build_cache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.inflight import InFlight
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy, build_isolation
 from fastapi_tenancy.isolation.scope import tenant_session
@@ -39,6 +39,7 @@ from fastapi_tenancy.types import Scope
 
 if TYPE_CHECKING:
     from fastapi_tenancy.domains import Domain
+    from fastapi_tenancy.edge import TraefikEdge
     from fastapi_tenancy.lifecycle import TenantLifecycle
     from fastapi_tenancy.metrics import TenancyMetrics
 
@@ -132,6 +133,13 @@ class Tenancy:
             )
             self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
+        self.edge: TraefikEdge | None = None
+        if self.config.edge_enabled:
+            # Imported here: the request path never needs it.
+            from fastapi_tenancy.edge import TraefikEdge
+
+            self.edge = TraefikEdge.from_config(self.config)
+            self.edge.attach(self)
         self.readiness = Readiness(self)
         self._lock = asyncio.Lock()
         self._started = False
@@ -169,6 +177,8 @@ class Tenancy:
                 await self.isolation.start()
                 if self.audit is not None:
                     await self.audit.start()
+                if self.edge is not None and self.config.edge_sync_on_start:
+                    await self._sync_edge()
             except BaseException:
                 await self._close_unlocked()
                 raise
@@ -208,6 +218,8 @@ class Tenancy:
             steps.append(("the rate limiter", self.limiter.close))
         if self.jwks is not None:
             steps.append(("the JWKS client", self.jwks.close))
+        if self.edge is not None:
+            steps.append(("the edge publisher", self.edge.close))
         steps += [
             ("the isolation strategy", self.isolation.close),
             ("the tenant store", self.store.close),
@@ -228,6 +240,22 @@ class Tenancy:
             self._started = False
         if failure is not None:
             raise failure
+
+    async def _sync_edge(self) -> None:
+        # A Redis that is down must not keep the app from serving: the routes Traefik already
+        # has keep working, and the next start or `fastapi-tenancy edge sync` repairs them.
+        assert self.edge is not None
+        try:
+            plan = await self.edge.sync(self)
+        except ServiceUnavailable as exc:
+            logger.warning("edge routes not reconciled at start: %s", exc)
+            return
+        if not plan.empty:
+            logger.info(
+                "edge routes reconciled: %d keys written, %d removed",
+                len(plan.write),
+                len(plan.remove),
+            )
 
     async def _close_audit(self) -> None:
         if self.audit is not None:

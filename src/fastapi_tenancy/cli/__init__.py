@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-from fastapi_tenancy.cli import config, doctor, migrate, rls, tenants, worker
+from fastapi_tenancy.cli import config, doctor, edge, migrate, rls, tenants, worker
 from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     rls.register(commands, common)
     doctor.register(commands, common)
     config.register(commands, common)
+    edge.register(commands, common)
     return parser
 
 

@@ -1,0 +1,65 @@
+"""``fastapi-tenancy edge sync``: reconcile the tenant routers in Traefik's Redis provider."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, run_with_tenancy
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["register"]
+
+
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    group = commands.add_parser(
+        "edge",
+        help="publish the tenants' routes to Traefik (Redis provider)",
+        description="Keep Traefik's Redis provider in step with the tenants (edge_* settings).",
+        parents=[common],
+    )
+    group.set_defaults(handler=lambda _args: _group_help(group))
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    sync = sub.add_parser(
+        "sync",
+        help="reconcile every tenant router with the central database",
+        description="Write a router for every active tenant and remove the routers of every "
+        "other one, under edge_root_key and edge_router_prefix only.",
+        parents=[common],
+    )
+    sync.add_argument(
+        "--dry-run", action="store_true", help="print the keys that would change; change nothing"
+    )
+    sync.set_defaults(handler=_sync)
+
+
+def _group_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _sync(args: argparse.Namespace) -> int:
+    async def sync(tenancy: Tenancy) -> int:
+        from fastapi_tenancy.edge import TraefikEdge
+
+        edge = TraefikEdge.from_config(tenancy.config)
+        try:
+            plan = await edge.sync(tenancy, dry_run=args.dry_run)
+        finally:
+            await edge.close()
+        for line in plan.lines():
+            print(line)
+        verb = "would write" if args.dry_run else "wrote"
+        routers = sum(1 for key in plan.desired if key.endswith("/rule"))
+        print(
+            f"{verb} {len(plan.write)} keys and {'would remove' if args.dry_run else 'removed'} "
+            f"{len(plan.remove)}; {routers} tenant routers in all",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+
+    # The command's own runtime neither reconciles at start nor follows events: a dry run must
+    # change nothing, and the sync below is the one that counts.
+    return run_with_tenancy(args, sync, edge_enabled=False)
