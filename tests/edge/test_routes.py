@@ -160,6 +160,8 @@ async def test_routes_follow_the_lifecycle_and_domains(
             await tenancy.create_tenant("globex", provision=False)  # pending: no route yet
             assert rule(await under(redis, root_key), root_key, "globex") is None
 
+            # An entry point an earlier configuration listed goes with the router too.
+            await redis.set(f"{root_key}/http/routers/tenant-acme/entryPoints/5", "old")
             await tenancy.delete_tenant("acme")
             keys = await under(redis, root_key)
             assert not [key for key in keys if "/tenant-acme/" in key]

@@ -24,6 +24,9 @@ __all__ = ["EdgePlan", "EdgeSettings", "TraefikEdge", "desired_keys"]
 
 logger = logging.getLogger("fastapi_tenancy.edge")
 
+# Entry point keys an event clears beyond the configured ones (left by an earlier, longer list).
+MAX_ENTRYPOINTS = 16
+
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
@@ -193,10 +196,14 @@ class TraefikEdge:
         wanted: dict[str, str] = {}
         if tenant is not None and tenant.status is TenantStatus.ACTIVE:
             wanted = router_keys(self.settings, tenant, hosts)
-        pattern = self.settings.router_root(identifier) + "*"
+        # Every key a router of this module can have, rather than a SCAN per event (which walks
+        # the whole keyspace); a reconcile removes anything else left under the router.
+        root = self.settings.router_root(identifier)
+        possible = [root + "rule", root + "service", root + "tls/certResolver"]
+        count = max(len(self.settings.entrypoints), MAX_ENTRYPOINTS)
+        possible += [f"{root}entryPoints/{index}" for index in range(count)]
         async with self._lock, _unavailable_as_503():
-            existing = await self._scan([pattern])
-            await self._apply(wanted, [key for key in existing if key not in wanted])
+            await self._apply(wanted, [key for key in possible if key not in wanted])
 
     # Reconcile.
 
