@@ -305,6 +305,14 @@ class RedisClusterNodes(_Servers):
         ranges = self.client(self.ports[0]).cluster("slots")
         return all(len(entry) >= 3 + self._replicas for entry in ranges)
 
+    def subscriber_ports(self) -> list[int]:
+        """The nodes holding a pub/sub subscription of some client right now."""
+        return [
+            port
+            for port in self.processes
+            if any(int(entry.get("sub", 0)) > 0 for entry in self.client(port).client_list())
+        ]
+
     def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot."""
         client = self.client(next(iter(self.processes)))
