@@ -69,6 +69,7 @@ def test_a_malformed_url_is_refused_without_echoing_the_password(url: str) -> No
         ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
         ("redis+sentinel://u:pw@h:1,h2:2/mymaster", "redis+sentinel://u:***@h:1,h2:2/mymaster"),
         ("redis+cluster://h:1,h:2", "redis+cluster://h:1,h:2"),
+        ("unix:///run/redis.sock?db=0&password=pw", "unix:///run/redis.sock?db=0&password=***"),
     ],
 )
 def test_logged_urls_mask_the_password_of_every_topology(url: str, shown: str) -> None:

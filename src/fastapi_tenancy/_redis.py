@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import functools
 import random
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
@@ -67,12 +66,15 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis
 HEALTH_CHECK_SECONDS = 30
 
 
-_PASSWORD = re.compile(r"(://[^/@:]*:)[^/]*@")
-
-
 def redact_redis_url(url: str) -> str:
-    """``url`` with the password masked, for logs and error messages, whatever the topology."""
-    return _PASSWORD.sub(r"\1***@", url)
+    """``url`` with its password masked, for logs and error messages, whatever the topology.
+
+    SQLAlchemy's URL parser (behind `fastapi_tenancy._secrets.redact_url`) refuses the
+    several-hosts forms, so the password is masked by its shape (`fastapi_tenancy._secrets.mask`).
+    """
+    from fastapi_tenancy._secrets import mask
+
+    return mask(url)
 
 
 class RedisUrlError(ValueError):
