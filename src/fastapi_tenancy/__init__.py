@@ -27,9 +27,9 @@ from fastapi_tenancy.exceptions import (
     TenantSuspended,
 )
 from fastapi_tenancy.isolation.scoped import TenantScoped
-from fastapi_tenancy.logs import TenantLogFilter
 from fastapi_tenancy.middleware import TenancyMiddleware
 from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.observe.logs import TenantLogFilter
 from fastapi_tenancy.tenancy import Tenancy
 
 __version__ = "0.1.0.dev0"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi_tenancy.events import Event
 from fastapi_tenancy.exceptions import TenancyError, TenantAlreadyExists
 from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.observe.events import Event
 
 __all__ = [
     "Domain",

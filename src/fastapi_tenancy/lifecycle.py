@@ -23,7 +23,6 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.domains import Domain, DomainChanged
-from fastapi_tenancy.events import Hooks, LifecycleAction, TenantChanged
 from fastapi_tenancy.exceptions import (
     ConfigurationError,
     InvalidTransition,
@@ -35,26 +34,28 @@ from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
+from fastapi_tenancy.observe.events import Hooks, LifecycleAction, TenantChanged
 from fastapi_tenancy.store.base import DomainStore, TenantStore
 
 logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
 __all__ = ["TRANSITIONS", "TenantLifecycle"]
 
-_S = TenantStatus
-
 # action -> (statuses it may start from, status it ends in). Any other move raises.
 TRANSITIONS: dict[LifecycleAction, tuple[frozenset[TenantStatus], TenantStatus]] = {
-    "start_provisioning": (frozenset({_S.PENDING}), _S.PROVISIONING),
-    "provision": (frozenset({_S.PROVISIONING}), _S.ACTIVE),
+    "start_provisioning": (frozenset({TenantStatus.PENDING}), TenantStatus.PROVISIONING),
+    "provision": (frozenset({TenantStatus.PROVISIONING}), TenantStatus.ACTIVE),
     # Back to pending: a worker's attempt failed or was interrupted, or an operator retries a
     # tenant whose provisioning failed for good.
-    "retry": (frozenset({_S.PROVISIONING, _S.FAILED}), _S.PENDING),
-    "fail": (frozenset({_S.PROVISIONING}), _S.FAILED),
-    "suspend": (frozenset({_S.ACTIVE}), _S.SUSPENDED),
-    "activate": (frozenset({_S.SUSPENDED}), _S.ACTIVE),
-    "delete": (frozenset({_S.ACTIVE, _S.SUSPENDED, _S.FAILED}), _S.DELETED),
-    "restore": (frozenset({_S.DELETED}), _S.ACTIVE),
+    "retry": (frozenset({TenantStatus.PROVISIONING, TenantStatus.FAILED}), TenantStatus.PENDING),
+    "fail": (frozenset({TenantStatus.PROVISIONING}), TenantStatus.FAILED),
+    "suspend": (frozenset({TenantStatus.ACTIVE}), TenantStatus.SUSPENDED),
+    "activate": (frozenset({TenantStatus.SUSPENDED}), TenantStatus.ACTIVE),
+    "delete": (
+        frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.FAILED}),
+        TenantStatus.DELETED,
+    ),
+    "restore": (frozenset({TenantStatus.DELETED}), TenantStatus.ACTIVE),
 }
 
 
@@ -94,7 +95,7 @@ class TenantLifecycle:
         tenant = Tenant(
             identifier=validate_identifier(identifier),
             name=name if name is not None else identifier,
-            status=_S.PENDING,
+            status=TenantStatus.PENDING,
             metadata=dict(metadata or {}),
             database_url=SecretStr(database_url) if database_url is not None else None,
         )
@@ -125,10 +126,10 @@ class TenantLifecycle:
         for it; a failure leaves it ``failed`` and raises. Without, a worker takes it.
         """
         tenant = await self.require(identifier)
-        stale = tenant.status is _S.PROVISIONING and (
+        stale = tenant.status is TenantStatus.PROVISIONING and (
             tenant.updated_at < datetime.now(UTC) - timedelta(seconds=stale_after)
         )
-        if tenant.status is not _S.FAILED and not stale:
+        if tenant.status is not TenantStatus.FAILED and not stale:
             raise InvalidTransition(
                 f"cannot retry tenant {identifier!r}: it is {tenant.status.value}; only failed "
                 f"tenants, and tenants provisioning without progress for {stale_after:g} s, "
@@ -246,7 +247,7 @@ class TenantLifecycle:
         waited for in-flight work wins, and the purge stops with `InvalidTransition`.
         """
         tenant = await self.require(identifier)
-        if tenant.status not in (_S.DELETED, _S.PURGING):
+        if tenant.status not in (TenantStatus.DELETED, TenantStatus.PURGING):
             raise InvalidTransition(
                 f"cannot purge tenant {identifier!r}: delete it first (it is {tenant.status.value})"
             )
@@ -259,9 +260,9 @@ class TenantLifecycle:
                 f"tenant {identifier!r} still has work running after {self._drain_timeout}s; "
                 "nothing was purged, try again"
             ) from None
-        if tenant.status is _S.DELETED:
+        if tenant.status is TenantStatus.DELETED:
             marked = await self._store.update_if_unchanged(
-                tenant.model_copy(update={"status": _S.PURGING}), expected=tenant
+                tenant.model_copy(update={"status": TenantStatus.PURGING}), expected=tenant
             )
             if marked is None:
                 current = await self._store.get(tenant.id)
@@ -276,7 +277,9 @@ class TenantLifecycle:
         await self._lookup.invalidate(identifier)
         for host in hosts:
             await self._lookup.invalidate(host)
-        await self._hooks.emit(TenantChanged(action="purge", tenant=tenant, previous=_S.DELETED))
+        await self._hooks.emit(
+            TenantChanged(action="purge", tenant=tenant, previous=TenantStatus.DELETED)
+        )
 
     async def _move(self, tenant: Tenant, action: LifecycleAction, **changes: Any) -> Tenant:
         """Store ``action`` on ``tenant`` (plus ``changes``) if nothing changed it since."""
@@ -289,7 +292,7 @@ class TenantLifecycle:
                     f"cannot {action} tenant {tenant.identifier!r}: it is {tenant.status.value}"
                 )
             changes["status"] = target
-            changes["deleted_at"] = datetime.now(UTC) if target is _S.DELETED else None
+            changes["deleted_at"] = datetime.now(UTC) if target is TenantStatus.DELETED else None
         updated = await self._store.update_if_unchanged(
             tenant.model_copy(update=changes), expected=tenant
         )
@@ -333,7 +336,7 @@ class TenantLifecycle:
         """
         store = self._domain_store()
         tenant = await self.require(identifier)
-        if tenant.status in (_S.DELETED, _S.PURGING):
+        if tenant.status in (TenantStatus.DELETED, TenantStatus.PURGING):
             raise InvalidTransition(
                 f"cannot add a domain to tenant {identifier!r}: it is {tenant.status.value}"
             )

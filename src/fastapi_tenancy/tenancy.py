@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from fastapi_tenancy.admission import Admission
-from fastapi_tenancy.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.cache.build import build_cache
 from fastapi_tenancy.config import TenancyConfig
@@ -25,14 +24,15 @@ from fastapi_tenancy.isolation.scope import tenant_session
 from fastapi_tenancy.jwks import JWKSKeys
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
+from fastapi_tenancy.observe.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
 from fastapi_tenancy.observe.events import Hooks
 from fastapi_tenancy.observe.observer import TenancyObserver, compose, handler
+from fastapi_tenancy.observe.slowquery import SlowQueryLog
 from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
 from fastapi_tenancy.readiness import Readiness
 from fastapi_tenancy.resolution import build_resolver
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
-from fastapi_tenancy.slowquery import SlowQueryLog
 from fastapi_tenancy.store.base import TenantStore
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Scope
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from fastapi_tenancy.domains import Domain
     from fastapi_tenancy.edge import TraefikEdge
     from fastapi_tenancy.lifecycle import TenantLifecycle
-    from fastapi_tenancy.metrics import TenancyMetrics
+    from fastapi_tenancy.observe.metrics import TenancyMetrics
 
 __all__ = ["Tenancy"]
 
@@ -475,7 +475,7 @@ async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]
 def _build_metrics(config: TenancyConfig) -> TenancyMetrics:
     # prometheus-client is an optional extra: imported only when metrics are enabled.
     try:
-        from fastapi_tenancy.metrics import TenancyMetrics
+        from fastapi_tenancy.observe.metrics import TenancyMetrics
     except ModuleNotFoundError as exc:
         if exc.name != "prometheus_client":
             raise

@@ -28,7 +28,7 @@ from fastapi_tenancy.tenancy import Tenancy
 __all__ = ["register"]
 
 # command -> (Tenancy method, past tense for the confirmation line, help text)
-TRANSITIONS: dict[str, tuple[str, str, str]] = {
+STATUS_COMMANDS: dict[str, tuple[str, str, str]] = {
     "suspend": ("suspend_tenant", "suspended", "stop serving a tenant (403); its data is kept"),
     "activate": ("activate_tenant", "activated", "serve a suspended tenant again"),
     "delete": (
@@ -110,7 +110,7 @@ def register(
     show.add_argument("--json", action="store_true", help="print a JSON object")
     show.set_defaults(handler=_show)
 
-    for command, (method, done, text) in TRANSITIONS.items():
+    for command, (method, done, text) in STATUS_COMMANDS.items():
         parser = sub.add_parser(
             command, help=text, description=text.capitalize() + ".", parents=[common]
         )

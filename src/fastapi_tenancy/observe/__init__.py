@@ -3,10 +3,13 @@
 * `observer` — `TenancyObserver` (no-op defaults), `CompositeObserver`, `compose`.
 * `events` — the typed events (`TenantChanged`, `RequestCompleted`) and `Hooks`, the user's
   subscriptions to them.
+* ``metrics``, ``labels``, ``metrics_app`` — Prometheus (the ``metrics`` extra; also importable
+  as `fastapi_tenancy.metrics`).
+* ``slowquery`` — the slow-query log; ``logs`` — `TenantLogFilter`; ``audit`` — the audit trail,
+  which records the events it subscribes to through `Hooks`.
 
-Imported by the request path, so it stays light: the Prometheus metrics (an optional extra), the
-audit trail and the slow-query log live in their own modules of this package and are imported
-only by the runtime that builds them.
+Imported by the request path, so this package itself stays light: only `observer` and `events`
+load with it; the others are imported by the runtime that builds them.
 """
 
 from __future__ import annotations
