@@ -479,17 +479,21 @@ class TenancyConfig(BaseSettings):
         ),
     )
     tenant_pool_size: int = Field(
-        default=2,
+        default=10,
         ge=1,
-        description="`database` isolation: connections each tenant engine may hold",
+        description=(
+            "`database` isolation: the most connections one tenant may hold at once; a tenant's "
+            "pool opens them on demand, starting with one, within `database_connection_budget`"
+        ),
     )
     database_connection_budget: int = Field(
         default=50,
         ge=1,
         description=(
             "`database` isolation: server connections all tenant engines of a process may hold "
-            "together; a request that would pass it waits (up to `database_pool_timeout`, then "
-            "`503`)"
+            "together; the least recently used idle one is closed in the background to make "
+            "room, and a request that finds none waits in line (up to `database_pool_timeout`, "
+            "then `503`)"
         ),
     )
 
@@ -770,11 +774,6 @@ class TenancyConfig(BaseSettings):
             raise ConfigurationError(
                 "database_url_template needs a '{database}' placeholder, e.g. "
                 "'postgresql+asyncpg://app@db:5432/{database}'"
-            )
-        if self.database_connection_budget < self.tenant_pool_size:
-            raise ConfigurationError(
-                "database_connection_budget must be at least tenant_pool_size: one tenant's pool "
-                "could never fill"
             )
         if self.schema_binding == "search_path" and self.database_backend != "postgresql":
             raise ConfigurationError(

@@ -2,7 +2,7 @@
 
 Connections are counted by the servers themselves (``pg_stat_activity``,
 ``information_schema.processlist``) over an admin connection to a database the cache never uses.
-Every tenant database here is named ``h5_...``; the module creates and drops its own.
+Every tenant database here is named ``h5_lru_...``; the module creates and drops its own.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_only
 
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
-from fastapi_tenancy.isolation.engine_lru import EngineLRU
+from fastapi_tenancy.isolation.engine_lru import ConnectionBudgetExhausted, EngineLRU
 from tests.support.polling import eventually
 from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server
 
-FEW = [f"h5_s{i}" for i in range(4)]
-MANY = [f"h5_t{i:03d}" for i in range(200)]
-MARIADB = [f"h5_m{i}" for i in range(3)]
-PG_TENANT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'h5\\_%'"
+FEW = [f"h5_lru_s{i}" for i in range(4)]
+MANY = [f"h5_lru_t{i:03d}" for i in range(200)]
+MARIADB = [f"h5_lru_m{i}" for i in range(3)]
+PG_TENANT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'h5\\_lru\\_%'"
 
 
 def pg_url(database: str) -> str:
@@ -305,7 +306,7 @@ async def test_discarded_engine_stays_usable_until_its_lease_ends(
 
 
 @pytest.mark.postgres
-async def test_idle_connections_of_another_engine_make_room(
+async def test_the_least_recently_used_idle_connection_makes_room(
     few_databases: list[str], admin: AsyncConnection
 ) -> None:
     a, b = few_databases[:2]
@@ -319,28 +320,59 @@ async def test_idle_connections_of_another_engine_make_room(
     await asyncio.gather(use(a), use(a))
     assert await pg_connections(admin, a) == 2  # both pooled, idle, and the budget is full
     async with cache.lease(b) as engine:
-        assert await pg_connections(admin, a) == 0
         await select_one(engine)
-        assert await pg_connections(admin) == 1
-    async with cache.lease(a) as engine:  # the trimmed pool is reused
+        # One of a's idle connections was closed to make room, not the whole pool.
+        assert await pg_connections(admin, a) == 1
+        assert await pg_connections(admin) == 2
+    async with cache.lease(a) as engine:  # a's remaining connection is reused
         await select_one(engine)
-    assert cache.size == 2
+    assert cache.budget.trims == 1
     await cache.close()
     assert await pg_connections(admin) == 0
 
 
 @pytest.mark.postgres
-async def test_exhausted_budget_raises_service_unavailable_quickly(
+async def test_a_pool_starts_with_one_connection_and_grows_on_demand(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a = few_databases[0]
+    cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=8)
+    for _ in range(3):
+        async with cache.lease(a) as engine:
+            await select_one(engine)
+    assert await pg_connections(admin, a) == 1
+    both = asyncio.Event()
+    inside = 0
+
+    async def use() -> None:
+        nonlocal inside
+        async with cache.lease(a) as engine, engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            inside += 1
+            if inside == 2:
+                both.set()
+            await both.wait()  # both connections are in use at once
+
+    await asyncio.gather(use(), use())
+    assert await pg_connections(admin, a) == 2
+    assert cache.open_connections == 2
+    await cache.close()
+
+
+@pytest.mark.postgres
+async def test_exhausted_budget_raises_service_unavailable_with_retry_after(
     few_databases: list[str], admin: AsyncConnection
 ) -> None:
     a, b = few_databases[:2]
     cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=1, budget_timeout=0.2)
-    async with cache.lease(a) as engine:
-        await select_one(engine)
-        # The 0.2 s budget timeout answers, not the 30 s default: the bound fails the test first.
-        with pytest.raises(ServiceUnavailable):
-            async with asyncio.timeout(10), cache.lease(b):
-                pass
+    async with cache.lease(a) as engine, engine.connect() as busy:
+        await busy.execute(text("SELECT 1"))
+        with pytest.raises(ConnectionBudgetExhausted) as raised:
+            async with cache.lease(b) as other:
+                await select_one(other)
+        assert isinstance(raised.value, ServiceUnavailable)
+        assert raised.value.response_headers()["Retry-After"] == "1"
+        assert cache.budget.waiting == 0
     async with cache.lease(b) as engine:  # a's idle connection is closed to make room
         await select_one(engine)
     assert await pg_connections(admin) == 1
@@ -348,25 +380,90 @@ async def test_exhausted_budget_raises_service_unavailable_quickly(
 
 
 @pytest.mark.postgres
-async def test_idle_connections_of_a_leased_engine_are_not_taken(
+async def test_connections_in_use_are_never_taken(
     few_databases: list[str], admin: AsyncConnection
 ) -> None:
     a, b = few_databases[:2]
     cache = EngineLRU(factory(pg_url), max_engines=4, connection_budget=2, budget_timeout=0.2)
-
-    async def use(key: str) -> None:
-        async with cache.lease(key) as engine:
-            await select_one(engine)
-            await asyncio.sleep(0.05)
-
-    await asyncio.gather(use(a), use(a))
-    async with cache.lease(a):
-        # A permit is free, but the budget is spent on a's connections and a is leased.
+    async with cache.lease(a) as engine, engine.connect() as one, engine.connect() as two:
+        await one.execute(text("SELECT 1"))
+        await two.execute(text("SELECT 1"))
         with pytest.raises(ServiceUnavailable):
-            async with cache.lease(b):
-                pass
+            async with cache.lease(b) as other:
+                await select_one(other)
+        assert (await one.execute(text("SELECT 2"))).scalar_one() == 2
+        assert (await two.execute(text("SELECT 3"))).scalar_one() == 3
     assert await pg_connections(admin) == 2
     await cache.close()
+
+
+@pytest.mark.postgres
+async def test_waiters_for_the_budget_are_served_in_arrival_order(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    holder, *others = few_databases
+    cache = EngineLRU(factory(pg_url), max_engines=8, connection_budget=1, budget_timeout=30)
+    served: list[str] = []
+
+    async def use(key: str) -> None:
+        async with cache.lease(key) as engine, engine.connect() as conn:
+            served.append(key)
+            await conn.execute(text("SELECT 1"))
+
+    tasks: list[asyncio.Task[None]] = []
+    async with cache.lease(holder) as engine, engine.connect() as busy:
+        await busy.execute(text("SELECT 1"))
+        for key in others:
+            tasks.append(asyncio.create_task(use(key)))
+            # The next one starts only once this one is in line.
+            await eventually(lambda: cache.budget.waiting == len(tasks), what="in line")
+    await asyncio.gather(*tasks)
+    assert served == others
+    assert cache.budget.peak == 1
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_a_blocked_close_does_not_hold_up_another_tenants_request(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b, c = few_databases[:3]
+    closing = asyncio.Event()
+    unblock = asyncio.Event()
+
+    def build(key: str) -> AsyncEngine:
+        engine = create_async_engine(pg_url(key), pool_size=2, max_overflow=0)
+        if key == a:
+
+            @event.listens_for(engine.sync_engine, "close")
+            def stall(*_args: object) -> None:
+                # Runs inside the close: the close cannot finish until the test lets it.
+                closing.set()
+                await_only(unblock.wait())
+
+        return engine
+
+    # Three slots, one kept free: the third tenant's connection makes the cache close the
+    # least recently used idle connection (a's) in the background.
+    cache = EngineLRU(build, max_engines=8, connection_budget=3, reserve=1)
+    for key in (a, b):
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+    async with cache.lease(c) as engine:
+        await select_one(engine)
+    await closing.wait()
+    # c's request has finished while a's close is still stuck, and it still counts.
+    assert not unblock.is_set()
+    assert cache.open_connections == 3
+    assert await pg_connections(admin) <= 3
+    async with cache.lease(b) as engine:  # others keep being served meanwhile
+        await select_one(engine)
+    unblock.set()
+    await eventually(lambda: cache.open_connections == 2, what="the close finished")
+    assert cache.budget.trims == 1
+    await cache.close()
+    assert await pg_connections(admin) == 0
 
 
 @pytest.mark.postgres
@@ -460,7 +557,7 @@ async def test_mariadb_lease_evict_and_close(mariadb_databases: list[str]) -> No
     admin = create_async_engine(mysql_url(""), poolclass=NullPool)
 
     async def connections(database: str | None = None) -> int:
-        pattern = database or "h5\\_%"
+        pattern = database or "h5\\_lru\\_%"
         query = text("SELECT count(*) FROM information_schema.processlist WHERE db LIKE :db")
         async with admin.connect() as conn:
             return int((await conn.execute(query, {"db": pattern})).scalar_one())

@@ -3,7 +3,9 @@
 The tenant's URL is its explicit ``database_url`` (a database the operator made, perhaps on
 another server) or ``database_url_template`` with the tenant's database name. Engines live in a
 bounded `EngineLRU`: an engine in use is never disposed, evicted idle engines are disposed in the
-background, and a global budget caps the server connections of all tenant engines together.
+background, and a global budget caps the server connections of all tenant engines together (a
+tenant's pool opens connections on demand and the least recently used idle connection of any
+tenant is closed, in the background, to keep room).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ class DatabaseIsolation:
     def __init__(self, config: TenancyConfig, tables: TenantTables) -> None:
         self._config = config
         self._tables = tables
-        self._urls: dict[str, str] = {}
         self._engines = EngineLRU(
             self._new_engine,
             max_engines=config.max_cached_engines,
@@ -76,9 +77,9 @@ class DatabaseIsolation:
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
         name = checked_storage_name(tenant.storage_name)
-        self._urls[name] = self._url(tenant)
         async with (
-            self._engines.lease(name) as engine,
+            # The URL travels with the lease: it builds the engine on a miss and is not kept.
+            self._engines.lease(name, self._url(tenant)) as engine,
             AsyncSession(
                 bind=engine,
                 sync_session_class=TenantSession,
@@ -166,10 +167,10 @@ class DatabaseIsolation:
             )
         return template.format(database=checked_storage_name(tenant.storage_name))
 
-    def _new_engine(self, name: str) -> AsyncEngine:
-        return create_engine(
-            self._config, self._urls[name], pool_size=self._config.tenant_pool_size, max_overflow=0
-        )
+    def _new_engine(self, url: str) -> AsyncEngine:
+        # The pool opens connections on demand: its size caps one tenant, the budget all of them.
+        size = min(self._config.tenant_pool_size, self._config.database_connection_budget)
+        return create_engine(self._config, url, pool_size=size, max_overflow=0)
 
 
 def _reachable(url: str) -> AbstractContextManager[None]:

@@ -1,134 +1,480 @@
-"""A bounded, task-safe cache of per-tenant AsyncEngines with a global connection budget.
+"""A bounded, task-safe cache of per-tenant AsyncEngines sharing one connection budget.
 
-Database-per-tenant isolation needs one engine per tenant database, and every engine keeps a pool
-of server connections. `EngineLRU` keeps at most ``max_engines`` of them, hands them out as
-*leases*, never disposes an engine while a lease holds it, and keeps the number of server
-connections that all engines together hold at or below ``connection_budget``.
+Database-per-tenant isolation needs one engine per tenant database. `EngineLRU` keeps at most
+``max_engines`` of them, hands them out as *leases* and never disposes an engine while a lease
+holds it. The engines' pools are `BudgetPool` objects that share one `ConnectionBudget`: the
+server connections of all tenant engines together never exceed ``connection_budget``.
 
-Connection accounting. A pool's connections are counted from SQLAlchemy's own bookkeeping: for a
-`QueuePool`, ``checkedin() + checkedout()`` counts every connection slot, including one being
-opened and an overflow connection being closed, and it drops only once ``dispose()`` has closed
-the idle connections (asyncpg's close waits until the server has hung up). Pool events keep the
-:attr:`EngineLRU.open_connections` figure: ``connect`` adds a connection; ``close`` removes one
-(it fires on ``dispose()``, on returning an overflow connection, on hard invalidation right after
-``invalidate`` and on recycling a soft-invalidated one); ``close_detached`` removes a connection
-that was detached from its pool. ``invalidate`` is not counted, as ``close`` follows it.
+How the budget stays off the request's path. A connection takes a slot of the budget before it
+is opened and gives it back once its close has finished, so a connection being opened or being
+closed counts too, and the server never sees more than the budget. Idle connections of every
+pool are kept in one least-recently-used order. A request that needs a new connection takes a
+free slot and connects: one connect, nothing more. Slots are kept free ahead of demand: whenever
+fewer are free than ``reserve`` or than the connections being opened right now (but one),
+whichever is more, plus one for each request waiting, the least recently used idle connection
+anywhere is closed in a background task, several concurrently when needed. A request finds no
+free slot only when misses come faster than closes finish; it then waits in line (first come,
+first served) for the next close, never behind closes run one at a time, and gets
+`ConnectionBudgetExhausted` (503 with ``Retry-After``) after ``budget_timeout`` seconds. A
+connection in use is never taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
-from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
+from sqlalchemy.util import await_only, greenlet_spawn
 
-from fastapi_tenancy.engines import redact_url
+from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.observe.observer import EngineObserver  # the engine cache's slice of it
 
-__all__ = ["EngineLRU", "EngineObserver"]
+__all__ = [
+    "BudgetPool",
+    "ConnectionBudget",
+    "ConnectionBudgetExhausted",
+    "EngineLRU",
+    "EngineObserver",
+]
 
 logger = logging.getLogger(__name__)
+
+# The share of the budget kept free ahead of demand, so that a request needing a connection
+# rarely waits for a close: one slot in 25 (none below a budget of 25). Each reserved slot is one
+# idle connection fewer to reuse.
+DEFAULT_RESERVE_SHARE = 25
+# Seconds a client is told to wait before retrying when the budget had no room.
+BUDGET_RETRY_AFTER_SECONDS = 1
+
+
+class ConnectionBudgetExhausted(ServiceUnavailable):
+    """No connection of the budget came free in time; the request may be retried shortly."""
+
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"Retry-After": str(BUDGET_RETRY_AFTER_SECONDS)}
+    )
+
+
+class ConnectionBudget:
+    """At most ``limit`` server connections across every `BudgetPool` that shares it.
+
+    A slot is taken before a connection is opened and given back once its close has finished.
+    Waiters are served first come, first served; one that waits longer than ``timeout`` seconds
+    raises `ConnectionBudgetExhausted`. ``reserve`` slots are kept free by closing the least
+    recently used idle connection in the background (default: ``limit // 25``).
+    """
+
+    def __init__(self, limit: int, *, timeout: float, reserve: int | None = None) -> None:
+        if limit < 1:
+            raise ConfigurationError(f"connection_budget must be at least 1, not {limit}")
+        if timeout <= 0:
+            raise ConfigurationError(f"budget_timeout must be positive, not {timeout}")
+        self.limit = limit
+        self.timeout = timeout
+        self.reserve = limit // DEFAULT_RESERVE_SHARE if reserve is None else reserve
+        if not 0 <= self.reserve < limit:
+            raise ConfigurationError(f"reserve must be within 0..{limit - 1}, not {self.reserve}")
+        self._used = 0
+        self._peak = 0
+        self._opening = 0
+        self._closing = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # idle connections of every pool, least recently used first
+        self._idle: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._trims = 0
+        self._close_errors = 0
+
+    @property
+    def used(self) -> int:
+        """Slots taken: connections open, being opened, or being closed."""
+        return self._used
+
+    @property
+    def peak(self) -> int:
+        """The most slots ever taken at once."""
+        return self._peak
+
+    @property
+    def idle(self) -> int:
+        """Connections open in some pool and not in use."""
+        return len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting in line for a slot."""
+        return len(self._waiters)
+
+    @property
+    def trims(self) -> int:
+        """Idle connections closed to free a slot."""
+        return self._trims
+
+    @property
+    def close_errors(self) -> int:
+        """Background closes that failed; each is logged and otherwise ignored."""
+        return self._close_errors
+
+    async def acquire(self) -> None:
+        """Take a slot for a new connection, waiting in line when none is free."""
+        if self._closed:
+            raise ServiceUnavailable("the tenant connection budget is closed")
+        if not self._waiters and self._used < self.limit:
+            self._take()
+        else:
+            await self._wait_in_line()
+        self._opening += 1
+        self._make_room()
+
+    def opened(self) -> None:
+        """The connection a slot was taken for is open (or failed to open)."""
+        self._opening -= 1
+
+    async def _wait_in_line(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._make_room()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await waiter
+        except BaseException as error:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # the slot arrived as the wait ended: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if isinstance(error, TimeoutError):
+                raise ConnectionBudgetExhausted(
+                    f"no database connection within {self.timeout}s: all {self.limit} "
+                    "connections of the budget are in use"
+                ) from None
+            raise
+
+    def release(self) -> None:
+        """A connection is closed, or was never opened: its slot goes to the first waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._used -= 1
+
+    def became_idle(self, record: ConnectionPoolEntry, pool: BudgetPool) -> None:
+        """``record``'s connection went back to ``pool``: the most recently used idle one."""
+        self._idle[record] = pool
+        self._make_room()
+
+    def in_use(self, record: ConnectionPoolEntry) -> None:
+        """``record`` left the idle connections (checked out, or closed by its pool)."""
+        self._idle.pop(record, None)
+
+    def close_in_background(self, record: ConnectionPoolEntry) -> None:
+        """Close ``record``'s connection in a task; its slot is given back once it is closed."""
+        self._closing += 1
+        task = asyncio.get_running_loop().create_task(self._close(record))
+        # The loop keeps only weak references to tasks; `drain` awaits the ones kept here.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Refuse new connections; the requests waiting for a slot get a 503."""
+        self._closed = True
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ServiceUnavailable("the tenant connection budget is closed"))
+
+    async def drain(self) -> None:
+        """Wait until every background close has finished."""
+        while self._tasks:
+            # the tasks record their own errors and never raise
+            await asyncio.gather(*self._tasks)
+
+    def abandon(self) -> int:
+        """Cancel the background closes (a shutdown deadline); how many there were."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    def _take(self) -> None:
+        self._used += 1
+        self._peak = max(self._peak, self._used)
+
+    def _make_room(self) -> None:
+        """Close idle connections, least recently used first, until enough slots are free.
+
+        Enough: one for every waiter, plus ``reserve`` or, when several connections are being
+        opened at once, one for each of them but the first, since misses that come together tend
+        to go on coming (a burst, or a fleet whose active tenants outnumber the budget). Closes
+        already running count as free: their slots go to whoever asks next.
+        """
+        ahead = max(self.reserve, self._opening - 1)
+        wanted = len(self._waiters) + ahead - (self.limit - self._used) - self._closing
+        while wanted > 0 and self._idle:
+            record, pool = self._idle.popitem(last=False)
+            pool.give_up(record)
+            self._trims += 1
+            self.close_in_background(record)
+            wanted -= 1
+
+    async def _close(self, record: ConnectionPoolEntry) -> None:
+        try:
+            # The pool's close gives the slot back (BudgetPool._close_connection).
+            await greenlet_spawn(record.close)
+        except Exception as exc:
+            # A failed close must not fail the request that made room, nor go unnoticed.
+            self._close_errors += 1
+            logger.warning("closing an idle tenant connection failed", exc_info=exc)
+        finally:
+            self._closing -= 1
+
+
+class BudgetPool(Pool):
+    """A tenant engine's pool whose connections count against a shared `ConnectionBudget`.
+
+    It opens connections on demand, up to ``pool_size`` at once (so a tenant starts with one and
+    grows with its concurrency), reuses the most recently returned one first, and keeps idle
+    ones until the budget gives the least recently used idle connection of all pools up. A
+    checkout that finds ``pool_size`` connections in use waits up to ``timeout`` seconds for one
+    to come back, first come, first served, then raises SQLAlchemy's pool ``TimeoutError``.
+    Used with asyncio engines only: waits happen inside SQLAlchemy's greenlet.
+    """
+
+    def __init__(
+        self,
+        creator: Any,
+        *,
+        budget: ConnectionBudget,
+        pool_size: int,
+        timeout: float,
+        **kw: Any,
+    ) -> None:
+        super().__init__(creator, **kw)
+        self._budget = budget
+        self._size = pool_size
+        self._timeout = timeout
+        # idle connections of this pool, most recently returned last
+        self._idle: list[ConnectionPoolEntry] = []
+        # records that hold (or are opening) a connection: idle or checked out
+        self._records = 0
+        self._waiters: deque[asyncio.Future[ConnectionPoolEntry | None]] = deque()
+        self._disposed = False
+        open_connection = self._invoke_creator
+
+        def open_within_budget(rec: ConnectionPoolEntry) -> DBAPIConnection:
+            await_only(budget.acquire())
+            try:
+                return open_connection(rec)
+            except BaseException:
+                budget.release()
+                raise
+            finally:
+                budget.opened()
+
+        self._invoke_creator = open_within_budget
+
+    @classmethod
+    def adopt(cls, pool: QueuePool, budget: ConnectionBudget) -> BudgetPool:
+        """A `BudgetPool` configured like ``pool`` (same creator, sizes, events and dialect)."""
+        return cls(
+            pool._creator,
+            budget=budget,
+            pool_size=pool.size() + max(pool._max_overflow, 0),
+            timeout=pool.timeout(),
+            recycle=pool._recycle,
+            echo=pool.echo,
+            logging_name=pool._orig_logging_name,
+            reset_on_return=pool._reset_on_return,
+            pre_ping=pool._pre_ping,
+            _dispatch=pool.dispatch,
+            dialect=pool._dialect,
+        )
+
+    def recreate(self) -> BudgetPool:
+        return self.__class__(
+            self._creator,
+            budget=self._budget,
+            pool_size=self._size,
+            timeout=self._timeout,
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            pre_ping=self._pre_ping,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+        )
+
+    def dispose(self) -> None:
+        """Close the idle connections (checked-out ones are closed as they come back)."""
+        self._disposed = True
+        idle, self._idle = self._idle, []
+        # All leave the budget's idle order before the first close yields to other tasks.
+        for record in idle:
+            self._budget.in_use(record)
+        self._records -= len(idle)
+        for record in idle:
+            record.close()
+
+    def status(self) -> str:
+        return (
+            f"BudgetPool size: {self._size} idle: {len(self._idle)} "
+            f"checked out: {self.checkedout()} budget: {self._budget.used}/{self._budget.limit}"
+        )
+
+    def size(self) -> int:
+        return self._size
+
+    def timeout(self) -> float:
+        return self._timeout
+
+    def checkedin(self) -> int:
+        return len(self._idle)
+
+    def checkedout(self) -> int:
+        return self._records - len(self._idle)
+
+    def give_up(self, record: ConnectionPoolEntry) -> None:
+        """The budget takes ``record`` (idle) to close it."""
+        self._idle.remove(record)
+        self._records -= 1
+
+    def _close_connection(self, connection: DBAPIConnection, *, terminate: bool = False) -> None:
+        try:
+            super()._close_connection(connection, terminate=terminate)
+        finally:
+            self._budget.release()
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        while True:
+            if self._idle:
+                record = self._idle.pop()
+                self._budget.in_use(record)
+                return record
+            if self._records < self._size:
+                self._records += 1
+                try:
+                    return self._create_connection()
+                except BaseException:
+                    self._records -= 1
+                    self._hand_on(None)
+                    raise
+            waiter: asyncio.Future[ConnectionPoolEntry | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._waiters.append(waiter)
+            try:
+                handed: ConnectionPoolEntry | None = await_only(self._wait(waiter))
+            except TimeoutError:
+                raise sa_exc.TimeoutError(
+                    f"BudgetPool limit of size {self._size} reached, connection timed out, "
+                    f"timeout {self._timeout:0.2f}",
+                    code="3o7r",
+                ) from None
+            if handed is not None:
+                return handed
+            # a connection of this pool was dropped: room to open another
+
+    async def _wait(
+        self, waiter: asyncio.Future[ConnectionPoolEntry | None]
+    ) -> ConnectionPoolEntry | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._pass_on(waiter.result())  # it arrived as the wait ended: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def _hand_on(self, record: ConnectionPoolEntry | None) -> bool:
+        """Give ``record`` (or, with None, room for a new one) to the first waiter, if any."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(record)
+                return True
+        return False
+
+    def _pass_on(self, record: ConnectionPoolEntry | None) -> None:
+        if record is None:
+            self._hand_on(None)
+        else:
+            self._do_return_conn(record)
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        if record.dbapi_connection is None:
+            # invalidated or detached: its connection is gone from this pool
+            self._records -= 1
+            self._hand_on(None)
+        elif self._disposed:
+            self._records -= 1
+            self._budget.close_in_background(record)
+        elif self._hand_on(record):
+            pass
+        else:
+            self._idle.append(record)
+            self._budget.became_idle(record, self)
 
 
 class _Entry:
     """One engine and what the cache knows about it."""
 
-    __slots__ = (
-        "connections",
-        "detached",
-        "detached_connections",
-        "engine",
-        "key",
-        "leases",
-        "pins",
-        "trim",
-    )
+    __slots__ = ("detached", "engine", "key", "pins")
 
     def __init__(self, key: str, engine: AsyncEngine) -> None:
         self.key = key
         self.engine = engine
-        # ids of the DBAPI connections this engine has open, from its pool events
-        self.connections: set[int] = set()
-        # connections detached from the pool: open, but no longer in the pool's bookkeeping
-        self.detached_connections: set[int] = set()
-        # leases that have passed the budget check and may be using a connection
-        self.leases = 0
-        # admitted leases plus leases waiting for budget room: a pinned engine is never disposed
+        # leases holding the engine: a pinned engine is never disposed
         self.pins = 0
         # no longer cached (evicted, discarded or closing): disposed once unpinned
         self.detached = False
-        # a running dispose() that closes this engine's idle connections to free budget
-        self.trim: asyncio.Task[None] | None = None
-
-    def potential(self) -> int:
-        """The most server connections this engine can hold before another lease is admitted."""
-        pool = self.engine.sync_engine.pool
-        if isinstance(pool, QueuePool):
-            # A pool opens a connection only when none is idle, so only for a lease whose
-            # connection is not yet counted: the pool never outgrows max(slots, leases).
-            slots = pool.checkedin() + pool.checkedout()
-            return max(slots, self.leases) + len(self.detached_connections)
-        return max(len(self.connections), self.leases)
-
-    def could_grow(self) -> bool:
-        """Whether one more lease may make this engine open one more connection."""
-        pool = self.engine.sync_engine.pool
-        if isinstance(pool, QueuePool):
-            return self.leases + 1 > pool.checkedin() + pool.checkedout()
-        return self.leases + 1 > len(self.connections)
-
-    def has_idle_connections_only(self) -> bool:
-        """Whether disposing the pool now closes connections and leaves no lease without one."""
-        if self.pins or self.trim is not None:
-            return False
-        pool = self.engine.sync_engine.pool
-        if isinstance(pool, QueuePool):
-            return pool.checkedout() == 0 and pool.checkedin() > 0
-        return bool(self.connections)
 
 
 class EngineLRU:
     """A bounded LRU of per-tenant `AsyncEngine` objects, leased per session, within a budget.
 
-    ``factory(key)`` builds the engine for ``key`` (give each a small pool, e.g. ``pool_size=2,
-    max_overflow=0``). A lease is one session's worth of work: it uses at most one connection at
-    a time. The cache is task-safe within one event loop.
+    ``factory(url)`` builds the engine for a URL (give each a small pool, e.g. ``pool_size=2,
+    max_overflow=0``: its size becomes the most connections the tenant may hold at once). A lease
+    is one session's worth of work. The cache is task-safe within one event loop.
 
     * At most ``max_engines`` engines are cached. Using a key makes it the most recently used; a
       new key evicts the least recently used engine that no lease holds, and disposes it in a
       background task so the request that caused the eviction does not wait for it. When every
       cached engine is leased, the cache grows past ``max_engines`` rather than block, and shrinks
-      back as leases end.
+      back as leases end. An engine with no connection holds no server resource: size
+      ``max_engines`` to the tenants active at once, and the budget to the connections.
     * An engine is never disposed while a lease holds it, even after `discard` or `close`: it is
       disposed when its last lease ends.
-    * The server connections of all engines together never exceed ``connection_budget``. Each
-      lease holds one of ``connection_budget`` permits; a lease that may need a new connection
-      first makes room by closing the idle connections of the least recently used engine that no
-      lease holds. A lease that gets no room within ``budget_timeout`` seconds raises
-      `ServiceUnavailable` (503).
+    * The server connections of all engines together never exceed ``connection_budget`` (see the
+      module docstring): a request that gets no connection within ``budget_timeout`` seconds
+      raises `ConnectionBudgetExhausted` (503).
     * `close` disposes every engine (waiting for active leases to end) and leaves no server
       connection open; a lease after `close` raises `ServiceUnavailable`.
 
     Example::
 
         engines = EngineLRU(
-            lambda key: create_async_engine(
-                f"postgresql+asyncpg://app@db/{key}", pool_size=2, max_overflow=0
-            ),
-            max_engines=50,
+            lambda url: create_async_engine(url, pool_size=2, max_overflow=0),
+            max_engines=500,
             connection_budget=80,
         )
-        async with engines.lease("tenant_acme") as engine:
+        async with engines.lease("acme", "postgresql+asyncpg://app@db/tenant_acme") as engine:
             async with AsyncSession(engine) as session:
                 await session.execute(select(Invoice))
-        await engines.discard("tenant_acme")  # e.g. after purging the tenant
+        await engines.discard("acme")  # e.g. after purging the tenant
         await engines.close()  # at shutdown: no connection left open
     """
 
@@ -139,21 +485,14 @@ class EngineLRU:
         max_engines: int,
         connection_budget: int,
         budget_timeout: float = 30.0,
+        reserve: int | None = None,
         observer: EngineObserver | None = None,
     ) -> None:
         if max_engines < 1:
             raise ConfigurationError(f"max_engines must be at least 1, not {max_engines}")
-        if connection_budget < 1:
-            raise ConfigurationError(
-                f"connection_budget must be at least 1, not {connection_budget}"
-            )
-        if budget_timeout <= 0:
-            raise ConfigurationError(f"budget_timeout must be positive, not {budget_timeout}")
         self._factory = factory
         self._max_engines = max_engines
-        self._budget = connection_budget
-        self._budget_timeout = budget_timeout
-        self._permits = asyncio.Semaphore(connection_budget)
+        self._budget = ConnectionBudget(connection_budget, timeout=budget_timeout, reserve=reserve)
         # cached engines, least recently used first
         self._cached: OrderedDict[str, _Entry] = OrderedDict()
         # every engine not yet fully disposed: cached, detached but leased, or being disposed
@@ -177,9 +516,14 @@ class EngineLRU:
         return self._evictions
 
     @property
+    def budget(self) -> ConnectionBudget:
+        """The connection budget the engines' pools share."""
+        return self._budget
+
+    @property
     def open_connections(self) -> int:
-        """Server connections the engines hold now, counted from their pool events."""
-        return sum(len(entry.connections) for entry in self._live)
+        """Server connections of the budget now: open, being opened or being closed."""
+        return self._budget.used
 
     @property
     def disposal_errors(self) -> int:
@@ -187,17 +531,18 @@ class EngineLRU:
         return self._disposal_errors
 
     @asynccontextmanager
-    async def lease(self, key: str) -> AsyncIterator[AsyncEngine]:
+    async def lease(self, key: str, url: str | None = None) -> AsyncIterator[AsyncEngine]:
         """The engine for ``key``, held for the ``async with`` block.
 
-        Raises `ServiceUnavailable` when the connection budget has no room within
-        ``budget_timeout`` seconds, or when the cache is closed.
+        A key seen for the first time (or again after its eviction) gets ``factory(url)``, with
+        ``url`` defaulting to ``key``; the URL is not kept. Raises `ServiceUnavailable` when the
+        cache is closed.
         """
-        entry = await self._admit(key)
+        entry = self._pin(key, key if url is None else url)
         try:
             yield entry.engine
         finally:
-            self._release(entry)
+            self._unpin(entry)
 
     async def discard(self, key: str) -> None:
         """Drop ``key``'s engine, e.g. once its tenant is purged.
@@ -217,26 +562,27 @@ class EngineLRU:
     async def close(self) -> None:
         """Dispose every engine, once its leases end; afterwards no server connection is open.
 
-        Waits for active leases to end; leases that are waiting for a permit or for budget room
-        raise `ServiceUnavailable`, as does every later `lease`. Bound the wait with
+        Waits for active leases to end; requests waiting for a slot of the budget raise
+        `ServiceUnavailable`, as does every later `lease`. Bound the wait with
         ``asyncio.timeout``: when it is cancelled (a shutdown deadline) the engines still leased
         or being disposed are logged and their disposals cancelled.
         """
         self._closed = True
+        self._budget.close()
         while self._cached:
             _, entry = self._cached.popitem(last=False)
             entry.detached = True
             if entry.pins == 0:
                 self._schedule_disposal(entry)
         self._size_changed()
-        self._wake()
         try:
             while self._tasks or any(entry.pins for entry in self._live):
                 if self._tasks:
                     # disposal tasks record their own errors and never raise
                     await asyncio.gather(*self._tasks)
                 else:
-                    await self._changed(None)
+                    await self._changed()
+            await self._budget.drain()
         except asyncio.CancelledError:
             self._abandon()
             raise
@@ -249,41 +595,19 @@ class EngineLRU:
             "their connections are left to the process exit",
             len(leased),
             ", ".join(leased[:10]) or "none",
-            len(self._tasks),
+            len(self._tasks) + self._budget.abandon(),
         )
         for task in list(self._tasks):
             task.cancel()
 
-    async def _admit(self, key: str) -> _Entry:
-        self._refuse_if_closed()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._permits.acquire()
-        except TimeoutError:
-            raise self._budget_exhausted(key) from None
-        try:
-            self._refuse_if_closed()
-            entry = self._pin(key)
-            try:
-                await self._wait_for_room(entry, deadline)
-            except BaseException:
-                self._unpin(entry)
-                raise
-        except BaseException:
-            self._permits.release()
-            raise
-        entry.leases += 1
-        return entry
-
-    def _pin(self, key: str) -> _Entry:
+    def _pin(self, key: str, url: str) -> _Entry:
+        if self._closed:
+            raise ServiceUnavailable("the tenant engine cache is closed")
         # No await between the lookup and the insert: concurrent first leases of a key find the
         # entry the first one created, so each key gets exactly one engine.
         entry = self._cached.get(key)
         if entry is None:
-            entry = _Entry(key, self._factory(key))
-            self._watch_connections(entry)
+            entry = _Entry(key, self._adopt(self._factory(url)))
             if self.observer is not None:
                 self.observer.engine_created(entry.engine)
             self._cached[key] = entry
@@ -295,6 +619,15 @@ class EngineLRU:
         self._evict_over_capacity()
         return entry
 
+    def _adopt(self, engine: AsyncEngine) -> AsyncEngine:
+        # A queue pool (every server database, and SQLite files) is replaced by one that counts
+        # against the budget; other pools (an in-memory SQLite database) keep their one
+        # connection outside it.
+        pool = engine.sync_engine.pool
+        if isinstance(pool, QueuePool):
+            engine.sync_engine.pool = BudgetPool.adopt(pool, self._budget)
+        return engine
+
     def _unpin(self, entry: _Entry) -> None:
         entry.pins -= 1
         if entry.pins == 0:
@@ -304,62 +637,10 @@ class EngineLRU:
                 self._evict_over_capacity()
         self._wake()
 
-    def _release(self, entry: _Entry) -> None:
-        entry.leases -= 1
-        self._permits.release()
-        self._unpin(entry)
-
-    async def _wait_for_room(self, entry: _Entry, deadline: float) -> None:
-        """Return once admitting one more lease of ``entry`` keeps the budget."""
-        while True:
-            self._refuse_if_closed()
-            # A lease must not take a connection from a pool that is being disposed: the
-            # connection would come back to the discarded pool and stay open there.
-            if entry.trim is None:
-                if not entry.could_grow():
-                    return
-                potential = sum(live.potential() for live in self._live)
-                if potential + 1 <= self._budget:
-                    return
-                self._free_idle_connections(entry, potential + 1 - self._budget)
-            await self._changed(deadline, entry.key)
-
-    def _free_idle_connections(self, entry: _Entry, excess: int) -> None:
-        """Start closing idle connections, least recently used engine first, to free ``excess``."""
-        # Disposals already running free their connections for whoever asks next.
-        excess -= sum(
-            live.potential()
-            for live in self._live
-            if live.trim is not None or (live.detached and live.pins == 0)
-        )
-        for candidate in list(self._cached.values()):
-            if excess <= 0:
-                return
-            if candidate is not entry and candidate.has_idle_connections_only():
-                excess -= candidate.potential()
-                candidate.trim = self._spawn(self._trim(candidate))
-
-    async def _trim(self, entry: _Entry) -> None:
-        try:
-            # Disposing closes the idle connections and leaves a fresh, empty pool to reuse.
-            await self._dispose_engine(entry)
-        finally:
-            entry.trim = None
-            self._wake()
-
     def _schedule_disposal(self, entry: _Entry) -> asyncio.Task[None]:
         return self._spawn(self._dispose_for_good(entry))
 
     async def _dispose_for_good(self, entry: _Entry) -> None:
-        try:
-            if entry.trim is not None:
-                await asyncio.shield(entry.trim)
-            await self._dispose_engine(entry)
-        finally:
-            self._live.discard(entry)
-            self._wake()
-
-    async def _dispose_engine(self, entry: _Entry) -> None:
         try:
             await entry.engine.dispose()
         except Exception as exc:
@@ -371,6 +652,9 @@ class EngineLRU:
                 redact_url(entry.engine.url),
                 exc_info=exc,
             )
+        finally:
+            self._live.discard(entry)
+            self._wake()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
@@ -397,39 +681,12 @@ class EngineLRU:
         if self.observer is not None:
             self.observer.engines_cached(len(self._cached))
 
-    def _watch_connections(self, entry: _Entry) -> None:
-        connections = entry.connections
-        detached = entry.detached_connections
-
-        def opened(dbapi_connection: Any, _record: Any) -> None:
-            connections.add(id(dbapi_connection))
-
-        def closed(dbapi_connection: Any, _record: Any) -> None:
-            connections.discard(id(dbapi_connection))
-
-        def detached_from_pool(dbapi_connection: Any, _record: Any) -> None:
-            detached.add(id(dbapi_connection))
-
-        def closed_detached(dbapi_connection: Any) -> None:
-            connections.discard(id(dbapi_connection))
-            detached.discard(id(dbapi_connection))
-
-        # Listeners on the engine follow its pool when dispose() replaces it.
-        target = entry.engine.sync_engine
-        event.listen(target, "connect", opened)
-        event.listen(target, "close", closed)
-        event.listen(target, "detach", detached_from_pool)
-        event.listen(target, "close_detached", closed_detached)
-
-    async def _changed(self, deadline: float | None, key: str = "") -> None:
-        """Wait until a lease ends or a disposal finishes; past ``deadline``, raise a 503."""
+    async def _changed(self) -> None:
+        """Wait until a lease ends or a disposal finishes."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout_at(deadline):
-                await waiter
-        except TimeoutError:
-            raise self._budget_exhausted(key) from None
+            await waiter
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -439,13 +696,3 @@ class EngineLRU:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-
-    def _refuse_if_closed(self) -> None:
-        if self._closed:
-            raise ServiceUnavailable("the tenant engine cache is closed")
-
-    def _budget_exhausted(self, key: str) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            f"no database connection for {key!r} within {self._budget_timeout}s: "
-            f"all {self._budget} connections of the budget are in use"
-        )
