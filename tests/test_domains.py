@@ -29,10 +29,10 @@ from fastapi_tenancy.domains import (
     InvalidDomain,
     normalise_domain,
 )
-from fastapi_tenancy.events import TenantChanged
 from fastapi_tenancy.exceptions import TenantNotFound
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import TenantStatus
+from fastapi_tenancy.observe.events import TenantChanged
 from fastapi_tenancy.resolution import ChainResolver, HeaderResolver, Resolution, SubdomainResolver
 from fastapi_tenancy.store import MemoryTenantStore
 from tests.support.backends import DATABASES, isolation_config

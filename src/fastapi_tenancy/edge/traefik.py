@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi_tenancy.domains import Domain, DomainChanged
-from fastapi_tenancy.events import TenantChanged
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.models import Tenant, TenantStatus
+from fastapi_tenancy.observe.events import TenantChanged
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
