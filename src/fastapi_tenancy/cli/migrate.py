@@ -53,7 +53,13 @@ def register(
         "--all", action="store_true", help="every active or suspended tenant (the default)"
     )
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
-    upgrade.add_argument("--concurrency", type=_positive_int, default=4, metavar="N")
+    upgrade.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="tenants worked on at once (default: TENANCY_DATABASE_POOL_SIZE)",
+    )
     upgrade.add_argument(
         "--config", default="alembic.ini", metavar="PATH", help="Alembic config file"
     )

@@ -27,6 +27,7 @@ from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
 from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.templates import DatabaseTemplate
 from fastapi_tenancy.isolation.unavailable import unavailable_as_503
 from fastapi_tenancy.models import Tenant
 
@@ -48,6 +49,7 @@ class DatabaseIsolation:
     def __init__(self, config: TenancyConfig, tables: TenantTables) -> None:
         self._config = config
         self._tables = tables
+        self._template = DatabaseTemplate(config.schema_prefix)
         self._engines = EngineLRU(
             self._new_engine,
             max_engines=config.max_cached_engines,
@@ -98,18 +100,23 @@ class DatabaseIsolation:
         """
         name = checked_storage_name(tenant.storage_name)
         url = self._url(tenant)
-        created = False
+        created = copied = False
         with _reachable(url):
             if tenant.database_url is None:
                 found = await database_mark(url, name, expected=owner_mark(tenant))
                 if found is None:
-                    await create_database(url, name, mark=owner_mark(tenant))
+                    copied = await self._template.create(
+                        url, name, self._tables.metadatas(), owner_mark(tenant)
+                    )
+                    if not copied:
+                        await create_database(url, name, mark=owner_mark(tenant))
                     created = True
                 else:
                     tables = 0 if found else await self._count_tables(url)
                     check_owner(f"database {name}", tenant, found, tables)
             try:
-                await self._on_tables(url, create=True)
+                if not copied:  # a copy of the template has its tables already
+                    await self._on_tables(url, create=True)
             except BaseException:
                 if created:
                     await drop_database(url, name)

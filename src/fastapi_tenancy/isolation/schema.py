@@ -38,6 +38,7 @@ from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storag
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.templates import SchemaTemplate
 from fastapi_tenancy.models import Tenant
 
 __all__ = ["SchemaIsolation"]
@@ -85,6 +86,7 @@ class SchemaIsolation:
         self._binding: Binding = binding
         # Engines carrying a translate map share the pool; keep recent ones instead of rebuilding.
         self._binds: LRUCache[str, AsyncEngine] = LRUCache(maxsize=4096)
+        self._template = SchemaTemplate(engine.dialect)
 
     async def start(self) -> None:
         """Nothing to open: tenant schemas are reached through the central engine."""
@@ -123,6 +125,8 @@ class SchemaIsolation:
         """
         schema = checked_storage_name(tenant.storage_name)
         mark = owner_mark(tenant)
+        if self._postgres and await self._provision_from_template(schema, mark):
+            return
         if self._postgres:
             # DDL is transactional on PostgreSQL: schema, mark and tables appear together or not.
             async with self._engine.begin() as conn:
@@ -151,6 +155,29 @@ class SchemaIsolation:
                 async with self._engine.begin() as conn:
                     await conn.execute(DropSchema(schema))  # created just above by this call
             raise
+
+    async def _provision_from_template(self, schema: str, mark: str) -> bool:
+        """Create a new schema and its tables in one round trip; ``False`` when it cannot.
+
+        The pre-rendered script (`SchemaTemplate`) goes to asyncpg as one simple-protocol
+        query: PostgreSQL runs it as one implicit transaction, so a failure leaves nothing.
+        Any failure (the schema exists, left by an interrupted attempt or someone else's; the
+        server went away) hands over to the step-by-step path, which reuses or refuses what it
+        finds and reports errors the usual way.
+        """
+        if self._engine.dialect.driver != "asyncpg":
+            return False
+        script = self._template.script(self._tables.metadatas(), schema, mark)
+        if script is None:
+            return False
+        try:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                # No SQLAlchemy transaction is open on the connection: the script is its own.
+                await raw.driver_connection.execute(script)  # type: ignore[union-attr]
+        except Exception:
+            return False
+        return True
 
     async def purge(self, tenant: Tenant) -> None:
         """Drop the tenant's schema with everything in it; refuses one marked as another's."""

@@ -11,10 +11,12 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
+from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.errors import MigrationError, describe_error, url_passwords
 from fastapi_tenancy.migrations.invoke import run_alembic_upgrade
 from fastapi_tenancy.migrations.locks import migration_transaction
 from fastapi_tenancy.migrations.report import MigrationReport, TenantMigration
+from fastapi_tenancy.migrations.scan import scan_revisions
 from fastapi_tenancy.migrations.targets import connect, target_for
 from fastapi_tenancy.migrations.versions import format_revisions, read_revisions, target_revisions
 from fastapi_tenancy.models import Tenant, TenantStatus
@@ -36,7 +38,7 @@ async def upgrade(
     *,
     identifiers: Sequence[str] | None = None,
     revision: str = "head",
-    concurrency: int = 4,
+    concurrency: int | None = None,
     on_progress: ProgressCallback | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> MigrationReport:
@@ -44,17 +46,23 @@ async def upgrade(
 
     Under row isolation the shared tables are migrated once. Under schema and database isolation
     every active and suspended tenant is (or only ``identifiers``), at most ``concurrency`` at a
-    time, each in its own transaction under a lock no other runner can hold at the same time.
-    A tenant already at ``revision`` is skipped without running Alembic, so re-running is cheap
-    and safe. A failing tenant is recorded and the others continue; ``on_progress`` is called
-    as each tenant finishes.
+    time (by default ``database_pool_size``, the connections the central pool keeps), each in
+    its own transaction under a lock no other runner can hold at the same time. A tenant already
+    at ``revision`` is skipped without running Alembic, so re-running is cheap and safe: under
+    schema isolation every tenant's revision is read up front in a few queries on the central
+    server, and a tenant found at the target is skipped without a connection of its own. A
+    failing tenant is recorded and the others continue; ``on_progress`` is called as each tenant
+    finishes.
     """
+    if concurrency is None:
+        concurrency = tenancy.config.database_pool_size
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
     started = time.perf_counter()
     script = ScriptDirectory.from_config(alembic_config)
     wanted = target_revisions(script, revision)
     runs = await _planned(tenancy, identifiers)
+    runs, scanned = await _skip_current(tenancy, runs, wanted)
     secrets = _config_passwords(tenancy)
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -64,18 +72,77 @@ async def upgrade(
         else:
             async with semaphore:
                 result = await _migrate(
-                    tenancy, alembic_config, planned, revision, wanted, lock_timeout, secrets
+                    tenancy,
+                    alembic_config,
+                    planned,
+                    revision,
+                    wanted,
+                    lock_timeout,
+                    secrets,
+                    scanned.get(planned.id) if planned is not None else None,
                 )
         if on_progress is not None:
             on_progress(result)
         return result
 
+    results: list[TenantMigration | asyncio.Task[TenantMigration]] = []
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(run(planned)) for planned in runs]
+        for planned in runs:
+            if isinstance(planned, TenantMigration) and planned.outcome == "skipped":
+                # Already known to be current: reported without a task of its own.
+                if on_progress is not None:
+                    on_progress(planned)
+                results.append(planned)
+            else:
+                results.append(group.create_task(run(planned)))
     return MigrationReport(
-        migrations=tuple(task.result() for task in tasks),
+        migrations=tuple(r if isinstance(r, TenantMigration) else r.result() for r in results),
         seconds=time.perf_counter() - started,
     )
+
+
+async def _skip_current(
+    tenancy: Tenancy,
+    runs: list[Tenant | TenantMigration | None],
+    wanted: frozenset[str] | None,
+) -> tuple[list[Tenant | TenantMigration | None], dict[str, frozenset[str]]]:
+    """``runs`` with every tenant the bulk scan finds at ``wanted`` replaced by a skip.
+
+    Also returns the revisions the scan read for the others, by tenant id. Only schema
+    isolation keeps every tenant's version table on the central server; elsewhere (and for
+    targets that depend on the current revision) each tenant is read on its own.
+    """
+    if wanted is None or tenancy.config.isolation_strategy != "schema":
+        return runs, {}
+    started = time.perf_counter()
+    names: dict[str, Tenant] = {}
+    for planned in runs:
+        if isinstance(planned, Tenant) and planned.storage_name is not None:
+            try:
+                names[checked_storage_name(planned.storage_name)] = planned
+            except ConfigurationError:
+                continue  # the per-tenant path reports it
+    found = await scan_revisions(tenancy.engine, names)
+    scanned = {names[name].id: revisions for name, revisions in found.items()}
+    current = {tenant_id for tenant_id, revisions in scanned.items() if revisions == wanted}
+    if not current:
+        return runs, scanned
+    share = (time.perf_counter() - started) / len(current)
+    shown = format_revisions(wanted)
+    skipped: list[Tenant | TenantMigration | None] = [
+        TenantMigration(
+            identifier=planned.identifier,
+            outcome="skipped",
+            from_revision=shown,
+            to_revision=shown,
+            error=None,
+            seconds=share,
+        )
+        if isinstance(planned, Tenant) and planned.id in current
+        else planned
+        for planned in runs
+    ]
+    return skipped, scanned
 
 
 async def migrate_tenant(
@@ -163,18 +230,22 @@ async def _migrate(
     wanted: frozenset[str] | None,
     lock_timeout: float,
     secrets: set[str],
+    scanned: frozenset[str] | None = None,
 ) -> TenantMigration:
+    """Migrate one tenant; ``scanned`` is its revision as the bulk scan read it, if it did."""
     started = time.perf_counter()
     identifier = tenant.identifier if tenant is not None else None
-    before: frozenset[str] = frozenset()
+    before: frozenset[str] = scanned or frozenset()
     try:
         target = target_for(tenancy, tenant)
         async with connect(tenancy, target) as conn:
-            # The cheap check: a tenant already at the target needs neither lock nor Alembic.
-            async with conn.begin():
-                before = await read_revisions(conn, target.schema)
-            if before == wanted:
-                return _done(identifier, "skipped", before, before, started)
+            if scanned is None:
+                # The cheap check: a tenant already at the target needs neither lock nor Alembic.
+                # (The bulk scan has made it for a scanned tenant, found behind.)
+                async with conn.begin():
+                    before = await read_revisions(conn, target.schema)
+                if before == wanted:
+                    return _done(identifier, "skipped", before, before, started)
             async with migration_transaction(conn, target.lock_key, wait_seconds=lock_timeout):
                 # Another runner may have finished this tenant while we waited for the lock.
                 before = await read_revisions(conn, target.schema)

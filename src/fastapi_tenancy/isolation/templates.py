@@ -1,0 +1,199 @@
+"""Provisioning from a template: a tenant's DDL rendered once, or a database copied whole.
+
+``metadata.create_all`` asks the server about every table before creating it and sends each
+``CREATE TABLE`` and ``CREATE INDEX`` on its own: a dozen round trips or more per tenant. The
+DDL is the same for every tenant but for the schema name, so `SchemaTemplate` renders it once,
+for a placeholder schema, exactly as ``create_all`` would (through a mock engine: types, enum
+types, sequences, constraints, indexes and comments included), and substitutes the tenant's
+validated, quoted schema name into the cached text.
+
+On PostgreSQL the script is sent as one simple-protocol query, which the server runs as one
+implicit transaction: the schema, its owner mark and its tables appear together or not at all.
+
+Under database isolation on PostgreSQL, `DatabaseTemplate` keeps a template database holding
+the tenant tables and creates each tenant's database with ``CREATE DATABASE ... TEMPLATE``: no
+connection to the new database and no ``create_all`` in it. The template is named after a digest
+of its DDL (``<prefix>tpl_<digest>_tpl``, a shape no tenant's storage name has), so tables added
+to the metadata make a new one; it refuses connections (``ALLOW_CONNECTIONS false``), so it is
+never served and never "being accessed by other users" when a tenant is copied from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import Any
+
+from sqlalchemy import MetaData, create_mock_engine, text
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.ddl import ExecutableDDLElement
+
+from fastapi_tenancy.isolation.naming import checked_storage_name
+
+__all__ = ["DatabaseTemplate", "SchemaTemplate"]
+
+logger = logging.getLogger("fastapi_tenancy.lifecycle")
+
+# Rendered quoted (upper-case letters force quoting), and no storage name can contain it:
+# storage names are lower case.
+_PLACEHOLDER = "TenancyTemplateSchema"
+_QUOTED = f'"{_PLACEHOLDER}"'
+_TemplateKey = tuple[tuple[int, tuple[str, ...]], ...]
+
+
+class SchemaTemplate:
+    """The DDL creating one tenant's schema and tables on PostgreSQL, rendered once."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._key: _TemplateKey | None = None
+        self._statements: list[str] | None = None
+
+    def script(self, metadatas: list[MetaData], schema: str, mark: str) -> str | None:
+        """One script creating ``schema`` (commented ``mark``) and the metadatas' tables in it.
+
+        ``None`` when a table names a schema of its own: such a table is shared, may already
+        exist, and is left to ``create_all``'s per-table checks.
+        """
+        statements = self._rendered(metadatas)
+        if statements is None:
+            return None
+        quoted = f'"{checked_storage_name(schema)}"'
+        head = [f"CREATE SCHEMA {quoted}", f"COMMENT ON SCHEMA {quoted} IS '{mark}'"]
+        return ";\n".join(head + [s.replace(_QUOTED, quoted) for s in statements])
+
+    def _rendered(self, metadatas: list[MetaData]) -> list[str] | None:
+        # Models imported after start-up add tables to a metadata: the key notices them.
+        key = tuple((id(metadata), tuple(metadata.tables)) for metadata in metadatas)
+        if key != self._key:
+            self._statements = _render(metadatas, self._dialect, _PLACEHOLDER)
+            self._key = key
+        return self._statements
+
+
+class DatabaseTemplate:
+    """A PostgreSQL template database with the tenant tables; tenant databases are its copies."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._ready: set[str] = set()
+        # Templates this process could not build (no CREATEDB right, ...): not tried again.
+        self._unbuildable: set[str] = set()
+        self._key: _TemplateKey | None = None
+        self._statements: list[str] | None = None
+
+    async def create(self, url: str, name: str, metadatas: list[MetaData], mark: str) -> bool:
+        """Create database ``name`` (at ``url``'s server) with its tables, commented ``mark``.
+
+        ``False``, with nothing created, when there is no template to copy (another server
+        kind, tables naming a schema of their own, the template could not be built or copied):
+        the caller then creates the database and its tables itself.
+        """
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            return False
+        admin = create_async_engine(
+            parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            async with admin.connect() as conn:
+                statements = self._rendered(metadatas, conn.dialect)
+                if statements is None:
+                    return False
+                digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
+                template = checked_storage_name(f"{self._prefix}tpl_{digest}_tpl")
+                if template in self._unbuildable:
+                    return False
+                if template not in self._ready:
+                    try:
+                        await _build(conn, url, template, statements)
+                    except Exception:
+                        logger.warning("building template %s failed", template, exc_info=True)
+                        self._unbuildable.add(template)
+                        return False
+                    self._ready.add(template)
+                try:
+                    await conn.execute(
+                        text(
+                            f'CREATE DATABASE "{checked_storage_name(name)}" TEMPLATE "{template}"'
+                        )
+                    )
+                except Exception:
+                    logger.warning(
+                        "creating %s from template %s failed", name, template, exc_info=True
+                    )
+                    self._ready.discard(template)
+                    return False
+                try:
+                    await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{mark}'"))
+                except Exception:
+                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                    raise
+        finally:
+            await admin.dispose()
+        return True
+
+    def _rendered(self, metadatas: list[MetaData], dialect: Dialect) -> list[str] | None:
+        key = tuple((id(metadata), tuple(metadata.tables)) for metadata in metadatas)
+        if key != self._key:
+            self._statements = _render(metadatas, dialect, None)
+            self._key = key
+        return self._statements
+
+
+async def _build(conn: AsyncConnection, url: str, template: str, statements: list[str]) -> None:
+    """Make sure ``template`` exists: built under a name of its own, then renamed into place.
+
+    Two processes building at once each build their own copy; the rename makes one of them the
+    template, and the other drops its copy.
+    """
+    exists = text("SELECT 1 FROM pg_database WHERE datname = :name")
+    if await conn.scalar(exists, {"name": template}):
+        return
+    building = checked_storage_name(f"{template}_{secrets.token_hex(3)}")
+    await conn.execute(text(f'CREATE DATABASE "{building}"'))
+    try:
+        engine = create_async_engine(make_url(url).set(database=building), poolclass=NullPool)
+        try:
+            async with engine.begin() as tables:
+                for statement in statements:
+                    await tables.exec_driver_sql(statement)
+        finally:
+            await engine.dispose()
+        await conn.execute(
+            text(f"COMMENT ON DATABASE \"{building}\" IS 'fastapi-tenancy template'")
+        )
+        await conn.execute(text(f'ALTER DATABASE "{building}" WITH ALLOW_CONNECTIONS false'))
+        await conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
+    except Exception:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
+        if not await conn.scalar(exists, {"name": template}):
+            raise
+
+
+def _render(
+    metadatas: list[MetaData], dialect: Dialect, placeholder: str | None
+) -> list[str] | None:
+    """What ``create_all`` sends for ``metadatas``, with no-schema tables in ``placeholder``."""
+    if any(table.schema is not None for m in metadatas for table in m.tables.values()):
+        return None
+    statements: list[str] = []
+    translate: dict[str, Any] = (
+        {"schema_translate_map": {None: placeholder}, "render_schema_translate": True}
+        if placeholder is not None
+        else {}
+    )
+
+    def record(element: ExecutableDDLElement, *_args: Any, **_kwargs: Any) -> None:
+        statements.append(str(element.compile(dialect=dialect, **translate)).strip())
+
+    engine = create_mock_engine(f"{dialect.name}+{dialect.driver}://", record)
+    for metadata in metadatas:
+        metadata.create_all(engine, checkfirst=False)
+    script = "\n".join(statements)
+    if placeholder is not None and script.count(_PLACEHOLDER) != script.count(_QUOTED):
+        return None  # the placeholder appears somewhere other than as the schema: do not guess
+    return statements
