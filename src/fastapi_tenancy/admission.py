@@ -15,6 +15,7 @@ into a bound tenant, or its error into the response.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from fastapi_tenancy.exceptions import TenancyError, TenantNotFound
@@ -28,6 +29,8 @@ from fastapi_tenancy.resolution.jwt import UnknownSigningKey
 from fastapi_tenancy.types import Scope
 
 __all__ = ["Admission", "Admitted", "KeyRefresh"]
+
+_new_tuple = tuple.__new__
 
 
 class KeyRefresh(Protocol):
@@ -44,7 +47,7 @@ class Admitted(NamedTuple):
     tenant: Tenant
     resolution: Resolution
     # Added to the response (the rate limit's RateLimit-* headers); empty when there are none.
-    headers: list[tuple[bytes, bytes]]
+    headers: Sequence[tuple[bytes, bytes]]
 
 
 class Admission:
@@ -95,7 +98,7 @@ class Admission:
             if self.principal_check is not None:
                 # Before the rate limit: callers refused here never spend the tenant's quota.
                 await check_principal(self.principal_check, tenant, resolution, scope)
-            headers: list[tuple[bytes, bytes]] = []
+            headers: Sequence[tuple[bytes, bytes]] = ()
             if self.limiter is not None and scope["type"] == "http":
                 decision = await self.limiter.check(tenant)
                 if decision is not None:
@@ -106,7 +109,9 @@ class Admission:
             raise
         if self._admitted is not None:
             self._admitted(tenant)
-        return Admitted(tenant, resolution, headers)
+        # tuple.__new__ is what Admitted(...) runs, without its Python-level frame: this line
+        # runs on every request.
+        return _new_tuple(Admitted, (tenant, resolution, headers))
 
     async def resolve(self, scope: Scope) -> Resolution | None:
         """① alone: the resolver's answer, after one key refresh if a token needs it."""

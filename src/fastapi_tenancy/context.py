@@ -7,7 +7,7 @@ tenant and concurrent tasks never see each other's tenant.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
@@ -40,17 +40,12 @@ def current_tenant_or_none() -> Tenant | None:
     return _current.get()
 
 
-def bind_tenant(tenant: Tenant) -> Token[Tenant | None]:
-    """Bind ``tenant`` as current; pass the token to `reset_tenant` when its work is done.
-
-    For code that cannot use a ``with`` block (the middleware binds around the app's call).
-    """
-    return _current.set(tenant)
-
-
-def reset_tenant(token: Token[Tenant | None]) -> None:
-    """Restore the tenant bound before the `bind_tenant` call that returned ``token``."""
-    _current.reset(token)
+# For code that cannot use a ``with`` block (the middleware binds around the app's call):
+# ``token = bind_tenant(tenant)`` binds ``tenant`` as current, ``reset_tenant(token)`` restores
+# what was bound before. They are the ContextVar's own methods: the middleware calls them on
+# every request, and a wrapping function would add a Python call to each.
+bind_tenant: Callable[[Tenant | None], Token[Tenant | None]] = _current.set
+reset_tenant: Callable[[Token[Tenant | None]], None] = _current.reset
 
 
 @contextmanager
