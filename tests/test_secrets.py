@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, TenancyConfig, engines
 from fastapi_tenancy._secrets import redact_url, scrub, url_secrets
@@ -192,9 +193,7 @@ def test_an_unreachable_tenant_server_says_so_without_the_password(
     tenant = Tenant(identifier="acme", storage_name="t_acme", database_url=url)
 
     async def provision() -> ServiceUnavailable:
-        template = "postgresql+asyncpg://app@127.0.0.1:1/{database}"
-        config = TenancyConfig(isolation_strategy="database", database_url_template=template)
-        isolation = DatabaseIsolation(config, TenantTables(MetaData()))
+        isolation = DatabaseIsolation(TenantTables(MetaData()), engine_factory=create_async_engine)
         try:
             with pytest.raises(ServiceUnavailable) as caught:
                 await isolation.provision(tenant)

@@ -130,11 +130,7 @@ async def at_provisioning(kind: str, backend: str, url: str, tmp_path: Path) -> 
     if kind == "dropped":
         own = OWN_CONNECTION[backend].replace("SELECT ", "")
         event.listen(table, "after_create", run_after_create(KILL[backend].format(own)))
-    template = "sqlite+aiosqlite:///{database}.db"
-    isolation = DatabaseIsolation(
-        TenancyConfig(isolation_strategy="database", database_url_template=template),
-        TenantTables(metadata),
-    )
+    isolation = DatabaseIsolation(TenantTables(metadata), engine_factory=create_async_engine)
     tenant = Tenant(identifier="acme", storage_name="t_acme", database_url=target)
     try:
         await isolation.provision(tenant)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from fastapi_tenancy import _wiring
 from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.cache.build import build_cache
@@ -18,10 +19,9 @@ from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
-from fastapi_tenancy.inflight import InFlight
-from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy, build_isolation
+from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
+from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.isolation.scope import tenant_session
-from fastapi_tenancy.jwks import JWKSKeys
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.observe.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
@@ -31,8 +31,8 @@ from fastapi_tenancy.observe.slowquery import SlowQueryLog
 from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
 from fastapi_tenancy.readiness import Readiness
-from fastapi_tenancy.resolution import build_resolver
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
+from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.store.base import TenantStore
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Scope
@@ -92,15 +92,13 @@ class Tenancy:
         )
         if isinstance(cache, SharedTenantCache):
             cache.listeners.append(self.lookup.forget)
-        self.jwks: JWKSKeys | None = None
-        if self.config.jwt_jwks_url is not None and "jwt" in self.config.resolution_strategy:
-            self.jwks = JWKSKeys.from_config(self.config)
-        self.resolver: TenantResolver = build_resolver(self.config, signing_keys=self.jwks)
+        self.jwks: JWKSKeys | None = _wiring.signing_keys(self.config)
+        self.resolver: TenantResolver = _wiring.resolver(self.config, self.jwks)
         self.principal_check = principal_check
         self.limiter: TenantRateLimiter | None = None
         if self.config.enable_rate_limiting:
             self.limiter = TenantRateLimiter.from_config(self.config)
-        self.isolation: IsolationStrategy = build_isolation(self.config, self.engine)
+        self.isolation: IsolationStrategy = _wiring.isolation(self.config, self.engine)
         self.slow_queries: SlowQueryLog | None = None
         if self.config.slow_query_threshold_ms is not None:
             self.slow_queries = SlowQueryLog(

@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fastapi_tenancy import _wiring
 from fastapi_tenancy._secrets import redact_url, scrub
 from fastapi_tenancy.cli.checks import (
     CheckResult,
@@ -35,7 +36,6 @@ from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.preflight import storage_mismatch
-from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.store.sqlalchemy import tenants_table
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -177,11 +177,11 @@ async def _probe_redis(config: TenancyConfig) -> Connection | None:
 
 async def _probe_jwks(config: TenancyConfig) -> Connection | None:
     """Fetch the configured JWKS once, timed; ``None`` when keys do not come from one."""
-    if config.jwt_jwks_url is None or "jwt" not in config.resolution_strategy:
+    keys = _wiring.signing_keys(config)
+    if keys is None:
         return None
     started = time.perf_counter()
     try:
-        keys = JWKSKeys.from_config(config)
         await keys.start()
         await keys.close()
     except TenancyError as exc:

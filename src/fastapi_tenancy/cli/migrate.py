@@ -10,11 +10,11 @@ from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
     alembic_config,
+    positive_int,
     print_usage,
     run_with_tenancy,
 )
 from fastapi_tenancy.cli.tenants import identifier
-from fastapi_tenancy.cli.worker import _positive_int
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -55,7 +55,7 @@ def register(
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     upgrade.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="tenants worked on at once (default: TENANCY_DATABASE_POOL_SIZE)",

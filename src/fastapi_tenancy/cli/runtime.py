@@ -38,6 +38,8 @@ __all__ = [
     "EXIT_USAGE",
     "alembic_config",
     "load_config",
+    "positive_float",
+    "positive_int",
     "print_usage",
     "run_with_config",
     "run_with_tenancy",
@@ -54,6 +56,22 @@ def print_usage(parser: argparse.ArgumentParser) -> int:
     """Print ``parser``'s help to stderr, for a command given without its subcommand."""
     parser.print_help(sys.stderr)
     return EXIT_USAGE
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def load_config(database_url: str | None = None, **overrides: Any) -> TenancyConfig:

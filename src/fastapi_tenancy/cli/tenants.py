@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,18 +15,18 @@ from fastapi_tenancy.cli.output import (
     tenant_record,
     tenant_rows,
 )
-from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, run_with_tenancy
+from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, print_usage, run_with_tenancy
 from fastapi_tenancy.exceptions import (
     InvalidTenantIdentifier,
     TenantAlreadyExists,
-    TenantNotFound,
 )
 from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
 
-# command -> (Tenancy method, past tense for the confirmation line, help text)
+# command -> (Tenancy method, past tense for the confirmation line, help text); the lifecycle's
+# own table of which status each action moves from and to is `lifecycle.TRANSITIONS`.
 STATUS_COMMANDS: dict[str, tuple[str, str, str]] = {
     "suspend": ("suspend_tenant", "suspended", "stop serving a tenant (403); its data is kept"),
     "activate": ("activate_tenant", "activated", "serve a suspended tenant again"),
@@ -71,7 +70,7 @@ def register(
         description="Manage the tenants in the central database.",
         parents=[common],
     )
-    group.set_defaults(handler=lambda _args: _group_help(group))
+    group.set_defaults(handler=lambda _args: print_usage(group))
     sub = group.add_subparsers(title="commands", metavar="COMMAND")
 
     create = sub.add_parser(
@@ -187,7 +186,7 @@ def _register_domains(
         "<identifier>.<domain_suffix>. Each domain belongs to one tenant.",
         parents=[common],
     )
-    group.set_defaults(handler=lambda _args: _group_help(group))
+    group.set_defaults(handler=lambda _args: print_usage(group))
     commands = group.add_subparsers(title="commands", metavar="COMMAND")
 
     add = commands.add_parser(
@@ -267,11 +266,6 @@ def _list_domains(args: argparse.Namespace) -> int:
     return run_with_tenancy(args, list_domains, **_quiet(args))
 
 
-def _group_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
-
-
 def _create(args: argparse.Namespace) -> int:
     async def create(tenancy: Tenancy) -> int:
         try:
@@ -309,7 +303,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     async def show(tenancy: Tenancy) -> int:
-        tenant = await _require(tenancy, args.identifier)
+        tenant = await tenancy.lifecycle.require(args.identifier)
         record = tenant_record(tenant)
         if args.json:
             print_json(record)
@@ -376,13 +370,6 @@ def _purge(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_with_tenancy(args, purge)
-
-
-async def _require(tenancy: Tenancy, identifier: str) -> Tenant:
-    tenant = await tenancy.get_tenant(identifier)
-    if tenant is None:
-        raise TenantNotFound(f"no tenant {identifier!r}")
-    return tenant
 
 
 def _quiet(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi_tenancy.cli.output import print_error
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, alembic_config, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    alembic_config,
+    positive_float,
+    positive_int,
+    run_with_tenancy,
+)
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.models import Tenant
@@ -34,24 +41,24 @@ def register(
         "active. Any number of workers may run at once; each tenant is provisioned by one.",
         parents=[common],
     )
-    worker.add_argument("--batch-size", type=_positive_int, default=10, metavar="N")
+    worker.add_argument("--batch-size", type=positive_int, default=10, metavar="N")
     worker.add_argument(
         "--poll-timeout-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="S",
         help="how long to wait before looking again when nothing is pending",
     )
     worker.add_argument(
         "--max-attempts",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="attempts before a tenant is marked failed",
     )
     worker.add_argument(
         "--stale-after-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=600.0,
         metavar="S",
         help="reclaim a tenant left provisioning this long by a worker that died",
@@ -115,17 +122,3 @@ def _migration_step(tenancy: Tenancy, script: AlembicConfig) -> Callable[[Tenant
         await migrate_tenant(tenancy, script, tenant)
 
     return migrate
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value

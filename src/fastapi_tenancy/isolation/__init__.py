@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from fastapi_tenancy.config import TenancyConfig
+import warnings
+from typing import TYPE_CHECKING
 
 # autocommit and references are imported for their session listeners.
 from fastapi_tenancy.isolation import autocommit as autocommit
@@ -15,6 +14,11 @@ from fastapi_tenancy.isolation.row import RowIsolation, TenantSession
 from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.tables import TenantTables
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from fastapi_tenancy.config import TenancyConfig
 
 __all__ = [
     "DatabaseIsolation",
@@ -29,23 +33,13 @@ __all__ = [
 
 
 def build_isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStrategy:
-    """The strategy ``config.isolation_strategy`` names, on the central ``engine``."""
-    match config.isolation_strategy:
-        case "row":
-            return RowIsolation(
-                engine,
-                TenantTables(config.tenant_metadata),
-                row_level_security=config.row_level_security,
-            )
-        case "schema":
-            binding = config.schema_binding
-            if binding == "auto":
-                binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
-            return SchemaIsolation(
-                engine,
-                TenantTables(config.tenant_metadata),
-                prefix=config.schema_prefix,
-                binding=binding,
-            )
-        case "database":
-            return DatabaseIsolation(config, TenantTables(config.tenant_metadata))
+    """Deprecated: `fastapi_tenancy._wiring.isolation` builds the strategy a config names."""
+    warnings.warn(
+        "build_isolation is deprecated; Tenancy builds its isolation from the config, and each "
+        "strategy takes plain arguments",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from fastapi_tenancy import _wiring
+
+    return _wiring.isolation(config, engine)

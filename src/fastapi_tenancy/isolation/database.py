@@ -10,7 +10,7 @@ tenant is closed, in the background, to keep room).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 
 from sqlalchemy import delete, inspect
@@ -18,11 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy._secrets import redact_url
-from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine
-from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
-from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.naming import (
+    assign_storage_name,
+    checked_storage_name,
+    tenant_database_url,
+)
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
@@ -39,22 +40,34 @@ class DatabaseIsolation:
 
     Example::
 
-        config = TenancyConfig(
-            isolation_strategy="database",
-            database_url_template="postgresql+asyncpg://app@db:5432/{database}",
+        isolation = DatabaseIsolation(
+            TenantTables(Base.metadata),
+            engine_factory=lambda url: create_async_engine(url, pool_size=2),
+            url_template="postgresql+asyncpg://app@db:5432/{database}",
         )
-        isolation = DatabaseIsolation(config, TenantTables(Base.metadata))
     """
 
-    def __init__(self, config: TenancyConfig, tables: TenantTables) -> None:
-        self._config = config
+    def __init__(
+        self,
+        tables: TenantTables,
+        *,
+        engine_factory: Callable[[str], AsyncEngine],
+        url_template: str | None = None,
+        storage_prefix: str = "tenant_",
+        max_engines: int = 100,
+        connection_budget: int = 50,
+        budget_timeout: float = 30.0,
+    ) -> None:
         self._tables = tables
-        self._template = DatabaseTemplate(config.schema_prefix)
+        self._engine_factory = engine_factory
+        self._url_template = url_template
+        self._storage_prefix = storage_prefix
+        self._template = DatabaseTemplate(storage_prefix)
         self._engines = EngineLRU(
             self._new_engine,
-            max_engines=config.max_cached_engines,
-            connection_budget=config.database_connection_budget,
-            budget_timeout=config.database_pool_timeout,
+            max_engines=max_engines,
+            connection_budget=connection_budget,
+            budget_timeout=budget_timeout,
         )
 
     @property
@@ -69,12 +82,7 @@ class DatabaseIsolation:
         await self._engines.close()
 
     def assign_storage(self, tenant: Tenant) -> Tenant:
-        if tenant.storage_name is not None:
-            checked_storage_name(tenant.storage_name)
-            return tenant
-        return tenant.model_copy(
-            update={"storage_name": choose_storage_name(self._config.schema_prefix, tenant)}
-        )
+        return assign_storage_name(tenant, self._storage_prefix)
 
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
@@ -164,20 +172,10 @@ class DatabaseIsolation:
             await engine.dispose()
 
     def _url(self, tenant: Tenant) -> str:
-        if tenant.database_url is not None:
-            return tenant.database_url.get_secret_value()
-        template = self._config.database_url_template
-        if template is None:
-            raise ConfigurationError(
-                f"tenant {tenant.identifier!r} has no database URL and "
-                "TENANCY_DATABASE_URL_TEMPLATE is not set"
-            )
-        return template.format(database=checked_storage_name(tenant.storage_name))
+        return tenant_database_url(tenant, self._url_template)
 
     def _new_engine(self, url: str) -> AsyncEngine:
-        # The pool opens connections on demand: its size caps one tenant, the budget all of them.
-        size = min(self._config.tenant_pool_size, self._config.database_connection_budget)
-        return create_engine(self._config, url, pool_size=size, max_overflow=0)
+        return self._engine_factory(url)
 
 
 def _reachable(url: str) -> AbstractContextManager[None]:

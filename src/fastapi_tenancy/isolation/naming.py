@@ -8,7 +8,13 @@ import re
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["STORAGE_NAME_PATTERN", "choose_storage_name", "checked_storage_name"]
+__all__ = [
+    "STORAGE_NAME_PATTERN",
+    "assign_storage_name",
+    "checked_storage_name",
+    "choose_storage_name",
+    "tenant_database_url",
+]
 
 # Lower-case letters, digits and underscores, starting with a letter: never needs quoting, and
 # fits PostgreSQL's 63-byte identifier limit and MySQL's 64-character database names.
@@ -43,3 +49,23 @@ def checked_storage_name(name: str | None) -> str:
     ):
         raise ConfigurationError(f"{name!r} is not a valid tenant schema or database name")
     return name
+
+
+def assign_storage_name(tenant: Tenant, prefix: str) -> Tenant:
+    """``tenant`` with its storage name: the one it has (checked), or a new one for life."""
+    if tenant.storage_name is not None:
+        checked_storage_name(tenant.storage_name)
+        return tenant
+    return tenant.model_copy(update={"storage_name": choose_storage_name(prefix, tenant)})
+
+
+def tenant_database_url(tenant: Tenant, template: str | None) -> str:
+    """The URL of ``tenant``'s own database: its explicit URL, or ``template`` with its name."""
+    if tenant.database_url is not None:
+        return tenant.database_url.get_secret_value()
+    if template is None:
+        raise ConfigurationError(
+            f"tenant {tenant.identifier!r} has no database URL and "
+            "TENANCY_DATABASE_URL_TEMPLATE is not set"
+        )
+    return template.format(database=checked_storage_name(tenant.storage_name))

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
+from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -96,10 +96,7 @@ class SchemaIsolation:
         self._binds.clear()
 
     def assign_storage(self, tenant: Tenant) -> Tenant:
-        if tenant.storage_name is not None:
-            checked_storage_name(tenant.storage_name)
-            return tenant
-        return tenant.model_copy(update={"storage_name": choose_storage_name(self._prefix, tenant)})
+        return assign_storage_name(tenant, self._prefix)
 
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:

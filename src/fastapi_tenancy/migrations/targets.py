@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.isolation.naming import checked_storage_name
+from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_database_url
 from fastapi_tenancy.migrations.locks import SHARED_LOCK_KEY
 from fastapi_tenancy.models import Tenant
 
@@ -70,7 +69,10 @@ def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
         )
     if strategy == "database":
         return MigrationTarget(
-            tenant=tenant, url=_database_url(config, tenant, name), schema=None, lock_key=tenant.id
+            tenant=tenant,
+            url=tenant_database_url(tenant, config.database_url_template),
+            schema=None,
+            lock_key=tenant.id,
         )
     raise ConfigurationError("row isolation migrates the shared tables once, not each tenant")
 
@@ -89,14 +91,3 @@ async def connect(tenancy: Tenancy, target: MigrationTarget) -> AsyncIterator[As
             yield conn
     finally:
         await engine.dispose()
-
-
-def _database_url(config: TenancyConfig, tenant: Tenant, name: str) -> str:
-    if tenant.database_url is not None:
-        return tenant.database_url.get_secret_value()
-    if config.database_url_template is None:
-        raise ConfigurationError(
-            f"tenant {tenant.identifier!r} has no database URL and "
-            "TENANCY_DATABASE_URL_TEMPLATE is not set"
-        )
-    return config.database_url_template.format(database=name)

@@ -35,8 +35,3 @@ class TenantLabels:
             self._seen.add(identifier)
             return identifier
         return OTHER_TENANTS
-
-    @property
-    def labelled(self) -> frozenset[str]:
-        """The identifiers that have a label of their own."""
-        return frozenset(self._seen)

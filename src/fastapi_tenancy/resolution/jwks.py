@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -136,15 +137,18 @@ class JWKSKeys:
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> JWKSKeys:
-        """The key set ``config.jwt_jwks_url`` publishes, for ``config.jwt_algorithm``."""
-        if config.jwt_jwks_url is None:
-            raise ConfigurationError("JWKSKeys.from_config needs jwt_jwks_url")
-        return cls(
-            config.jwt_jwks_url,
-            config.jwt_algorithm,
-            refresh_interval=config.jwt_jwks_refresh_interval,
-            min_refresh_interval=config.jwt_jwks_min_refresh_interval,
+        """Deprecated: `Tenancy` builds its key set from the config (`fastapi_tenancy._wiring`)."""
+        warnings.warn(
+            "JWKSKeys.from_config is deprecated; pass the URL and algorithm to JWKSKeys",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        from fastapi_tenancy import _wiring
+
+        keys = _wiring.signing_keys(config)
+        if keys is None:
+            raise ConfigurationError("JWKSKeys.from_config needs jwt_jwks_url")
+        return keys
 
     @property
     def kids(self) -> frozenset[str]:

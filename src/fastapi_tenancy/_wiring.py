@@ -1,0 +1,163 @@
+"""Settings in, components out: the one runtime module that reads `TenancyConfig`.
+
+Components take plain arguments (a header name, a pool size, a key, an engine factory) and know
+nothing of the config; this module knows which setting feeds which argument. `Tenancy` composes
+itself from these functions, and so can an app that wants one piece on its own::
+
+    resolver = _wiring.resolver(TenancyConfig(resolution_strategy="header,jwt", ...))
+
+Which settings each component reads is visible here, in one place, which is also how a setting
+that nothing reads shows up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_tenancy.config import ResolutionStrategy, TenancyConfig
+from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.isolation.base import IsolationStrategy
+from fastapi_tenancy.isolation.database import DatabaseIsolation
+from fastapi_tenancy.isolation.row import RowIsolation
+from fastapi_tenancy.isolation.schema import SchemaIsolation
+from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.resolution.base import TenantResolver
+from fastapi_tenancy.resolution.chain import ChainResolver
+from fastapi_tenancy.resolution.header import HeaderResolver
+from fastapi_tenancy.resolution.jwks import JWKSKeys
+from fastapi_tenancy.resolution.jwt import JWTResolver, SigningKeys
+from fastapi_tenancy.resolution.path import PathResolver
+from fastapi_tenancy.resolution.subdomain import SubdomainResolver
+
+if TYPE_CHECKING:
+    from fastapi_tenancy.cache.base import TenantCache
+    from fastapi_tenancy.lookup import TenantLookup
+    from fastapi_tenancy.store.base import TenantStore
+
+__all__ = [
+    "database_isolation",
+    "isolation",
+    "lookup",
+    "resolver",
+    "signing_keys",
+    "tenant_engine_factory",
+]
+
+
+# ① Resolution
+
+
+def signing_keys(config: TenancyConfig) -> JWKSKeys | None:
+    """The JWKS the ``jwt`` strategy picks keys from, when ``jwt_jwks_url`` is set and used."""
+    if config.jwt_jwks_url is None or "jwt" not in config.resolution_strategy:
+        return None
+    return JWKSKeys(
+        config.jwt_jwks_url,
+        config.jwt_algorithm,
+        refresh_interval=config.jwt_jwks_refresh_interval,
+        min_refresh_interval=config.jwt_jwks_min_refresh_interval,
+    )
+
+
+def resolver(config: TenancyConfig, keys: SigningKeys | None = None) -> TenantResolver:
+    """The resolver for ``resolution_strategy``: one strategy, or a chain in that order.
+
+    ``keys`` is the key set the ``jwt`` strategy selects from when ``jwt_jwks_url`` is set
+    (`signing_keys`, which `Tenancy` fetches and refreshes).
+    """
+    resolvers = [_one_resolver(config, strategy, keys) for strategy in config.resolution_strategy]
+    if len(resolvers) == 1:
+        return resolvers[0]
+    return ChainResolver(*resolvers)
+
+
+def _one_resolver(
+    config: TenancyConfig, strategy: ResolutionStrategy, keys: SigningKeys | None
+) -> TenantResolver:
+    match strategy:
+        case "header":
+            return HeaderResolver(config.tenant_header_name)
+        case "subdomain":
+            if config.domain_suffix is None:
+                raise ConfigurationError("resolution strategy 'subdomain' needs domain_suffix")
+            return SubdomainResolver(
+                config.domain_suffix, config.trusted_proxies, custom_domains=config.custom_domains
+            )
+        case "jwt":
+            key: str | SigningKeys
+            if config.jwt_jwks_url is not None:
+                if keys is None:
+                    raise ConfigurationError(
+                        "jwt_jwks_url is set: pass the fetched key set as signing_keys"
+                    )
+                key = keys
+            elif config.jwt_secret is not None:
+                key = config.jwt_secret.get_secret_value()
+            else:
+                raise ConfigurationError("resolution strategy 'jwt' needs jwt_secret")
+            return JWTResolver(
+                key,
+                config.jwt_algorithm,
+                config.jwt_tenant_claim,
+                audience=config.jwt_audience,
+                issuer=config.jwt_issuer,
+                leeway=config.jwt_leeway,
+            )
+        case "path":
+            return PathResolver(config.tenant_path_prefix)
+
+
+# ② Lookup
+
+
+def lookup(config: TenancyConfig, store: TenantStore, cache: TenantCache | None) -> TenantLookup:
+    """The lookup through ``cache`` to ``store``, with the configured TTLs."""
+    from fastapi_tenancy.lookup import TenantLookup
+
+    return TenantLookup(store, cache, ttl=config.cache_ttl, negative_ttl=config.cache_negative_ttl)
+
+
+# ⑤ Isolation
+
+
+def isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStrategy:
+    """The strategy ``isolation_strategy`` names, on the central ``engine``."""
+    tables = TenantTables(config.tenant_metadata)
+    match config.isolation_strategy:
+        case "row":
+            return RowIsolation(engine, tables, row_level_security=config.row_level_security)
+        case "schema":
+            binding = config.schema_binding
+            if binding == "auto":
+                binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
+            return SchemaIsolation(engine, tables, prefix=config.schema_prefix, binding=binding)
+        case "database":
+            return database_isolation(config, tables)
+
+
+def database_isolation(config: TenancyConfig, tables: TenantTables) -> DatabaseIsolation:
+    """A database per tenant: URLs from ``database_url_template``, engines within the budget."""
+    return DatabaseIsolation(
+        tables,
+        engine_factory=tenant_engine_factory(config),
+        url_template=config.database_url_template,
+        storage_prefix=config.schema_prefix,
+        max_engines=config.max_cached_engines,
+        connection_budget=config.database_connection_budget,
+        budget_timeout=config.database_pool_timeout,
+    )
+
+
+def tenant_engine_factory(config: TenancyConfig) -> Callable[[str], AsyncEngine]:
+    """Small engines for tenant databases: the central pool's settings, ``tenant_pool_size``."""
+    # The pool opens connections on demand: its size caps one tenant, the budget all of them.
+    size = min(config.tenant_pool_size, config.database_connection_budget)
+
+    def factory(url: str) -> AsyncEngine:
+        return create_engine(config, url, pool_size=size, max_overflow=0)
+
+    return factory
