@@ -223,6 +223,9 @@ class TenancyMetrics(TenancyObserver):
         self.tenant_label_limit = tenant_label_limit
         families = self._families
         self._resolution_observe = families.resolution.observe
+        # The histogram's own method serves as `resolved` (same signature): one Python call
+        # less on every request.
+        self.resolved = families.resolution.observe  # type: ignore[method-assign,assignment]
         self._cache_lookups = families.cache_lookup_children
         self._cache_errors = families.cache_error_children
         self._cache_up = families.cache_up_children
