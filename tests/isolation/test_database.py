@@ -171,3 +171,39 @@ async def test_unreachable_tenant_server_is_a_clear_503_and_leaves_no_record(
             await tenancy.create_tenant("acme")
         assert "hunter2" not in str(failure.value)
         assert await tenancy.get_tenant("acme") is None
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)
+async def test_a_request_that_gets_no_connection_of_the_budget_answers_503_retry_after(
+    database_url: str,
+) -> None:
+    # One connection for all tenants: while a's session holds it, b waits in line and gives up.
+    config = isolation_config(
+        ("database", database_url),
+        database_connection_budget=1,
+        tenant_pool_size=1,
+        database_pool_timeout=0.3,
+    )
+    app = apps.create_app(config)
+    async with LifespanManager(app):
+        tenancy: Tenancy = app.state.tenancy
+        await tenancy.create_tenant("a")
+        await tenancy.create_tenant("b")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with tenancy.session("a") as held:
+                await held.scalars(select(Item))
+                refused = await client.get("/items", headers={"X-Tenant-ID": "b"})
+            served = await client.get("/items", headers={"X-Tenant-ID": "b"})
+        engines = tenancy.isolation.engines  # type: ignore[attr-defined]
+        assert engines.budget.peak == 1
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert served.status_code == 200

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -20,6 +23,7 @@ from sqlalchemy.util import await_only
 
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import ConnectionBudgetExhausted, EngineLRU
+from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
 from tests.support.polling import eventually
 from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server
 
@@ -572,3 +576,101 @@ async def test_mariadb_lease_evict_and_close(mariadb_databases: list[str]) -> No
     await cache.close()
     assert await connections() == 0
     await admin.dispose()
+
+
+# A generated schedule: requests for tenants (indexes into FEW), all started at once, each
+# holding its connection for a few turns of the event loop.
+REQUESTS = st.lists(
+    st.tuples(st.integers(0, len(FEW) - 1), st.integers(0, 3)), min_size=1, max_size=12
+)
+
+
+async def check_schedule(
+    databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+) -> None:
+    in_use: set[int] = set()
+    violations: list[str] = []
+    at_checkout: list[int] = []
+
+    def build(key: str) -> AsyncEngine:
+        engine = create_async_engine(pg_url(key), pool_size=2, max_overflow=0)
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def checked_out(*_args: object) -> None:
+            at_checkout.append(cache.open_connections)
+
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def disposed(sync_engine: object) -> None:
+            if id(sync_engine) in in_use:
+                violations.append(f"{key} disposed while leased")
+
+        return engine
+
+    cache = EngineLRU(build, max_engines=max_engines, connection_budget=budget, reserve=reserve)
+    admin = pg_admin()
+    observed: list[int] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        async with admin.connect() as conn:
+            while not stop.is_set():
+                observed.append(await pg_connections(conn))
+                await asyncio.sleep(0.005)
+
+    async def request(index: int, turns: int) -> None:
+        async with cache.lease(databases[index]) as engine:
+            in_use.add(id(engine.sync_engine))
+            try:
+                async with engine.connect() as conn:
+                    assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+                    for _ in range(turns):
+                        await asyncio.sleep(0)
+            finally:
+                in_use.discard(id(engine.sync_engine))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.gather(*(request(index, turns) for index, turns in schedule))
+    finally:
+        stop.set()
+        await sampler
+        await cache.close()
+    async with admin.connect() as conn:
+        left = await pg_connections(conn)
+    await admin.dispose()
+    assert violations == []
+    assert max(at_checkout) <= budget
+    assert cache.budget.peak <= budget
+    assert max(observed, default=0) <= budget
+    assert (left, cache.open_connections) == (0, 0)
+
+
+@pytest.mark.postgres
+@settings(ROW_PROPERTY, max_examples=12)
+@given(
+    budget=st.integers(1, 3),
+    max_engines=st.integers(1, 4),
+    reserve=st.integers(0, 1),
+    schedule=REQUESTS,
+)
+async def test_generated_schedules_keep_the_budget_and_leave_nothing_open(
+    few_databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+) -> None:
+    await check_schedule(few_databases, budget, max_engines, min(reserve, budget - 1), schedule)
+
+
+@pytest.mark.postgres
+@pytest.mark.deep
+@settings(DEEP)
+@given(
+    budget=st.integers(1, 4),
+    max_engines=st.integers(1, 4),
+    reserve=st.integers(0, 2),
+    schedule=st.lists(
+        st.tuples(st.integers(0, len(FEW) - 1), st.integers(0, 5)), min_size=1, max_size=40
+    ),
+)
+async def test_generated_schedules_keep_the_budget_and_leave_nothing_open_deep(
+    few_databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+) -> None:
+    await check_schedule(few_databases, budget, max_engines, min(reserve, budget - 1), schedule)

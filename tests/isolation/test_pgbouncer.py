@@ -1,4 +1,4 @@
-"""Schema isolation through PgBouncer in transaction pooling mode.
+"""Schema and database isolation through PgBouncer in transaction pooling mode.
 
 PgBouncer hands every transaction to whichever of its few server connections is free, so nothing
 may live on a connection between transactions: not the tenant binding, not a prepared statement.
@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from asgi_lifespan import LifespanManager
 from asyncpg.exceptions import DuplicatePreparedStatementError, InvalidSQLStatementNameError
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import Tenancy, TenancyConfig
 from tests.support import apps
@@ -115,3 +118,70 @@ async def test_without_the_pgbouncer_setting_prepared_statements_break(
     ]
     assert failures, "the traffic succeeded without database_pgbouncer"
     assert unexplained == []
+
+
+FLEET = [f"h5_pgb_{n}" for n in range(4)]
+FLEET_PATTERN = "h5\\_pgb\\_%"
+
+
+@pytest.fixture
+async def fleet_databases(direct_url: str) -> AsyncIterator[list[str]]:
+    """Tenant databases made directly on the server, dropped afterwards."""
+    admin = create_async_engine(
+        make_url(direct_url).set(database="postgres"),
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+    )
+
+    async def drop() -> None:
+        async with admin.connect() as conn:
+            for name in FLEET:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    await drop()
+    async with admin.connect() as conn:
+        for name in FLEET:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield FLEET
+    finally:
+        await drop()
+        await admin.dispose()
+
+
+async def test_database_isolation_holds_through_pgbouncer_in_transaction_mode(
+    direct_url: str, fleet_databases: list[str]
+) -> None:
+    # A budget below the tenants' share: tenant connections to PgBouncer are opened and closed
+    # all the time, while PgBouncer keeps its few server connections per database.
+    with running_pgbouncer(direct_url, every_database=True) as bouncer:
+        config = TenancyConfig(
+            database_url=direct_url,
+            database_pgbouncer=True,
+            isolation_strategy="database",
+            tenant_metadata=Base.metadata,
+            database_connection_budget=3,
+        )
+        app = apps.create_app(config)
+        async with server_connection_sampler(direct_url, FLEET_PATTERN) as server:
+            async with LifespanManager(app):
+                tenancy: Tenancy = app.state.tenancy
+                ids = {}
+                for n, database in enumerate(fleet_databases):
+                    url = make_url(bouncer.url).set(database=database)
+                    tenant = await tenancy.create_tenant(
+                        f"tenant-{n}", database_url=url.render_as_string(hide_password=False)
+                    )
+                    ids[tenant.identifier] = tenant.id
+
+                writes, failures = await mixed_traffic(
+                    app, ids, requests=REQUESTS, concurrency=CONCURRENCY
+                )
+
+                assert [repr(failure) for failure in failures] == []
+                await assert_each_tenant_owns_exactly(tenancy, ids, writes)
+                budget = tenancy.isolation.engines.budget  # type: ignore[attr-defined]
+                assert budget.peak <= 3
+                assert budget.trims > 0  # tenants took turns within the budget
+    # The server saw at most PgBouncer's pool for each tenant database.
+    assert 0 < server.peak <= bouncer.pool_size * len(fleet_databases), server.samples

@@ -66,8 +66,14 @@ def require_pgbouncer() -> str:
 
 
 @contextmanager
-def running_pgbouncer(server_url: str, *, pool_size: int = POOL_SIZE) -> Iterator[PgBouncer]:
-    """Run PgBouncer in transaction mode in front of ``server_url`` until the block exits."""
+def running_pgbouncer(
+    server_url: str, *, pool_size: int = POOL_SIZE, every_database: bool = False
+) -> Iterator[PgBouncer]:
+    """Run PgBouncer in transaction mode in front of ``server_url`` until the block exits.
+
+    With ``every_database`` it also serves any other database of that server by its own name
+    (a ``*`` entry), a pool of ``pool_size`` for each: database isolation through PgBouncer.
+    """
     binary = require_pgbouncer()
     server = make_url(server_url)
     with tempfile.TemporaryDirectory(prefix="tenancy-pgbouncer-") as folder:
@@ -80,7 +86,7 @@ def running_pgbouncer(server_url: str, *, pool_size: int = POOL_SIZE) -> Iterato
         last_error = ""
         for _ in range(START_ATTEMPTS):
             port = free_port()
-            ini = _write_ini(workdir, server, port, pool_size, _version(binary))
+            ini = _write_ini(workdir, server, port, pool_size, _version(binary), every_database)
             command = [binary, *(["-u", user] if user is not None else []), str(ini)]
             with log.open("ab") as output:
                 process = subprocess.Popen(
@@ -124,7 +130,12 @@ def _version(binary: str) -> tuple[int, int]:
 
 
 def _write_ini(
-    workdir: Path, server: URL, port: int, pool_size: int, version: tuple[int, int]
+    workdir: Path,
+    server: URL,
+    port: int,
+    pool_size: int,
+    version: tuple[int, int],
+    every_database: bool = False,
 ) -> Path:
     target = [
         f"host={server.host or '127.0.0.1'}",
@@ -137,6 +148,8 @@ def _write_ini(
     lines = [
         "[databases]",
         f"{server.database} = {' '.join(target)}",
+        # The fallback entry connects to the database the client names.
+        *([f"* = {' '.join(t for t in target if not t.startswith('dbname='))}"] * every_database),
         "",
         "[pgbouncer]",
         "listen_addr = 127.0.0.1",
@@ -204,6 +217,8 @@ async def server_connection_sampler(
 ) -> AsyncIterator[ServerConnections]:
     """Count ``database``'s server connections every ``interval`` seconds while the block runs.
 
+    ``database`` is a ``LIKE`` pattern: ``'h5\\_pgb\\_%'`` counts several databases together.
+
     The sampler connects to the ``postgres`` maintenance database, so it never counts itself. It
     starts only once ``database`` has no connections left, so a backend that is still exiting
     from an earlier direct connection (a reset) is never mistaken for a pooled one.
@@ -212,7 +227,7 @@ async def server_connection_sampler(
     result = ServerConnections()
     count_sql = text(
         "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = :database AND backend_type = 'client backend'"
+        "WHERE datname LIKE :database AND backend_type = 'client backend'"
     )
     try:
         async with engine.connect() as conn:

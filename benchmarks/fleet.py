@@ -1,0 +1,556 @@
+"""Database isolation at fleet scale: more tenants than connections, over HTTP.
+
+Three apps serve ``GET /items`` (one SELECT of ten rows) under uvicorn, one worker each, from the
+same PostgreSQL server:
+
+* **bare**: FastAPI + SQLAlchemy on one database, a pool as large as the client's concurrency;
+  every ratio is of its throughput, measured in the same run;
+* **connect per request**: the same handler on the database the ``X-Tenant-ID`` header names,
+  through a ``NullPool``: a brand-new connection for every request (the floor);
+* **tenancy**: `TenancyMiddleware` with database isolation, every tenant in a database of its own
+  and ``--budget`` server connections for all of them together.
+
+All three run at once; a keep-alive HTTP/1.1 client in this process drives them in alternating
+rounds of equal length, with uniform traffic (every tenant alike) and skewed traffic (the tenant
+of rank k drawn with weight 1/k^1.1). While an app is measured, ``pg_stat_activity`` is sampled
+every 20 ms for that app's server connections (the connect-per-request app logs in as a role of
+its own, ``h5_fleet_floor``); the largest count is printed, with the connections opened per
+request (``pg_stat_database.sessions``).
+
+    python -m benchmarks.fleet --tenants 200,1000 --budget 50
+    python -m benchmarks.fleet --tenants 200 --keep   # keep the databases for the next run
+
+Databases are named ``h5_fleet_*``: ``h5_fleet`` holds the tenant records, ``h5_fleet_bare`` the
+bare app's rows, and one per tenant (made with ``CREATE DATABASE ... TEMPLATE``, in parallel).
+They are dropped afterwards (with the role) unless ``--keep``; a later run reuses what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import itertools
+import os
+import random
+import socket
+import statistics
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Header
+from sqlalchemy import String, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+
+from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware, get_tenant_session
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+PREFIX = "h5_fleet"
+TEMPLATE = f"{PREFIX}_template"
+BARE = f"{PREFIX}_bare"
+TENANT_PREFIX = f"{PREFIX}_t"
+FLOOR_ROLE = f"{PREFIX}_floor"
+ROWS = 10
+SKEW = 1.1
+SAMPLE_SECONDS = 0.02
+# Targets of issue 16, checked against the run's own measurements.
+UNIFORM_OVER_CONNECT = 1.2
+SKEWED_OVER_BARE = 0.45
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "fleet_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def database_url(server: str, database: str) -> str:
+    return make_url(server).set(database=database).render_as_string(hide_password=False)
+
+
+def tenant_database(identifier: str) -> str:
+    return f"{PREFIX}_{identifier}"
+
+
+def identifiers(count: int) -> list[str]:
+    return [f"t{n:05d}" for n in range(count)]
+
+
+# --- the apps (uvicorn factories, configured by the environment) ---
+
+
+def bare() -> FastAPI:
+    """uvicorn factory: one database, a pool as large as the client's concurrency."""
+    engine = create_async_engine(
+        os.environ["FLEET_BARE_URL"],
+        pool_size=int(os.environ["FLEET_POOL_SIZE"]),
+        max_overflow=0,
+    )
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def session() -> AsyncIterator[AsyncSession]:
+        async with sessions() as s:
+            yield s
+
+    app = FastAPI()
+
+    @app.get("/items")
+    async def items(s: AsyncSession = Depends(session)) -> list[str]:
+        return list((await s.scalars(select(Item.name))).all())
+
+    return app
+
+
+def connect_per_request() -> FastAPI:
+    """uvicorn factory: the tenant's database from the header, a new connection per request."""
+    server = os.environ["FLEET_SERVER_URL"]
+    engines: dict[str, AsyncEngine] = {}
+
+    async def session(x_tenant_id: str = Header()) -> AsyncIterator[AsyncSession]:
+        engine = engines.get(x_tenant_id)
+        if engine is None:
+            url = make_url(database_url(server, tenant_database(x_tenant_id)))
+            url = url.set(username=FLOOR_ROLE, password=None)
+            engine = engines[x_tenant_id] = create_async_engine(url, poolclass=NullPool)
+        async with AsyncSession(engine, expire_on_commit=False) as s:
+            yield s
+
+    app = FastAPI()
+
+    @app.get("/items")
+    async def items(s: AsyncSession = Depends(session)) -> list[str]:
+        return list((await s.scalars(select(Item.name))).all())
+
+    return app
+
+
+def tenancy() -> FastAPI:
+    """uvicorn factory: the same handler behind the middleware, configured by ``TENANCY_*``."""
+    app = FastAPI()
+    app.add_middleware(TenancyMiddleware, config=TenancyConfig())
+
+    @app.get("/items")
+    async def items(s: AsyncSession = Depends(get_tenant_session)) -> list[str]:
+        return list((await s.scalars(select(Item.name))).all())
+
+    return app
+
+
+# --- databases ---
+
+
+def admin_engine(server: str) -> AsyncEngine:
+    return create_async_engine(
+        database_url(server, "postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+
+
+async def existing_databases(server: str) -> set[str]:
+    admin = admin_engine(server)
+    async with admin.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+            {"p": PREFIX.replace("_", "\\_") + "%"},
+        )
+        names = {name for (name,) in rows.all()}
+    await admin.dispose()
+    return names
+
+
+async def make_databases(server: str, tenants: list[str], workers: int) -> None:
+    """The template, the bare app's database and every missing tenant database."""
+    existing = await existing_databases(server)
+    admin = admin_engine(server)
+    async with admin.connect() as conn:
+        role = text("SELECT 1 FROM pg_roles WHERE rolname = :r")
+        if not await conn.scalar(role, {"r": FLOOR_ROLE}):
+            await conn.execute(text(f"CREATE ROLE {FLOOR_ROLE} LOGIN"))
+    if TEMPLATE not in existing:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{TEMPLATE}"'))
+        engine = create_async_engine(database_url(server, TEMPLATE), poolclass=NullPool)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            # The connect-per-request app logs in as a role of its own, so that the server's
+            # connections can be told apart by app while both are up.
+            await conn.execute(text(f"GRANT SELECT ON fleet_items TO {FLOOR_ROLE}"))
+            await conn.execute(insert(Item), [{"name": f"item-{k}"} for k in range(ROWS)])
+        await engine.dispose()
+    wanted = [BARE, *(tenant_database(t) for t in tenants)]
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        print(f"creating {len(missing)} databases from {TEMPLATE} ...", flush=True)
+
+    async def create(chunk: list[str]) -> None:
+        async with admin.connect() as conn:
+            for name in chunk:
+                await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
+
+    # Copies of one template may run at once (only a connection to the template is refused).
+    await asyncio.gather(*(create(missing[n::workers]) for n in range(workers)))
+    await admin.dispose()
+
+
+async def drop_databases(server: str) -> None:
+    admin = admin_engine(server)
+    names = sorted(await existing_databases(server))
+    async with admin.connect() as conn:
+        for name in names:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await conn.execute(text(f"DROP ROLE IF EXISTS {FLOOR_ROLE}"))
+    await admin.dispose()
+
+
+def tenancy_environment(
+    server: str, budget: int, pool_size: int | None, engines: int
+) -> dict[str, str]:
+    environment = {
+        "TENANCY_DATABASE_URL": database_url(server, PREFIX),
+        "TENANCY_ISOLATION_STRATEGY": "database",
+        # The tenant databases are copies of a template that already holds the table.
+        "TENANCY_TENANT_TABLES": "none",
+        "TENANCY_DATABASE_CONNECTION_BUDGET": str(budget),
+        "TENANCY_MAX_CACHED_ENGINES": str(engines),
+        # Tenant records stay cached for the whole run: this measures the connections, not
+        # the lookups (a run on a busy machine outlasts the default minute).
+        "TENANCY_CACHE_TTL": "3600",
+    }
+    if pool_size is not None:
+        environment["TENANCY_TENANT_POOL_SIZE"] = str(pool_size)
+    return environment
+
+
+async def register_tenants(environment: dict[str, str], tenants: list[str], server: str) -> None:
+    """Tenant records naming each tenant's database (made by this benchmark) explicitly."""
+    existing = await existing_databases(server)
+    if PREFIX not in existing:
+        admin = admin_engine(server)
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{PREFIX}"'))
+        await admin.dispose()
+    previous = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        async with Tenancy(TenancyConfig()) as runtime:
+            known = {tenant.identifier for tenant in await runtime.list_tenants()}
+            gate = asyncio.Semaphore(8)
+
+            async def register(identifier: str) -> None:
+                async with gate:
+                    await runtime.create_tenant(
+                        identifier,
+                        database_url=database_url(server, tenant_database(identifier)),
+                    )
+
+            await asyncio.gather(*(register(t) for t in tenants if t not in known))
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --- measuring ---
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(factory: str, env: dict[str, str]) -> AsyncIterator[int]:
+    """Run ``uvicorn benchmarks.fleet:<factory>`` until the block ends; yields its port."""
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "uvicorn", f"benchmarks.fleet:{factory}", "--factory"),
+        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
+        env=env,
+        cwd=REPOSITORY,
+    )
+    try:
+        for _ in range(600):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@dataclass
+class Result:
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    peak_connections: int = 0
+    errors: int = 0
+    connects: int = 0
+
+
+def chooser(tenants: list[str], traffic: str) -> Callable[[random.Random], str]:
+    if traffic == "uniform":
+        return lambda rng: rng.choice(tenants)
+    weights = [1 / (rank**SKEW) for rank in range(1, len(tenants) + 1)]
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    return lambda rng: tenants[bisect.bisect(cumulative, rng.random() * total)]
+
+
+async def load(
+    port: int, seconds: float, connections: int, pick: Callable[[random.Random], str], seed: int
+) -> tuple[float, list[float], int]:
+    """Requests per second, each request's latency and the errors over ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(n: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed * 1000 + n)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while loop.time() < deadline:
+                request = f"GET /items HTTP/1.1\r\nHost: b\r\nX-Tenant-ID: {pick(rng)}\r\n\r\n"
+                started = loop.time()
+                writer.write(request.encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                if head.startswith(b"HTTP/1.1 200"):
+                    latencies.append(loop.time() - started)
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = loop.time()
+    await asyncio.gather(*(client(n) for n in range(connections)))
+    return len(latencies) / (loop.time() - started), latencies, errors
+
+
+@asynccontextmanager
+async def sampled(server: str, where: str) -> AsyncIterator[tuple[list[int], list[int]]]:
+    """Sample the server's connections matching ``where`` until the block ends.
+
+    Yields the samples and, once the block has ended, the sessions opened to the tenant
+    databases and the bare app's database meanwhile (``pg_stat_database.sessions``).
+    """
+    samples: list[int] = []
+    sessions: list[int] = []
+    stop = asyncio.Event()
+    admin = admin_engine(server)
+    opened = text("SELECT coalesce(sum(sessions), 0) FROM pg_stat_database WHERE datname LIKE :p")
+    pattern = {"p": PREFIX.replace("_", "\\_") + "\\_%"}
+
+    async def sample() -> None:
+        async with admin.connect() as conn:
+            query = text(f"SELECT count(*) FROM pg_stat_activity WHERE {where}")
+            while not stop.is_set():
+                samples.append(int((await conn.execute(query)).scalar_one()))
+                await asyncio.sleep(SAMPLE_SECONDS)
+
+    async with admin.connect() as conn:
+        before = int((await conn.execute(opened, pattern)).scalar_one())
+    task = asyncio.create_task(sample())
+    try:
+        yield samples, sessions
+    finally:
+        stop.set()
+        await task
+        async with admin.connect() as conn:
+            # Statistics reach pg_stat_database when a backend reports them, at the latest at
+            # its exit; a clear snapshot reads the latest.
+            await conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            sessions.append(int((await conn.execute(opened, pattern)).scalar_one()) - before)
+        await admin.dispose()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+async def run_fleet(args: argparse.Namespace, count: int) -> bool:
+    server = args.server
+    tenants = identifiers(count)
+    engines = args.max_engines or count
+    await make_databases(server, tenants, args.workers)
+    environment = tenancy_environment(server, args.budget, args.pool_size, engines)
+    await register_tenants(environment, tenants, server)
+    base_env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    envs = {
+        "bare": {
+            **base_env,
+            "FLEET_BARE_URL": database_url(server, BARE),
+            "FLEET_POOL_SIZE": str(args.connections),
+        },
+        "connect_per_request": {**base_env, "FLEET_SERVER_URL": server},
+        "tenancy": {**base_env, **environment},
+    }
+    labels = {
+        "bare": "bare FastAPI + SQLAlchemy",
+        "connect_per_request": "connect per request (NullPool)",
+        "tenancy": f"tenancy (database, budget {args.budget})",
+    }
+    tenant_databases = "datname LIKE '" + TENANT_PREFIX.replace("_", "\\_") + "%'"
+    user = make_url(server).username or "postgres"
+    where = {
+        "bare": f"datname = '{BARE}'",
+        "connect_per_request": f"usename = '{FLOOR_ROLE}'",
+        "tenancy": f"{tenant_databases} AND usename = '{user}'",
+    }
+    met = True
+    async with (
+        serve("bare", envs["bare"]) as bare_port,
+        serve("connect_per_request", envs["connect_per_request"]) as floor_port,
+        serve("tenancy", envs["tenancy"]) as tenancy_port,
+    ):
+        ports = {"bare": bare_port, "connect_per_request": floor_port, "tenancy": tenancy_port}
+        for traffic in args.traffic:
+            pick = chooser(tenants, traffic)
+            results = {name: Result() for name in envs}
+            for port in ports.values():
+                await load(port, args.warmup, args.connections, pick, seed=0)
+            # Alternating rounds: a machine whose load changes affects every app alike.
+            for round_ in range(args.rounds):
+                for name, port in ports.items():
+                    async with sampled(server, where[name]) as (samples, sessions):
+                        rate, latencies, errors = await load(
+                            port, args.seconds, args.connections, pick, seed=round_ + 1
+                        )
+                    result = results[name]
+                    result.rates.append(rate)
+                    result.latencies.extend(latencies)
+                    result.errors += errors
+                    result.peak_connections = max([result.peak_connections, *samples])
+                    result.connects += sessions[0]
+            met &= report(args, count, traffic, results, labels)
+    return met
+
+
+def report(
+    args: argparse.Namespace,
+    count: int,
+    traffic: str,
+    results: dict[str, Result],
+    labels: dict[str, str],
+) -> bool:
+    base = statistics.median(results["bare"].rates)
+    for name, result in results.items():
+        rate = statistics.median(result.rates)
+        p50 = percentile(result.latencies, 0.50) * 1000
+        p99 = percentile(result.latencies, 0.99) * 1000
+        per_request = result.connects / max(1, len(result.latencies) + result.errors)
+        print(
+            f"{count:>7}  {traffic:<8}{labels[name]:<36}{rate:>8.0f}{rate / base:>8.2f}"
+            f"{p50:>8.1f}{p99:>8.1f}{per_request:>10.2f}{result.peak_connections:>7}"
+            f"{result.errors:>7}",
+            flush=True,
+        )
+    ours, floor = results["tenancy"], results["connect_per_request"]
+    ours_rate = statistics.median(ours.rates)
+    checks: list[tuple[str, bool]] = [
+        (
+            f"server connections {ours.peak_connections} <= budget {args.budget}",
+            ours.peak_connections <= args.budget,
+        ),
+        (f"no failed requests ({ours.errors})", ours.errors == 0),
+    ]
+    if traffic == "uniform":
+        ratio = ours_rate / statistics.median(floor.rates)
+        checks.append(
+            (f"{ratio:.2f} x connect per request >= {UNIFORM_OVER_CONNECT}", ratio >= 1.2)
+        )
+    else:
+        ratio = ours_rate / base
+        ours_p99 = percentile(ours.latencies, 0.99) * 1000
+        floor_p99 = percentile(floor.latencies, 0.99) * 1000
+        checks.append((f"{ratio:.2f} x bare >= {SKEWED_OVER_BARE}", ratio >= SKEWED_OVER_BARE))
+        checks.append(
+            (
+                f"p99 {ours_p99:.1f} ms <= connect per request's {floor_p99:.1f} ms",
+                ours_p99 <= floor_p99,
+            )
+        )
+    for description, ok in checks:
+        print(f"{'':>9}target: {description}: {'met' if ok else 'NOT met'}")
+    return all(ok for _, ok in checks)
+
+
+async def run(args: argparse.Namespace) -> bool:
+    print(
+        f"database isolation: budget {args.budget}, "
+        f"tenant_pool_size {args.pool_size or TenancyConfig().tenant_pool_size}, "
+        f"max_cached_engines {args.max_engines or 'tenants'}; {args.connections} client "
+        f"connections; {args.rounds} rounds x {args.seconds:g} s per app"
+    )
+    header = f"{'tenants':>7}  {'traffic':<8}{'app':<36}{'req/s':>8}{'x bare':>8}"
+    print(header + f"{'p50 ms':>8}{'p99 ms':>8}{'connects':>10}{'conns':>7}{'errors':>7}")
+    met = True
+    try:
+        for count in args.tenants:
+            met &= await run_fleet(args, count)
+    finally:
+        if not args.keep:
+            await drop_databases(args.server)
+    return met
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("TENANCY_BENCH_POSTGRES_URL", DEFAULT_SERVER),
+        help="a URL of the PostgreSQL server (its database part is ignored)",
+    )
+    parser.add_argument("--tenants", default="200,1000", help="tenant counts, comma-separated")
+    parser.add_argument("--traffic", default="uniform,skewed", help="uniform, skewed or both")
+    parser.add_argument("--budget", type=int, default=50, help="database_connection_budget")
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="tenant_pool_size (default: the config's)"
+    )
+    parser.add_argument(
+        "--max-engines", type=int, default=0, help="max_cached_engines (default: the tenants)"
+    )
+    parser.add_argument("--connections", type=int, default=10, help="client connections")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of a round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds per app before")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent CREATE DATABASE")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    args = parser.parse_args()
+    args.tenants = [int(n) for n in args.tenants.split(",")]
+    args.traffic = [t.strip() for t in args.traffic.split(",") if t.strip()]
+    raise SystemExit(0 if asyncio.run(run(args)) else 1)
+
+
+if __name__ == "__main__":
+    main()
