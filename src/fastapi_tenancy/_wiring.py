@@ -34,16 +34,28 @@ from fastapi_tenancy.resolution.path import PathResolver
 from fastapi_tenancy.resolution.subdomain import SubdomainResolver
 
 if TYPE_CHECKING:
-    from fastapi_tenancy.cache.base import TenantCache
+    from fastapi_tenancy.cache.base import CacheObserver, TenantCache
+    from fastapi_tenancy.edge import TraefikEdge
     from fastapi_tenancy.lookup import TenantLookup
+    from fastapi_tenancy.observe.audit import AuditTrail
+    from fastapi_tenancy.observe.metrics import TenancyMetrics
+    from fastapi_tenancy.observe.observer import TenancyObserver
+    from fastapi_tenancy.observe.slowquery import SlowQueryLog
+    from fastapi_tenancy.ratelimit import TenantRateLimiter
     from fastapi_tenancy.store.base import TenantStore
 
 __all__ = [
+    "audit_trail",
+    "cache",
     "database_isolation",
+    "edge",
     "isolation",
+    "limiter",
     "lookup",
+    "metrics",
     "resolver",
     "signing_keys",
+    "slow_queries",
     "tenant_engine_factory",
 ]
 
@@ -111,7 +123,14 @@ def _one_resolver(
             return PathResolver(config.tenant_path_prefix)
 
 
-# ② Lookup
+# ② Lookup and its cache
+
+
+def cache(config: TenancyConfig, observer: CacheObserver | None = None) -> TenantCache | None:
+    """The tenant cache the settings ask for (built by `fastapi_tenancy.cache.build`)."""
+    from fastapi_tenancy.cache.build import build_cache
+
+    return build_cache(config, observer)
 
 
 def lookup(config: TenancyConfig, store: TenantStore, cache: TenantCache | None) -> TenantLookup:
@@ -119,6 +138,18 @@ def lookup(config: TenancyConfig, store: TenantStore, cache: TenantCache | None)
     from fastapi_tenancy.lookup import TenantLookup
 
     return TenantLookup(store, cache, ttl=config.cache_ttl, negative_ttl=config.cache_negative_ttl)
+
+
+# ③ Rate limiting
+
+
+def limiter(config: TenancyConfig) -> TenantRateLimiter | None:
+    """The per-tenant rate limiter, when ``enable_rate_limiting`` is on."""
+    if not config.enable_rate_limiting:
+        return None
+    from fastapi_tenancy.ratelimit import TenantRateLimiter
+
+    return TenantRateLimiter.from_config(config)
 
 
 # ⑤ Isolation
@@ -161,3 +192,62 @@ def tenant_engine_factory(config: TenancyConfig) -> Callable[[str], AsyncEngine]
         return create_engine(config, url, pool_size=size, max_overflow=0)
 
     return factory
+
+
+# ⑥ Observation
+
+
+def metrics(config: TenancyConfig) -> TenancyMetrics | None:
+    """The Prometheus metrics, when ``enable_metrics`` is on."""
+    if not config.enable_metrics:
+        return None
+    # prometheus-client is an optional extra: imported only when metrics are enabled.
+    try:
+        from fastapi_tenancy.observe.metrics import TenancyMetrics
+    except ModuleNotFoundError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ConfigurationError(
+            "enable_metrics needs prometheus-client: install fastapi-tenancy[metrics]"
+        ) from exc
+    return TenancyMetrics.from_config(config)
+
+
+def slow_queries(
+    config: TenancyConfig, observer: TenancyObserver | None = None
+) -> SlowQueryLog | None:
+    """The slow-query log, when ``slow_query_threshold_ms`` is set."""
+    if config.slow_query_threshold_ms is None:
+        return None
+    from fastapi_tenancy.observe.slowquery import SlowQueryLog
+
+    return SlowQueryLog(config.slow_query_threshold_ms, observer=observer)
+
+
+def audit_trail(
+    config: TenancyConfig, engine: AsyncEngine, *, on_drop: Callable[[str, int], None] | None = None
+) -> AuditTrail | None:
+    """The audit trail (the log and the ``tenancy_audit`` table), when audit logging is on."""
+    if not config.enable_audit_logging:
+        return None
+    from fastapi_tenancy.observe.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
+
+    return AuditTrail(
+        [LoggingAuditSink(), DatabaseAuditSink(engine)],
+        spill_path=config.audit_spill_path,
+        flush_timeout=config.audit_flush_timeout,
+        on_drop=on_drop,
+    )
+
+
+# Off the request path
+
+
+def edge(config: TenancyConfig) -> TraefikEdge | None:
+    """The Traefik edge router sync, when ``edge_enabled`` is on."""
+    if not config.edge_enabled:
+        return None
+    # Imported here: the request path never needs it.
+    from fastapi_tenancy.edge import TraefikEdge
+
+    return TraefikEdge.from_config(config)

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from fastapi_tenancy import _wiring
 from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
-from fastapi_tenancy.cache.build import build_cache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
 from fastapi_tenancy.engines import create_engine
@@ -24,7 +23,7 @@ from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.isolation.scope import tenant_session
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
-from fastapi_tenancy.observe.audit import AuditTrail, DatabaseAuditSink, LoggingAuditSink
+from fastapi_tenancy.observe.audit import AuditTrail
 from fastapi_tenancy.observe.events import Hooks
 from fastapi_tenancy.observe.observer import TenancyObserver, compose, handler
 from fastapi_tenancy.observe.slowquery import SlowQueryLog
@@ -76,34 +75,21 @@ class Tenancy:
         observers: Iterable[TenancyObserver] = (),
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
-        self.metrics: TenancyMetrics | None = None
-        if self.config.enable_metrics:
-            self.metrics = _build_metrics(self.config)
+        self.metrics: TenancyMetrics | None = _wiring.metrics(self.config)
         self.engine: AsyncEngine = create_engine(self.config)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
         if cache is None:
-            cache = build_cache(self.config, self.metrics)
+            cache = _wiring.cache(self.config, self.metrics)
         self.cache: TenantCache | None = cache
-        self.lookup = TenantLookup(
-            self.store,
-            self.cache,
-            ttl=self.config.cache_ttl,
-            negative_ttl=self.config.cache_negative_ttl,
-        )
+        self.lookup: TenantLookup = _wiring.lookup(self.config, self.store, self.cache)
         if isinstance(cache, SharedTenantCache):
             cache.listeners.append(self.lookup.forget)
         self.jwks: JWKSKeys | None = _wiring.signing_keys(self.config)
         self.resolver: TenantResolver = _wiring.resolver(self.config, self.jwks)
         self.principal_check = principal_check
-        self.limiter: TenantRateLimiter | None = None
-        if self.config.enable_rate_limiting:
-            self.limiter = TenantRateLimiter.from_config(self.config)
+        self.limiter: TenantRateLimiter | None = _wiring.limiter(self.config)
         self.isolation: IsolationStrategy = _wiring.isolation(self.config, self.engine)
-        self.slow_queries: SlowQueryLog | None = None
-        if self.config.slow_query_threshold_ms is not None:
-            self.slow_queries = SlowQueryLog(
-                self.config.slow_query_threshold_ms, observer=self.metrics
-            )
+        self.slow_queries: SlowQueryLog | None = _wiring.slow_queries(self.config, self.metrics)
         # The user's subscriptions to typed events (and the audit trail's, below).
         self.hooks = Hooks()
         # ⑥ Everything reports to this one observer, which fans out to the metrics, the
@@ -121,22 +107,14 @@ class Tenancy:
             observer=self.observer,
         )
         self.inflight = InFlight()
-        self.audit: AuditTrail | None = None
-        if self.config.enable_audit_logging:
-            self.audit = AuditTrail(
-                [LoggingAuditSink(), DatabaseAuditSink(self.engine)],
-                spill_path=self.config.audit_spill_path,
-                flush_timeout=self.config.audit_flush_timeout,
-                on_drop=handler(self.observer, "audit_dropped"),
-            )
+        self.audit: AuditTrail | None = _wiring.audit_trail(
+            self.config, self.engine, on_drop=handler(self.observer, "audit_dropped")
+        )
+        if self.audit is not None:
             self.audit.subscribe(self.hooks)
         self._lifecycle: TenantLifecycle | None = None
-        self.edge: TraefikEdge | None = None
-        if self.config.edge_enabled:
-            # Imported here: the request path never needs it.
-            from fastapi_tenancy.edge import TraefikEdge
-
-            self.edge = TraefikEdge.from_config(self.config)
+        self.edge: TraefikEdge | None = _wiring.edge(self.config)
+        if self.edge is not None:
             self.edge.attach(self)
         self.readiness = Readiness(self)
         self._lock = asyncio.Lock()
@@ -468,16 +446,3 @@ async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]
             what,
             loop.time() - started,
         )
-
-
-def _build_metrics(config: TenancyConfig) -> TenancyMetrics:
-    # prometheus-client is an optional extra: imported only when metrics are enabled.
-    try:
-        from fastapi_tenancy.observe.metrics import TenancyMetrics
-    except ModuleNotFoundError as exc:
-        if exc.name != "prometheus_client":
-            raise
-        raise ConfigurationError(
-            "enable_metrics needs prometheus-client: install fastapi-tenancy[metrics]"
-        ) from exc
-    return TenancyMetrics.from_config(config)
