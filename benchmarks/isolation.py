@@ -6,11 +6,13 @@ and database isolation. Row-level security needs a role PostgreSQL applies it to
 logs in as a role the benchmark creates and drops (named after the database, so runs against
 other databases keep theirs), with a random password.
 Apps are measured in alternating rounds in one run, and each result is reported as a ratio of the
-bare app's throughput measured beside it, plus the SQL statements each request sends to the
-server (the session reset PostgreSQL engines send as a connection returns to the pool is one more
-round trip per transaction, not counted there; the ``-noreset`` variants measure it). Requests go
-through ``httpx.ASGITransport``, so the numbers are the app's own cost with no network or HTTP
-server in between.
+bare app's throughput measured beside it, plus what each request sends to the server: its SQL
+statements (SQLAlchemy's), and its round trips, every message a connection sends (SQLAlchemy's
+statements, and asyncpg's own BEGIN, COMMIT, ROLLBACK, session reset and ping; a message that
+carries several statements, such as ``BEGIN; SELECT set_config(…)``, is one round trip). The
+``-noreset`` variants leave out the session reset PostgreSQL engines send as a connection returns
+to the pool. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost
+with no network or HTTP server in between.
 
     python -m benchmarks.isolation --tenants 10,1000 --warmup 3000
     python -m benchmarks.isolation --tenants 10 --variants row,rls
@@ -44,7 +46,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, Pool
 
 from benchmarks.common import add_url_argument, drop_schemas, ensure_database
 from fastapi_tenancy import (
@@ -54,7 +56,7 @@ from fastapi_tenancy import (
     TenantScoped,
     get_tenant_session,
 )
-from fastapi_tenancy.engines import reset_postgres_session
+from fastapi_tenancy.engines import note_reset_at_checkin, reset_postgres_session
 from fastapi_tenancy.isolation.rls import apply_policies
 
 ROWS_PER_TENANT = 10
@@ -98,6 +100,7 @@ class Contender:
     engine: AsyncEngine
     rates: list[float] = field(default_factory=list)
     statements: list[float] = field(default_factory=list)
+    round_trips: list[float] = field(default_factory=list)
 
 
 def bare_app(url: str) -> tuple[FastAPI, AsyncEngine]:
@@ -216,13 +219,22 @@ async def seed(tenancy: Tenancy, count: int, prefix: str) -> list[str]:
 
 
 async def measure(contender: Contender, requests: int, concurrency: int, warmup: int) -> None:
-    counted = {"n": 0}
+    counted = {"n": 0, "simple": 0}
 
     def count(*_: Any) -> None:
         counted["n"] += 1
 
-    # Listening on the Engine class counts tenant engines too (database isolation).
+    def count_simple(_record: Any) -> None:
+        counted["simple"] += 1
+
+    def attach(dbapi_connection: Any, *_: Any) -> None:
+        # asyncpg logs the queries it sends itself (BEGIN, ROLLBACK, a reset, a ping), not the
+        # prepared statements SQLAlchemy runs, which before_cursor_execute counts.
+        dbapi_connection.driver_connection.add_query_logger(count_simple)
+
+    # Listening on the classes counts tenant engines too (database isolation).
     event.listen(Engine, "before_cursor_execute", count)
+    event.listen(Pool, "checkout", attach, insert=True)
     rng = random.Random(7)
     plan = [rng.choice(contender.identifiers) for _ in range(requests)]
     gate = asyncio.Semaphore(concurrency)
@@ -237,13 +249,17 @@ async def measure(contender: Contender, requests: int, concurrency: int, warmup:
 
         # Warm up every app alike: pools filled, statements prepared, tenants cached.
         await asyncio.gather(*(one(rng.choice(contender.identifiers)) for _ in range(warmup)))
-        counted["n"] = 0
+        await asyncio.sleep(0.1)  # query-log records reach the loop through call_soon
+        counted.update(n=0, simple=0)
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in plan))
         elapsed = time.perf_counter() - started
+        await asyncio.sleep(0.1)
     event.remove(Engine, "before_cursor_execute", count)
+    event.remove(Pool, "checkout", attach)
     contender.rates.append(requests / elapsed)
     contender.statements.append(counted["n"] / requests)
+    contender.round_trips.append((counted["n"] + counted["simple"]) / requests)
 
 
 async def run(
@@ -265,7 +281,7 @@ async def run(
         for central in centrals:
             await reset(central)
 
-    print(f"{'app':<34}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}")
+    print(f"{'app':<34}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}{'trips/req':>11}")
     for count in tenant_counts:
         await reset_all()
         bare, bare_engine = bare_app(url)
@@ -288,6 +304,7 @@ async def run(
             await tenancy.start()
             if not pool_reset:
                 event.remove(tenancy.engine.sync_engine, "reset", reset_postgres_session)
+                event.remove(tenancy.engine.sync_engine, "connect", note_reset_at_checkin)
             runtimes.append(tenancy)
             if strategy not in seeded:
                 seeded[strategy] = await seed(tenancy, count, prefix=strategy[0])
@@ -302,8 +319,10 @@ async def run(
         for contender in contenders:
             rate = statistics.median(contender.rates)
             stmts = statistics.median(contender.statements)
+            trips = statistics.median(contender.round_trips)
             print(
-                f"{contender.name:<34}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}",
+                f"{contender.name:<34}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}"
+                f"{trips:>11.2f}",
                 flush=True,
             )
         for tenancy in runtimes:

@@ -3,40 +3,48 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
 
 from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.pgwire import (
+    POSTGRES_SESSION_RESET,
+    WireState,
+    connection_class,
+    forget_pending,
+    take_reset_done,
+)
 
 __all__ = [
     "POSTGRES_SESSION_RESET",
     "create_engine",
+    "listen_pre_ping",
+    "note_reset_at_checkin",
     "redact_url",
     "reset_postgres_session",
     "reset_sqlite_session",
 ]
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# ``database_pool_pre_ping`` tests a connection that has sat in the pool longer than this. One
+# used more recently is trusted: a server connection killed since then has usually told the
+# client already (a closed socket costs no round trip to see), and a busy pool would otherwise
+# pay a round trip (three through asyncpg: BEGIN, the ping, ROLLBACK) on every checkout.
+PRE_PING_IDLE_SECONDS = 1.0
+_IDLE_SINCE_KEY = "fastapi_tenancy.idle_since"
 # The package extra that installs each driver.
 DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}
-
-# Everything a PostgreSQL session keeps beyond its transaction, undone as a connection goes back
-# to the pool: open cursors, session-level SET, temporary tables (PostgreSQL searches pg_temp
-# before every other schema), sequence state (currval), advisory locks and LISTEN channels. One
-# simple-protocol message, so one round trip. Not DISCARD ALL: it cannot share a message with
-# other statements, and its DEALLOCATE ALL would drop asyncpg's cached prepared statements.
-POSTGRES_SESSION_RESET = (
-    "CLOSE ALL; RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; "
-    "SELECT pg_advisory_unlock_all(); UNLISTEN *"
-)
 
 # A SQLite connection keeps its temporary schema, which is searched before ``main`` (a temporary
 # table shadows a tenant table; a temporary trigger sees a tenant's writes), and its pragmas.
@@ -85,7 +93,8 @@ def create_engine(
         "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
         "pool_timeout": config.database_pool_timeout,
         "pool_recycle": config.database_pool_recycle,
-        "pool_pre_ping": config.database_pool_pre_ping,
+        # Pre-ping is the checkout hook below (idle connections only), not SQLAlchemy's.
+        "pool_pre_ping": False,
     }
     if null_pool:
         pool = {"poolclass": NullPool}
@@ -96,17 +105,21 @@ def create_engine(
     mysql = backend in ("mysql", "mariadb")
     if mysql and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    if config.database_pgbouncer and parsed.get_driver_name() == "asyncpg":
+    is_asyncpg = parsed.get_driver_name() == "asyncpg"
+    if is_asyncpg:
+        # Lets a tenant transaction's binding ride on its BEGIN (fastapi_tenancy.pgwire).
+        with suppress(ImportError):  # a missing driver is reported below, with its fix
+            options["connect_args"] = {"connection_class": connection_class()}
+    if config.database_pgbouncer and is_asyncpg:
         # PgBouncer in transaction mode hands each transaction to any server connection, so a
         # prepared statement must never outlive its transaction or reuse a name: no caches, and
         # a fresh name for every statement.
         parsed = parsed.update_query_dict({"prepared_statement_cache_size": "0"})
-        options["connect_args"] = {
-            "statement_cache_size": 0,
-            "prepared_statement_name_func": _unique_statement_name,
-        }
+        options.setdefault("connect_args", {}).update(
+            statement_cache_size=0, prepared_statement_name_func=_unique_statement_name
+        )
     timeout = config.statement_timeout
-    if timeout is not None and parsed.get_driver_name() == "asyncpg":
+    if timeout is not None and is_asyncpg:
         # Client side: asyncpg cancels the statement on the server when it runs too long, and
         # the wait also ends when the network stalls. No session setting, so nothing to reset
         # and nothing PgBouncer could carry to another client.
@@ -120,11 +133,16 @@ def create_engine(
         raise ConfigurationError(
             f"{redact_url(parsed)} needs the {driver} driver, which is not installed: {fix}"
         ) from exc
-    if parsed.get_driver_name() == "asyncpg" and not (config.database_pgbouncer or null_pool):
+    if is_asyncpg and not (config.database_pgbouncer or null_pool):
         # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer
         # in transaction mode the next transaction may run on any server connection, so the
         # reset belongs to PgBouncer (server_reset_query_always); see docs/isolation.md.
+        event.listen(engine.sync_engine, "connect", note_reset_at_checkin)
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
+    elif is_asyncpg:
+        event.listen(engine.sync_engine, "checkin", _forget_pending)
+    if config.database_pool_pre_ping and not null_pool:
+        listen_pre_ping(engine)
     if timeout is not None and mysql:
         event.listen(engine.sync_engine, "connect", _mysql_statement_timeout(timeout))
     if mysql and not null_pool:
@@ -139,10 +157,58 @@ def reset_postgres_session(
     """Pool ``reset`` hook: nothing one checkout leaves on the connection reaches the next."""
     if reset_state.terminate_only or not reset_state.asyncio_safe:
         return  # the connection is being closed, and its session state with it
+    if take_reset_done(dbapi_connection.driver_connection):
+        return  # a tenant session's last ROLLBACK carried the reset (fastapi_tenancy.pgwire)
     # The rollback comes first: a transaction still open (or failed) would swallow the reset.
     # With no transaction open (the usual case after a commit) it costs nothing.
     dbapi_connection.rollback()
     dbapi_connection.run_async(lambda connection: connection.execute(POSTGRES_SESSION_RESET))
+
+
+def listen_pre_ping(engine: AsyncEngine) -> None:
+    """Test ``engine``'s connections at checkout: closed ones always, idle ones with a ping.
+
+    A connection whose server side has gone (``pg_terminate_backend``, a restart) is usually
+    already closed on the client, which costs nothing to see. One idle for longer than
+    `PRE_PING_IDLE_SECONDS` (where a silent firewall drop or an idle timeout hides) is pinged.
+    Either way a dead connection raises `DisconnectionError`, on which the pool discards it and
+    checks out another; one that dies after this check fails its request with a 503 and takes
+    the pool's older connections with it (SQLAlchemy invalidates them together).
+    """
+    dialect = engine.dialect
+
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        is_closed = getattr(driver, "is_closed", None)
+        if is_closed is not None and is_closed():
+            raise DisconnectionError("the server closed this connection")
+        idle_since = record.info.pop(_IDLE_SINCE_KEY, None)
+        if idle_since is None or time.monotonic() - idle_since <= PRE_PING_IDLE_SECONDS:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"the connection failed its ping: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("the connection failed its ping")
+
+    def checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE_KEY] = time.monotonic()
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "checkin", checkin)
+
+
+def note_reset_at_checkin(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """Pool ``connect`` hook: this connection's tenant sessions may send the reset themselves."""
+    driver = dbapi_connection.driver_connection
+    if isinstance(driver, WireState):
+        driver.resets_at_checkin = True
+
+
+def _forget_pending(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    if dbapi_connection is not None:
+        forget_pending(dbapi_connection.driver_connection)
 
 
 def _mysql_statement_timeout(seconds: float) -> Callable[[Any, Any], None]:

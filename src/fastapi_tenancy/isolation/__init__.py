@@ -5,14 +5,12 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
-# autocommit and references are imported for their session listeners.
-from fastapi_tenancy.isolation import autocommit as autocommit
-from fastapi_tenancy.isolation import references as references
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.database import DatabaseIsolation
-from fastapi_tenancy.isolation.row import RowIsolation, TenantSession
+from fastapi_tenancy.isolation.row import RowIsolation
 from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.scoped import TenantScoped
+from fastapi_tenancy.isolation.session import TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
 
 if TYPE_CHECKING:

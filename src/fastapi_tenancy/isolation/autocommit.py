@@ -4,18 +4,13 @@ PostgreSQL's ``search_path`` binding (schema isolation) and row-level security's
 are set with ``set_config(..., true)`` at BEGIN and last until the transaction ends. In AUTOCOMMIT
 every statement is a transaction of its own, so the setting would end with the statement that
 made it: the next one would run against ``public`` (schema) or with no tenant (RLS). The session
-refuses at its first statement instead, before anything runs.
+refuses at its first statement instead, before anything runs (its ``after_begin`` listener in
+`fastapi_tenancy.isolation.session` asks `in_autocommit`).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, SessionTransaction
-
-from fastapi_tenancy.exceptions import CrossTenantAccess
-from fastapi_tenancy.isolation.row import RLS_INFO_KEY, TenantSession
-from fastapi_tenancy.isolation.schema import SEARCH_PATH_INFO_KEY
 
 __all__ = ["AUTOCOMMIT_FIX", "in_autocommit"]
 
@@ -37,21 +32,3 @@ def in_autocommit(connection: Connection) -> bool:
         return bool(connection.dialect.detect_autocommit_setting(dbapi_connection))
     except NotImplementedError:
         return False
-
-
-@event.listens_for(TenantSession, "after_begin", insert=True)
-def _refuse_autocommit(
-    session: Session, _transaction: SessionTransaction, connection: Connection
-) -> None:
-    binding = (
-        "schema isolation's search_path"
-        if SEARCH_PATH_INFO_KEY in session.info
-        else "row-level security's tenant setting"
-        if session.info.get(RLS_INFO_KEY)
-        else None
-    )
-    if binding is not None and in_autocommit(connection):
-        raise CrossTenantAccess(
-            f"a tenant session cannot run in AUTOCOMMIT: {binding} is bound per transaction and "
-            f"would end with the first statement (fix: {AUTOCOMMIT_FIX})"
-        )

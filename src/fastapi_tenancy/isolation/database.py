@@ -25,8 +25,8 @@ from fastapi_tenancy.isolation.naming import (
     tenant_database_url,
 )
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
-from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
+from fastapi_tenancy.isolation.session import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.isolation.templates import DatabaseTemplate
 from fastapi_tenancy.isolation.unavailable import unavailable_as_503

@@ -23,23 +23,21 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, ForeignKeyConstraint, Table, event, inspect, select, tuple_
+from sqlalchemy import Column, ForeignKeyConstraint, Table, inspect, select, tuple_
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
     ORMExecuteState,
     RelationshipDirection,
     Session,
-    UOWTransaction,
 )
 from sqlalchemy.sql import ClauseElement, FromClause
 from sqlalchemy.sql.elements import BindParameter
 
 from fastapi_tenancy.exceptions import CrossTenantAccess
-from fastapi_tenancy.isolation.row import TenantSession, session_tenant_id
 from fastapi_tenancy.isolation.scoped import TENANT_COLUMN, TenantScoped
 
-__all__ = ["plain_tenant_references"]
+__all__ = ["check_flushed_references", "check_statement_references", "plain_tenant_references"]
 
 Key = tuple[Any, ...]
 KEYS_PER_QUERY = 5000
@@ -77,10 +75,9 @@ class _References:
         if all(value is not None for value in key):
             self.wanted.setdefault(fk, {}).setdefault(key, owner)
 
-    def check(self, session: Session) -> None:
+    def check(self, session: Session, tenant_id: str) -> None:
         if not self.wanted:
             return
-        tenant_id = session_tenant_id(session)
         for fk, keys in self.wanted.items():
             missing = set(keys) - self.provided.get(fk, set())
             if missing:
@@ -105,8 +102,8 @@ def _existing(
     return found
 
 
-@event.listens_for(TenantSession, "before_flush")
-def _check_flushed_references(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+def check_flushed_references(session: Session, tenant_id: str) -> None:
+    """Refuse a flush that writes a reference to a row ``tenant_id`` does not have."""
     new = [obj for obj in session.new if isinstance(obj, TenantScoped)]
     dirty = [obj for obj in session.dirty if isinstance(obj, TenantScoped)]
     if not (new or dirty):
@@ -116,10 +113,10 @@ def _check_flushed_references(session: Session, _flush: UOWTransaction, _instanc
         for obj in objects:
             state: InstanceState[Any] = inspect(obj)
             _want_columns(references, state, changed_only=changed_only)
-            _refuse_foreign_related(session, state)
+            _refuse_foreign_related(tenant_id, state)
     for fk in references.wanted:
         references.provided[fk] = set(_inserted_keys(fk, new))
-    references.check(session)
+    references.check(session, tenant_id)
 
 
 def _want_columns(
@@ -134,16 +131,13 @@ def _want_columns(
             references.want(fk, tuple(state.dict.get(key) for key in keys), mapper.class_.__name__)
 
 
-def _refuse_foreign_related(session: Session, state: InstanceState[Any]) -> None:
+def _refuse_foreign_related(tenant_id: str, state: InstanceState[Any]) -> None:
     # A many-to-one object fills the foreign key during the flush: its tenant is known in memory.
     for relationship in state.mapper.relationships:
         if relationship.direction is not RelationshipDirection.MANYTOONE:
             continue
         related = state.dict.get(relationship.key)
-        if isinstance(related, TenantScoped) and related.tenant_id not in (
-            None,
-            session_tenant_id(session),
-        ):
+        if isinstance(related, TenantScoped) and related.tenant_id not in (None, tenant_id):
             raise CrossTenantAccess(
                 f"{state.mapper.class_.__name__}.{relationship.key} must reference a "
                 f"{relationship.mapper.local_table.description} row of the current tenant"
@@ -162,8 +156,8 @@ def _inserted_keys(fk: ForeignKeyConstraint, new: Iterable[Any]) -> Iterator[Key
             )
 
 
-@event.listens_for(TenantSession, "do_orm_execute")
-def _check_statement_references(state: ORMExecuteState) -> None:
+def check_statement_references(state: ORMExecuteState, tenant_id: str) -> None:
+    """Refuse an ORM INSERT or UPDATE that sets a reference to a row ``tenant_id`` lacks."""
     if not (state.is_insert or state.is_update):
         return
     mapper = state.bind_mapper
@@ -178,7 +172,7 @@ def _check_statement_references(state: ORMExecuteState) -> None:
             key = _row_key(fk, row, mapper)
             if key is not None:
                 references.want(fk, key, mapper.class_.__name__)
-    references.check(state.session)
+    references.check(state.session, tenant_id)
 
 
 def _statement_rows(state: ORMExecuteState, table: FromClause) -> Iterator[Mapping[Any, Any]]:

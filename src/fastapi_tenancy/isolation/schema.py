@@ -8,16 +8,19 @@ The binding is per transaction and leaves nothing on the connection (``schema_bi
 
 * ``search_path`` (PostgreSQL's default): ``set_config('search_path', '"schema", pg_temp', true)``
   at every BEGIN, transaction-local; the path holds only the tenant's schema (and, last, the
-  session's temporary tables), so neither ORM statements nor raw SQL can reach ``public``. One
-  statement per transaction, and every tenant shares the same SQL text, so prepared statements
-  and plans are reused across tenants. AUTOCOMMIT would end the binding with its first statement:
-  tenant sessions refuse it (`fastapi_tenancy.isolation.autocommit`).
+  session's temporary tables), so neither ORM statements nor raw SQL can reach ``public``. On
+  asyncpg it travels in the same message as the BEGIN (`fastapi_tenancy.pgwire`), so it costs
+  no round trip, and every tenant shares the same SQL text for its statements, so prepared
+  statements and plans are reused across tenants. AUTOCOMMIT would end the binding with its first
+  statement: tenant sessions refuse it (`fastapi_tenancy.isolation.session`).
 * ``translate_map`` (MariaDB/MySQL, where schema and database are one): ``schema_translate_map``
   qualifies every table without an explicit schema with the tenant's schema at execution time.
   No extra statement, but each tenant has its own SQL text (see ``benchmarks/isolation.py`` and
   docs/isolation.md for the measurements that chose the defaults).
 
-Sessions are `TenantSession`s, so the row filter on ``tenant_id`` stays on as a second wall.
+Sessions are `TenantSession`s (their listeners, the binding's included, live in
+`fastapi_tenancy.isolation.session`), so the row filter on ``tenant_id`` stays on as a second
+wall.
 """
 
 from __future__ import annotations
@@ -27,34 +30,21 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from cachetools import LRUCache
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
-from fastapi_tenancy.isolation.row import TENANT_INFO_KEY, TenantSession
+from fastapi_tenancy.isolation.session import SEARCH_PATH_INFO_KEY, TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.isolation.templates import SchemaTemplate
 from fastapi_tenancy.models import Tenant
 
 __all__ = ["SchemaIsolation"]
 
-SEARCH_PATH_INFO_KEY = "fastapi_tenancy.search_path"
 Binding = Literal["translate_map", "search_path"]
-
-
-@event.listens_for(TenantSession, "after_begin")
-def _bind_search_path(
-    session: Session, _transaction: SessionTransaction, connection: Connection
-) -> None:
-    schema = session.info.get(SEARCH_PATH_INFO_KEY)
-    if schema is not None:
-        # Transaction-local (is_local=true): gone at COMMIT/ROLLBACK, never left on the pool.
-        connection.execute(text("SELECT set_config('search_path', :path, true)"), {"path": schema})
 
 
 class SchemaIsolation:
