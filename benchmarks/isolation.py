@@ -12,7 +12,10 @@ statements, and asyncpg's own BEGIN, COMMIT, ROLLBACK, session reset and ping; a
 carries several statements, such as ``BEGIN; SELECT set_config(…)``, is one round trip). The
 ``-noreset`` variants leave out the session reset PostgreSQL engines send as a connection returns
 to the pool. Requests go through ``httpx.ASGITransport``, so the numbers are the app's own cost
-with no network or HTTP server in between.
+with no network or HTTP server in between; ``cpu µs/req`` is the benchmark process's CPU time per
+request (client and app, not the server's), which the load of a shared machine disturbs far less
+than throughput. Ratios are taken per round against the bare app of the same round (median over
+rounds), and the order of the apps alternates between rounds.
 
     python -m benchmarks.isolation --tenants 10,1000 --warmup 3000
     python -m benchmarks.isolation --tenants 10 --variants row,rls
@@ -101,6 +104,7 @@ class Contender:
     rates: list[float] = field(default_factory=list)
     statements: list[float] = field(default_factory=list)
     round_trips: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
 
 def bare_app(url: str) -> tuple[FastAPI, AsyncEngine]:
@@ -251,15 +255,16 @@ async def measure(contender: Contender, requests: int, concurrency: int, warmup:
         await asyncio.gather(*(one(rng.choice(contender.identifiers)) for _ in range(warmup)))
         await asyncio.sleep(0.1)  # query-log records reach the loop through call_soon
         counted.update(n=0, simple=0)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(i) for i in plan))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await asyncio.sleep(0.1)
     event.remove(Engine, "before_cursor_execute", count)
     event.remove(Pool, "checkout", attach)
     contender.rates.append(requests / elapsed)
     contender.statements.append(counted["n"] / requests)
     contender.round_trips.append((counted["n"] + counted["simple"]) / requests)
+    contender.cpu.append(cpu / requests * 1e6)
 
 
 async def run(
@@ -310,19 +315,32 @@ async def run(
                 seeded[strategy] = await seed(tenancy, count, prefix=strategy[0])
             app = tenancy_app(tenancy)
             contenders.append(Contender(label, app, seeded[strategy], tenancy.engine))
-        for _ in range(rounds):
-            for contender in contenders:
+        for round_number in range(rounds):
+            # Each round measures every app once, the bare one between the others' halves, in
+            # the reverse order every other round: a machine whose load drifts during a round
+            # favours no app.
+            order = contenders[1:]
+            if round_number % 2:
+                order.reverse()
+            half = len(order) // 2
+            for contender in [*order[:half], contenders[0], *order[half:]]:
                 async with LifespanManager(contender.app):
                     await measure(contender, requests, concurrency, warmup)
                 await contender.engine.dispose()
-        base = statistics.median(contenders[0].rates)
+        bare_rates = contenders[0].rates
         for contender in contenders:
             rate = statistics.median(contender.rates)
+            # The ratio of each round against the bare app of the same round, then the median:
+            # steadier than a ratio of medians on a machine whose load changes between rounds.
+            ratio = statistics.median(
+                mine / bare for mine, bare in zip(contender.rates, bare_rates, strict=True)
+            )
             stmts = statistics.median(contender.statements)
             trips = statistics.median(contender.round_trips)
+            cpu = statistics.median(contender.cpu)
             print(
-                f"{contender.name:<34}{count:>8}{rate:>10.0f}{rate / base:>9.2f}{stmts:>11.2f}"
-                f"{trips:>11.2f}",
+                f"{contender.name:<34}{count:>8}{rate:>10.0f}{ratio:>9.2f}{stmts:>11.2f}"
+                f"{trips:>11.2f}{cpu:>11.0f}",
                 flush=True,
             )
         for tenancy in runtimes:

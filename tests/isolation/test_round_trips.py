@@ -25,14 +25,14 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import Tenancy
 from fastapi_tenancy import engines as engines_module
+from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.pgwire import POSTGRES_SESSION_RESET, string_literal
-from fastapi_tenancy.unavailable import is_unavailable
-from tests.backends import isolation_config
-from tests.hypothesis_profiles import ROW_PROPERTY
 from tests.isolation.test_rls import rls_config
-from tests.models import Item
-from tests.rls import rls_database
-from tests.services import POSTGRES_URL
+from tests.support.backends import isolation_config
+from tests.support.hypothesis_profiles import ROW_PROPERTY
+from tests.support.models import Item
+from tests.support.rls import rls_database
+from tests.support.services import POSTGRES_URL
 
 pytestmark = pytest.mark.postgres
 on_postgres = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
