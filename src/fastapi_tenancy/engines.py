@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
+from sqlalchemy.util import await_
 
 from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.config import TenancyConfig
@@ -43,6 +46,8 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # pay a round trip (three through asyncpg: BEGIN, the ping, ROLLBACK) on every checkout.
 PRE_PING_IDLE_SECONDS = 1.0
 _IDLE_SINCE_KEY = "fastapi_tenancy.idle_since"
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", None)
+_PEEK_FLAGS = None if _DONTWAIT is None else socket.MSG_PEEK | _DONTWAIT
 # The package extra that installs each driver.
 DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}
 
@@ -93,8 +98,9 @@ def create_engine(
         "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
         "pool_timeout": config.database_pool_timeout,
         "pool_recycle": config.database_pool_recycle,
-        # Pre-ping is the checkout hook below (idle connections only), not SQLAlchemy's.
-        "pool_pre_ping": False,
+        # On asyncpg, pre-ping is the checkout hook below (closed or idle connections only);
+        # other drivers keep SQLAlchemy's, one cheap ping (MySQL's COM_PING) per checkout.
+        "pool_pre_ping": config.database_pool_pre_ping and parsed.get_driver_name() != "asyncpg",
     }
     if null_pool:
         pool = {"poolclass": NullPool}
@@ -141,7 +147,7 @@ def create_engine(
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
     elif is_asyncpg:
         event.listen(engine.sync_engine, "checkin", _forget_pending)
-    if config.database_pool_pre_ping and not null_pool:
+    if config.database_pool_pre_ping and is_asyncpg and not null_pool:
         listen_pre_ping(engine)
     if timeout is not None and mysql:
         event.listen(engine.sync_engine, "connect", _mysql_statement_timeout(timeout))
@@ -169,7 +175,8 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
     """Test ``engine``'s connections at checkout: closed ones always, idle ones with a ping.
 
     A connection whose server side has gone (``pg_terminate_backend``, a restart) is usually
-    already closed on the client, which costs nothing to see. One idle for longer than
+    already closed on the client, or its socket holds the server's goodbye, unread: a look at
+    the socket (no round trip) sees either. One idle for longer than
     `PRE_PING_IDLE_SECONDS` (where a silent firewall drop or an idle timeout hides) is pinged.
     Either way a dead connection raises `DisconnectionError`, on which the pool discards it and
     checks out another; one that dies after this check fails its request with a 503 and takes
@@ -180,10 +187,16 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
     def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         driver = dbapi_connection.driver_connection
         is_closed = getattr(driver, "is_closed", None)
-        if is_closed is not None and is_closed():
+        if is_closed is not None:
+            # One turn of the event loop (no round trip): a close already under way in this
+            # process (a transport aborted, its socket closed on the next turn) lands first.
+            await_(asyncio.sleep(0))
+        state = "closed" if is_closed is not None and is_closed() else _socket_state(driver)
+        if state == "closed":
             raise DisconnectionError("the server closed this connection")
         idle_since = record.info.pop(_IDLE_SINCE_KEY, None)
-        if idle_since is None or time.monotonic() - idle_since <= PRE_PING_IDLE_SECONDS:
+        idle = idle_since is not None and time.monotonic() - idle_since > PRE_PING_IDLE_SECONDS
+        if not (idle or state == "unread"):
             return
         try:
             alive = dialect.do_ping(dbapi_connection)
@@ -197,6 +210,30 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
 
     event.listen(engine.sync_engine, "checkout", checkout)
     event.listen(engine.sync_engine, "checkin", checkin)
+
+
+def _socket_state(driver: Any) -> str:
+    """``closed``, ``unread`` or ``quiet``: what waits on an idle connection's socket, unread.
+
+    The server's goodbye (``pg_terminate_backend``'s FATAL message, then the close) may reach the
+    socket before the event loop has read it. A peek without waiting sees it: nothing waiting is
+    ``quiet``; an end of stream is ``closed``; anything else on an idle pooled connection
+    (``unread``) earns a ping. Drivers without a socket to look at, and platforms without
+    ``MSG_DONTWAIT``, are ``quiet``.
+    """
+    transport = getattr(driver, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or _PEEK_FLAGS is None:
+        return "quiet"
+    try:
+        # A duplicate of the descriptor: the transport's own socket object refuses recv().
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
+            data = duplicate.recv(1, _PEEK_FLAGS)
+    except BlockingIOError:
+        return "quiet"
+    except OSError:
+        return "closed"
+    return "closed" if not data else "unread"
 
 
 def note_reset_at_checkin(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

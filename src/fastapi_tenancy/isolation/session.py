@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
@@ -81,6 +82,26 @@ class TenantSession(Session):
     The legacy bulk methods (``bulk_save_objects``, ``bulk_insert_mappings``,
     ``bulk_update_mappings``) run neither ORM event, so they stamp and verify here.
     """
+
+    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+        # The first statement of a transaction on a pooled connection that died after the
+        # pre-ping's look (a backend killed a moment before) fails with the connection
+        # invalidated. Nothing of the transaction ran, or the server rolled it back, and no
+        # pending change of this session was flushed: running the statement once more on a new
+        # connection repeats nothing. Anything later in a transaction is never retried.
+        transaction = self._transaction
+        retry = (
+            (transaction is None or not transaction._connections)
+            and kwargs.get("_parent_execute_state") is None
+            and self._is_clean()
+        )
+        try:
+            return super()._execute_internal(*args, **kwargs)
+        except DBAPIError as exc:
+            if not (retry and exc.connection_invalidated):
+                raise
+        self.rollback()
+        return super()._execute_internal(*args, **kwargs)
 
     def commit(self) -> None:
         self._reset_at_end()
