@@ -15,15 +15,16 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from fastapi_tenancy.admission import Admitted
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import bind_tenant, reset_tenant
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable, TenancyError
 from fastapi_tenancy.exclusions import PathExclusions
 from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
+from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.observe.events import RequestCompleted
 from fastapi_tenancy.observe.observer import TenancyObserver
 from fastapi_tenancy.principal import PrincipalCheck
+from fastapi_tenancy.resolution.base import Resolution
 from fastapi_tenancy.resolution.path import route_path
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.types import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
@@ -86,24 +87,20 @@ class TenancyMiddleware:
             if not tenancy.started:
                 # No lifespan ran (some test clients and servers skip it): open on first use.
                 await tenancy.start()
-            admitted = await tenancy.admission.admit(scope)
+            tenant, resolution, headers = await tenancy.admission.admit(scope)
         except TenancyError as exc:
             await _reject(scope, send, exc)
             return
-        if admitted.headers:
-            send = _with_headers(send, admitted.headers)
-        child = {
-            **scope,
-            SCOPE_KEY: tenancy,
-            "state": {**scope.get("state", {}), "tenant": admitted.tenant},
-        }
-        if admitted.resolution.mount:
-            child["root_path"] = scope.get("root_path", "") + admitted.resolution.mount
+        if headers:
+            send = _with_headers(send, headers)
+        child = {**scope, SCOPE_KEY: tenancy, "state": {**scope.get("state", {}), "tenant": tenant}}
+        if resolution.mount:
+            child["root_path"] = scope.get("root_path", "") + resolution.mount
         observer = tenancy.observer
-        token = bind_tenant(admitted.tenant)
+        token = bind_tenant(tenant)
         try:
             if kind == "http" and observer.wants(RequestCompleted):
-                await self._serve_observed(child, receive, send, admitted, observer)
+                await self._serve_observed(child, receive, send, tenant, resolution, observer)
             else:
                 await _serve(self.app, child, receive, send, observer)
         finally:
@@ -114,7 +111,8 @@ class TenancyMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
-        admitted: Admitted,
+        tenant: Tenant,
+        resolution: Resolution,
         observer: TenancyObserver,
     ) -> None:
         """`_serve`, then a `RequestCompleted` event with the status sent and the duration."""
@@ -130,10 +128,10 @@ class TenancyMiddleware:
         try:
             await _serve(self.app, scope, receive, send_observed, observer)
         finally:
-            subject = (admitted.resolution.claims or {}).get("sub")
+            subject = (resolution.claims or {}).get("sub")
             await observer.emit(
                 RequestCompleted(
-                    tenant=admitted.tenant,
+                    tenant=tenant,
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
