@@ -39,7 +39,7 @@ from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storag
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.session import SEARCH_PATH_INFO_KEY, TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
-from fastapi_tenancy.isolation.templates import SchemaTemplate
+from fastapi_tenancy.isolation.templates import SchemaTemplate, run_script
 from fastapi_tenancy.models import Tenant
 
 __all__ = ["SchemaIsolation"]
@@ -159,9 +159,7 @@ class SchemaIsolation:
             return False
         try:
             async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                # No SQLAlchemy transaction is open on the connection: the script is its own.
-                await raw.driver_connection.execute(script)  # type: ignore[union-attr]
+                await run_script(conn, script)
         except Exception:
             return False
         return True

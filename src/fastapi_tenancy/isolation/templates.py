@@ -33,7 +33,7 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 from fastapi_tenancy.isolation.naming import checked_storage_name
 
-__all__ = ["DatabaseTemplate", "SchemaTemplate"]
+__all__ = ["DatabaseTemplate", "SchemaTemplate", "run_script"]
 
 logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
@@ -197,3 +197,23 @@ def _render(
     if placeholder is not None and script.count(_PLACEHOLDER) != script.count(_QUOTED):
         return None  # the placeholder appears somewhere other than as the schema: do not guess
     return statements
+
+
+async def run_script(conn: AsyncConnection, script: str) -> None:
+    """Send ``script`` (several statements) to asyncpg as one simple-protocol query.
+
+    SQLAlchemy's asyncpg cursor prepares every statement, and a prepared statement holds one
+    command, so the script goes to the driver connection directly. The engine's statement
+    listeners (slow-query log, statement counts, an app's own auditing) still hear of it as one
+    statement: bypassing the cursor must not make provisioning DDL invisible.
+    """
+    sync = conn.sync_connection
+    assert sync is not None  # an open AsyncConnection always has its sync connection
+    dispatch = sync.dispatch
+    # Listeners key their bookkeeping by cursor; this object stands in for the one not used.
+    cursor = object()
+    dispatch.before_cursor_execute(sync, cursor, script, (), None, False)
+    raw = await conn.get_raw_connection()
+    # No SQLAlchemy transaction is open on the connection: the script is its own.
+    await raw.driver_connection.execute(script)  # type: ignore[union-attr]
+    dispatch.after_cursor_execute(sync, cursor, script, (), None, False)
