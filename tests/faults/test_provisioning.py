@@ -18,6 +18,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import Tenancy, TenantStatus
+from fastapi_tenancy.isolation.templates import is_template_database
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.worker import ProvisioningWorker
 from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
@@ -73,7 +74,13 @@ async def storage_names(url: str, strategy: str) -> set[str]:
             else:
                 rows = await conn.execute(text("SELECT datname FROM pg_database"))
                 names = [str(name) for name in rows.scalars()]
-            return {name for name in names if name.startswith(TEST_STORAGE_PREFIX)}
+            # The template tenant databases are copied from is kept on purpose, not orphaned.
+            return {
+                name
+                for name in names
+                if name.startswith(TEST_STORAGE_PREFIX)
+                and not is_template_database(name, TEST_STORAGE_PREFIX)
+            }
     finally:
         await engine.dispose()
 

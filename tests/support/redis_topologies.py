@@ -61,21 +61,33 @@ def redis_binary() -> str:
     return binary
 
 
+# Ports handed out in this process, cluster bus ports included: servers start after all their
+# ports are picked, so a port free at its probe may be another node's bus port a moment later.
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port(*, bus: bool = False) -> int:
-    """A free loopback port; with ``bus``, port + 10000 (the cluster bus) is free too."""
+    """A free loopback port; with ``bus``, port + 10000 (the cluster bus) is free too.
+
+    Never one handed out before in this process, as a port or as a bus port.
+    """
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port: int = probe.getsockname()[1]
-        if not bus:
-            return port
-        if port + 10000 < 65536:
+        wanted = {port, port + 10000} if bus else {port}
+        if wanted & _HANDED_OUT or port + 10000 in _HANDED_OUT or port - 10000 in _HANDED_OUT:
+            continue
+        if bus:
+            if port + 10000 >= 65536:
+                continue
             with socket.socket() as probe:
                 try:
                     probe.bind(("127.0.0.1", port + 10000))
                 except OSError:
                     continue
-            return port
+        _HANDED_OUT.update(wanted)
+        return port
 
 
 def _until(what: str, check: object, seconds: float = READY_SECONDS) -> None:

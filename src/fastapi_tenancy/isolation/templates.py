@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -33,7 +34,7 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 from fastapi_tenancy.isolation.naming import checked_storage_name
 
-__all__ = ["DatabaseTemplate", "SchemaTemplate", "run_script"]
+__all__ = ["DatabaseTemplate", "SchemaTemplate", "is_template_database", "run_script"]
 
 logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
@@ -42,6 +43,14 @@ logger = logging.getLogger("fastapi_tenancy.lifecycle")
 _PLACEHOLDER = "TenancyTemplateSchema"
 _QUOTED = f'"{_PLACEHOLDER}"'
 _TemplateKey = tuple[tuple[int, tuple[str, ...]], ...]
+
+
+_TEMPLATE_NAME = re.compile(r"tpl_[0-9a-f]{16}_tpl")
+
+
+def is_template_database(name: str, prefix: str) -> bool:
+    """Whether ``name`` is a template database `DatabaseTemplate` keeps under ``prefix``."""
+    return name.startswith(prefix) and _TEMPLATE_NAME.fullmatch(name[len(prefix) :]) is not None
 
 
 class SchemaTemplate:
