@@ -40,7 +40,7 @@ from fastapi_tenancy import (
     TenancyMiddleware,
     Tenant,
 )
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.models import IDENTIFIER_PATTERN
 from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Message, Receive, Scope, Send
@@ -199,7 +199,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             await seeder.delete_tenant("gone")
         for name, overrides in SITE_SETTINGS.items():
             config = _config(database_url, **overrides)
-            store = CountingStore(create_engine(config))
+            store = CountingStore(central_engine(config))
             tenancy = Tenancy(config, store=store)
             await tenancy.start()
             site = Site(TenancyMiddleware(_inner_app, tenancy=tenancy), tenancy, store)

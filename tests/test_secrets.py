@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, TenancyConfig, engines
 from fastapi_tenancy._secrets import redact_url, scrub, url_secrets
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.cli import runtime
-from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.migrations.errors import describe_error, url_passwords
@@ -169,7 +169,7 @@ drivers = st.sampled_from(["postgresql+asyncpg", "mysql+aiomysql"])
 @settings(max_examples=10, deadline=None)
 def test_an_unreachable_store_says_so_without_the_password(password: str, scheme: str) -> None:
     async def lookup() -> ServiceUnavailable:
-        engine = create_engine(TenancyConfig(database_url=refused_url(password, scheme)))
+        engine = central_engine(TenancyConfig(database_url=refused_url(password, scheme)))
         try:
             with pytest.raises(ServiceUnavailable) as caught:
                 await SQLAlchemyTenantStore(engine).get_by_identifier("acme")

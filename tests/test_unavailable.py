@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.store import SQLAlchemyTenantStore
 from tests.support.models import Base
@@ -70,7 +70,7 @@ async def test_a_pool_with_no_free_connection_is_service_unavailable(tenancy: Te
 
 
 async def test_a_missing_tenants_table_is_the_stores_error_not_an_outage(tmp_path: Path) -> None:
-    engine = create_engine(TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
+    engine = central_engine(TenancyConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
     try:
         store = SQLAlchemyTenantStore(engine)  # never initialised: no tenants table
         with pytest.raises(OperationalError, match="no such table") as failure:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.isolation.unavailable import is_unavailable
@@ -100,7 +100,7 @@ async def at_the_store(kind: str, backend: str, url: str, tmp_path: Path) -> Non
         database_pool_pre_ping=False,  # a pre-ping would replace a dropped connection unseen
     )
     async with AsyncExitStack() as stack:
-        engine = create_engine(config)
+        engine = central_engine(config)
         stack.push_async_callback(engine.dispose)
         store = SQLAlchemyTenantStore(engine)
         if kind != "missing_table" and kind != "refused":

@@ -35,29 +35,68 @@ from fastapi_tenancy.resolution.subdomain import SubdomainResolver
 
 if TYPE_CHECKING:
     from fastapi_tenancy.cache.base import CacheObserver, TenantCache
-    from fastapi_tenancy.edge import TraefikEdge
+    from fastapi_tenancy.edge import EdgeSettings, TraefikEdge
     from fastapi_tenancy.lookup import TenantLookup
     from fastapi_tenancy.observe.audit import AuditTrail
     from fastapi_tenancy.observe.metrics import TenancyMetrics
     from fastapi_tenancy.observe.observer import TenancyObserver
     from fastapi_tenancy.observe.slowquery import SlowQueryLog
     from fastapi_tenancy.ratelimit import TenantRateLimiter
+    from fastapi_tenancy.readiness import Readiness
     from fastapi_tenancy.store.base import TenantStore
+    from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = [
     "audit_trail",
     "cache",
+    "central_engine",
     "database_isolation",
     "edge",
+    "edge_settings",
     "isolation",
     "limiter",
     "lookup",
     "metrics",
     "resolver",
+    "rate_limiter",
+    "readiness",
     "signing_keys",
     "slow_queries",
+    "tenancy_metrics",
     "tenant_engine_factory",
+    "traefik_edge",
 ]
+
+
+# The central engine
+
+
+def central_engine(
+    config: TenancyConfig,
+    url: str | None = None,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    echo: bool | None = None,
+    null_pool: bool = False,
+) -> AsyncEngine:
+    """An engine for ``url`` (default: ``database_url``) with the configured pool and timeouts.
+
+    ``pool_size``, ``max_overflow`` and ``echo`` override the settings (tenant engines are small;
+    the CLI keeps its output free of SQL echo).
+    """
+    return create_engine(
+        url or config.database_url,
+        pool_size=config.database_pool_size if pool_size is None else pool_size,
+        max_overflow=config.database_max_overflow if max_overflow is None else max_overflow,
+        pool_timeout=config.database_pool_timeout,
+        pool_recycle=config.database_pool_recycle,
+        pool_pre_ping=config.database_pool_pre_ping,
+        echo=config.database_echo if echo is None else echo,
+        pgbouncer=config.database_pgbouncer,
+        statement_timeout=config.statement_timeout,
+        null_pool=null_pool,
+    )
 
 
 # ① Resolution
@@ -127,10 +166,22 @@ def _one_resolver(
 
 
 def cache(config: TenancyConfig, observer: CacheObserver | None = None) -> TenantCache | None:
-    """The tenant cache the settings ask for (built by `fastapi_tenancy.cache.build`)."""
-    from fastapi_tenancy.cache.build import build_cache
+    """``None`` when caching is off; process memory, in front of Redis when ``redis_url`` is set."""
+    if not config.cache_enabled:
+        return None
+    from fastapi_tenancy.cache.memory import MemoryTenantCache
 
-    return build_cache(config, observer)
+    memory = MemoryTenantCache(config.cache_max_size, observer=observer)
+    if config.redis_url is None:
+        return memory
+    # Imported here: redis-py is an optional extra, needed only when Redis is configured.
+    from fastapi_tenancy.cache.layered import LayeredTenantCache
+    from fastapi_tenancy.cache.redis import RedisTenantCache, redis_client
+
+    client = redis_client(config.redis_url.get_secret_value(), timeout=config.redis_timeout)
+    return LayeredTenantCache(
+        memory, RedisTenantCache(client, prefix=config.cache_key_prefix), observer=observer
+    )
 
 
 def lookup(config: TenancyConfig, store: TenantStore, cache: TenantCache | None) -> TenantLookup:
@@ -147,9 +198,23 @@ def limiter(config: TenancyConfig) -> TenantRateLimiter | None:
     """The per-tenant rate limiter, when ``enable_rate_limiting`` is on."""
     if not config.enable_rate_limiting:
         return None
+    return rate_limiter(config)
+
+
+def rate_limiter(config: TenancyConfig) -> TenantRateLimiter:
+    """The rate limiter the settings describe, whether or not ``enable_rate_limiting`` is on."""
     from fastapi_tenancy.ratelimit import TenantRateLimiter
 
-    return TenantRateLimiter.from_config(config)
+    uri = "async+memory://"
+    if config.redis_url is not None:
+        uri = "async+" + config.redis_url.get_secret_value()
+    return TenantRateLimiter(
+        uri,
+        per_minute=config.rate_limit_per_minute,
+        plans=config.rate_limit_plans,
+        fail_closed=config.rate_limit_fail_closed,
+        timeout=config.redis_timeout,
+    )
 
 
 # ⑤ Isolation
@@ -189,7 +254,7 @@ def tenant_engine_factory(config: TenancyConfig) -> Callable[[str], AsyncEngine]
     size = min(config.tenant_pool_size, config.database_connection_budget)
 
     def factory(url: str) -> AsyncEngine:
-        return create_engine(config, url, pool_size=size, max_overflow=0)
+        return central_engine(config, url, pool_size=size, max_overflow=0)
 
     return factory
 
@@ -203,14 +268,23 @@ def metrics(config: TenancyConfig) -> TenancyMetrics | None:
         return None
     # prometheus-client is an optional extra: imported only when metrics are enabled.
     try:
-        from fastapi_tenancy.observe.metrics import TenancyMetrics
+        return tenancy_metrics(config)
     except ModuleNotFoundError as exc:
         if exc.name != "prometheus_client":
             raise
         raise ConfigurationError(
             "enable_metrics needs prometheus-client: install fastapi-tenancy[metrics]"
         ) from exc
-    return TenancyMetrics.from_config(config)
+
+
+def tenancy_metrics(config: TenancyConfig) -> TenancyMetrics:
+    """The metrics with the configured ``tenant`` label, whether or not ``enable_metrics``."""
+    from fastapi_tenancy.observe.metrics import TenancyMetrics
+
+    return TenancyMetrics(
+        tenant_label=config.metrics_tenant_label,
+        tenant_label_limit=config.metrics_tenant_label_limit,
+    )
 
 
 def slow_queries(
@@ -243,11 +317,47 @@ def audit_trail(
 # Off the request path
 
 
+def readiness(config: TenancyConfig, tenancy: Tenancy) -> Readiness:
+    """``tenancy``'s readiness checks: a pool-less engine of its own, Redis when configured."""
+    from fastapi_tenancy.readiness import Readiness
+
+    return Readiness(
+        tenancy,
+        lambda: central_engine(config, null_pool=True),
+        redis_cache=config.redis_url is not None,
+    )
+
+
 def edge(config: TenancyConfig) -> TraefikEdge | None:
     """The Traefik edge router sync, when ``edge_enabled`` is on."""
     if not config.edge_enabled:
         return None
-    # Imported here: the request path never needs it.
+    return traefik_edge(config)
+
+
+def edge_settings(config: TenancyConfig) -> EdgeSettings:
+    """Where and how the routers are written: the ``edge_*`` settings and ``domain_suffix``."""
+    from fastapi_tenancy.edge import EdgeSettings
+
+    return EdgeSettings(
+        service=config.edge_service,
+        root_key=config.edge_root_key,
+        router_prefix=config.edge_router_prefix,
+        domain_suffix=config.domain_suffix,
+        service_urls=config.edge_service_urls,
+        entrypoints=config.edge_entrypoints,
+        cert_resolver=config.edge_cert_resolver,
+    )
+
+
+def traefik_edge(config: TenancyConfig) -> TraefikEdge:
+    """The edge sync on ``edge_redis_url`` (or ``redis_url``), whether or not ``edge_enabled``."""
+    url = config.edge_redis_url or config.redis_url
+    if url is None:
+        raise ConfigurationError("edge routing needs TENANCY_EDGE_REDIS_URL or REDIS_URL")
+    # Imported here: the request path never needs them.
+    from fastapi_tenancy._redis import redis_client
     from fastapi_tenancy.edge import TraefikEdge
 
-    return TraefikEdge.from_config(config)
+    client = redis_client(url.get_secret_value(), timeout=config.redis_timeout)
+    return TraefikEdge(client, edge_settings(config))

@@ -1,4 +1,4 @@
-"""Engine construction: one place turns the pool settings of `TenancyConfig` into an AsyncEngine."""
+"""Engine construction: pool settings in, an AsyncEngine with the session hygiene out."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, Stati
 from sqlalchemy.util import await_
 
 from fastapi_tenancy._secrets import redact_url
-from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.pgwire import (
     POSTGRES_SESSION_RESET,
@@ -73,34 +72,38 @@ _SESSION_STATE_KEY = "fastapi_tenancy.session_state"
 
 
 def create_engine(
-    config: TenancyConfig,
-    url: str | None = None,
+    url: str,
     *,
-    pool_size: int | None = None,
-    max_overflow: int | None = None,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 30.0,
+    pool_recycle: int = 1800,
+    pool_pre_ping: bool = True,
+    echo: bool = False,
+    pgbouncer: bool = False,
+    statement_timeout: float | None = None,
     null_pool: bool = False,
 ) -> AsyncEngine:
-    """An AsyncEngine for ``url`` (default: ``config.database_url``) with the configured pool.
+    """An AsyncEngine for ``url`` with the given pool (`_wiring.central_engine` maps the settings).
 
-    ``pool_size`` and ``max_overflow`` override the central pool's sizes (tenant engines are small).
-    ``null_pool`` opens a new connection for every use and keeps none (readiness checks), except
-    for an in-memory SQLite database, which only exists in its one shared connection.
+    ``pgbouncer`` means ``url`` is PgBouncer in transaction mode (no prepared-statement caches,
+    no session reset); ``statement_timeout`` caps each statement, in seconds. ``null_pool`` opens
+    a new connection for every use and keeps none (readiness checks), except for an in-memory
+    SQLite database, which only exists in its one shared connection.
     """
     try:
-        parsed = make_url(url or config.database_url)
+        parsed = make_url(url)
     except Exception as exc:
-        raise ConfigurationError(
-            f"database URL {redact_url(url or config.database_url)} cannot be parsed"
-        ) from exc
-    options: dict[str, Any] = {"echo": config.database_echo}
+        raise ConfigurationError(f"database URL {redact_url(url)} cannot be parsed") from exc
+    options: dict[str, Any] = {"echo": echo}
     pool: dict[str, Any] = {
-        "pool_size": config.database_pool_size if pool_size is None else pool_size,
-        "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
-        "pool_timeout": config.database_pool_timeout,
-        "pool_recycle": config.database_pool_recycle,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": pool_timeout,
+        "pool_recycle": pool_recycle,
         # On asyncpg, pre-ping is the checkout hook below (closed or idle connections only);
         # other drivers keep SQLAlchemy's, one cheap ping (MySQL's COM_PING) per checkout.
-        "pool_pre_ping": config.database_pool_pre_ping and parsed.get_driver_name() != "asyncpg",
+        "pool_pre_ping": pool_pre_ping and parsed.get_driver_name() != "asyncpg",
     }
     if null_pool:
         pool = {"poolclass": NullPool}
@@ -116,7 +119,7 @@ def create_engine(
         # Lets a tenant transaction's binding ride on its BEGIN (fastapi_tenancy.pgwire).
         with suppress(ImportError):  # a missing driver is reported below, with its fix
             options["connect_args"] = {"connection_class": connection_class()}
-    if config.database_pgbouncer and is_asyncpg:
+    if pgbouncer and is_asyncpg:
         # PgBouncer in transaction mode hands each transaction to any server connection, so a
         # prepared statement must never outlive its transaction or reuse a name: no caches, and
         # a fresh name for every statement.
@@ -124,7 +127,7 @@ def create_engine(
         options.setdefault("connect_args", {}).update(
             statement_cache_size=0, prepared_statement_name_func=_unique_statement_name
         )
-    timeout = config.statement_timeout
+    timeout = statement_timeout
     if timeout is not None and is_asyncpg:
         # Client side: asyncpg cancels the statement on the server when it runs too long, and
         # the wait also ends when the network stalls. No session setting, so nothing to reset
@@ -139,7 +142,7 @@ def create_engine(
         raise ConfigurationError(
             f"{redact_url(parsed)} needs the {driver} driver, which is not installed: {fix}"
         ) from exc
-    if is_asyncpg and not (config.database_pgbouncer or null_pool):
+    if is_asyncpg and not (pgbouncer or null_pool):
         # A NullPool closes every connection it is given back: nothing to reset. Behind PgBouncer
         # in transaction mode the next transaction may run on any server connection, so the
         # reset belongs to PgBouncer (server_reset_query_always); see docs/isolation.md.
@@ -147,7 +150,7 @@ def create_engine(
         event.listen(engine.sync_engine, "reset", reset_postgres_session)
     elif is_asyncpg:
         event.listen(engine.sync_engine, "checkin", _forget_pending)
-    if config.database_pool_pre_ping and is_asyncpg and not null_pool:
+    if pool_pre_ping and is_asyncpg and not null_pool:
         listen_pre_ping(engine)
     if timeout is not None and mysql:
         event.listen(engine.sync_engine, "connect", _mysql_statement_timeout(timeout))

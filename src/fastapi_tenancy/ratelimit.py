@@ -24,12 +24,13 @@ from limits.storage import Storage as SyncStorage
 from limits.storage import storage_from_string
 
 from fastapi_tenancy._redis import REDIS_SCHEMES, redact_redis_url
-from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError, RateLimitExceeded, ServiceUnavailable
 from fastapi_tenancy.models import Tenant
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
+
+    from fastapi_tenancy.config import TenancyConfig
 
 __all__ = ["RateDecision", "RedisMovingWindow", "TenantRateLimiter"]
 
@@ -104,16 +105,10 @@ class TenantRateLimiter:
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> TenantRateLimiter:
-        uri = "async+memory://"
-        if config.redis_url is not None:
-            uri = "async+" + config.redis_url.get_secret_value()
-        return cls(
-            uri,
-            per_minute=config.rate_limit_per_minute,
-            plans=config.rate_limit_plans,
-            fail_closed=config.rate_limit_fail_closed,
-            timeout=config.redis_timeout,
-        )
+        """The limiter the settings describe (`fastapi_tenancy._wiring.rate_limiter`)."""
+        from fastapi_tenancy import _wiring
+
+        return _wiring.rate_limiter(config)
 
     @property
     def fail_closed(self) -> bool:

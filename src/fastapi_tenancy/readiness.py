@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
 
 if TYPE_CHECKING:
@@ -93,8 +92,18 @@ class Readiness:
         report.ready, report.as_json()
     """
 
-    def __init__(self, tenancy: Tenancy) -> None:
+    def __init__(
+        self,
+        tenancy: Tenancy,
+        probe_engine: Callable[[], AsyncEngine],
+        *,
+        redis_cache: bool = False,
+    ) -> None:
+        """``probe_engine`` builds the check's own engine (no pool); ``redis_cache``: the tenant
+        cache has a Redis layer to check."""
         self._tenancy = tenancy
+        self._probe_engine = probe_engine
+        self._redis_cache = redis_cache
         self._engine: AsyncEngine | None = None
 
     async def check(self, seconds: float = DEFAULT_TIMEOUT_SECONDS) -> ReadinessReport:
@@ -106,7 +115,7 @@ class Readiness:
         limiter = tenancy.limiter
         if limiter is not None and limiter.shared:
             checks["redis_rate_limit"] = (limiter.fail_closed, self._rate_limit_storage)
-        if _redis_client_of(tenancy) is not None:
+        if self._redis_client() is not None:
             checks["redis_cache"] = (False, self._cache)
         results = await asyncio.gather(
             *(_timed(name, required, probe, seconds) for name, (required, probe) in checks.items())
@@ -122,7 +131,7 @@ class Readiness:
         tenancy = self._tenancy
         await tenancy.start()
         if self._engine is None:
-            self._engine = create_engine(tenancy.config, null_pool=True)
+            self._engine = self._probe_engine()
         async with self._engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
@@ -132,19 +141,18 @@ class Readiness:
             raise ConnectionError("the rate limit storage does not answer PING")
 
     async def _cache(self) -> None:
-        client = _redis_client_of(self._tenancy)
+        client = self._redis_client()
         if client is not None:
             await client.ping()
 
+    def _redis_client(self) -> Redis | RedisCluster | None:
+        """The Redis client of the tenant cache, when the cache is the Redis-backed one."""
+        if not self._redis_cache:
+            return None  # redis-py is an optional extra: imported only when Redis is configured
+        from fastapi_tenancy.cache.layered import LayeredTenantCache
 
-def _redis_client_of(tenancy: Tenancy) -> Redis | RedisCluster | None:
-    """The Redis client of the tenant cache, when the cache is the Redis-backed one."""
-    if tenancy.config.redis_url is None:
-        return None  # redis-py is an optional extra: imported only when Redis is configured
-    from fastapi_tenancy.cache.layered import LayeredTenantCache
-
-    cache = tenancy.cache
-    return cache.redis.client if isinstance(cache, LayeredTenantCache) else None
+        cache = self._tenancy.cache
+        return cache.redis.client if isinstance(cache, LayeredTenantCache) else None
 
 
 async def _timed(

@@ -16,7 +16,6 @@ from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
-from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
@@ -29,7 +28,6 @@ from fastapi_tenancy.observe.observer import TenancyObserver, compose, handler
 from fastapi_tenancy.observe.slowquery import SlowQueryLog
 from fastapi_tenancy.principal import PrincipalCheck
 from fastapi_tenancy.ratelimit import TenantRateLimiter
-from fastapi_tenancy.readiness import Readiness
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
 from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.store.base import TenantStore
@@ -76,7 +74,7 @@ class Tenancy:
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
         self.metrics: TenancyMetrics | None = _wiring.metrics(self.config)
-        self.engine: AsyncEngine = create_engine(self.config)
+        self.engine: AsyncEngine = _wiring.central_engine(self.config)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
         if cache is None:
             cache = _wiring.cache(self.config, self.metrics)
@@ -116,7 +114,7 @@ class Tenancy:
         self.edge: TraefikEdge | None = _wiring.edge(self.config)
         if self.edge is not None:
             self.edge.attach(self)
-        self.readiness = Readiness(self)
+        self.readiness = _wiring.readiness(self.config, self)
         self._lock = asyncio.Lock()
         self._started = False
 

@@ -46,7 +46,7 @@ class CountingObserver:
 async def layered(
     url: str = REDIS_URL, prefix: str | None = None, **options: object
 ) -> AsyncIterator[LayeredTenantCache]:
-    """A started layered cache: one "process" of the app, wired as `build_cache` wires it."""
+    """A started layered cache: one "process" of the app, wired as `_wiring.cache` wires it."""
     memory = options.pop("memory", None)
     if not isinstance(memory, MemoryTenantCache):
         observer = options.get("observer")

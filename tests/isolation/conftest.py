@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy import TenancyConfig
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(TenancyConfig(database_url=database_url))
+    engine = central_engine(TenancyConfig(database_url=database_url))
     yield engine
     await engine.dispose()

@@ -19,7 +19,8 @@ from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import CrossTenantAccess, Tenancy, TenancyConfig
-from fastapi_tenancy.engines import create_engine, reset_postgres_session
+from fastapi_tenancy._wiring import central_engine
+from fastapi_tenancy.engines import reset_postgres_session
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 from tests.support.backends import TEST_STORAGE_PREFIX
 from tests.support.models import Base, Item
@@ -172,8 +173,8 @@ async def test_autocommit_writes_never_land_in_public_under_search_path() -> Non
 
 def test_behind_pgbouncer_the_pool_leaves_the_reset_to_pgbouncer() -> None:
     url = "postgresql+asyncpg://app@db/app"
-    direct = create_engine(TenancyConfig(database_url=url))
-    bounced = create_engine(TenancyConfig(database_url=url, database_pgbouncer=True))
+    direct = central_engine(TenancyConfig(database_url=url))
+    bounced = central_engine(TenancyConfig(database_url=url, database_pgbouncer=True))
     assert event.contains(direct.sync_engine, "reset", reset_postgres_session)
     assert not event.contains(bounced.sync_engine, "reset", reset_postgres_session)
 

@@ -57,7 +57,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation import RowIsolation, TenantTables
 from tests.conftest import empty_database
 from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
@@ -363,7 +363,7 @@ async def open_world(kind: str, tmp_path: Path) -> AsyncIterator[World]:
             # The owner of the checks is a superuser here: the owner role is itself under the
             # forced policies and would see no row.
             owner = create_async_engine(database.superuser_url, poolclass=NullPool)
-            app = create_engine(TenancyConfig(database_url=database.app_url))
+            app = central_engine(TenancyConfig(database_url=database.app_url))
             isolation = RowIsolation(app, TenantTables(Base.metadata), row_level_security=True)
             try:
                 await isolation.start()
@@ -373,7 +373,7 @@ async def open_world(kind: str, tmp_path: Path) -> AsyncIterator[World]:
                 await owner.dispose()
         return
     async with empty_database(kind, tmp_path) as url:
-        engine = create_engine(TenancyConfig(database_url=url))
+        engine = central_engine(TenancyConfig(database_url=url))
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)

@@ -9,7 +9,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy import ConfigurationError, Tenancy, Tenant
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation import SchemaIsolation, TenantTables
 from fastapi_tenancy.isolation.naming import checked_storage_name, choose_storage_name
 from fastapi_tenancy.isolation.schema import Binding
@@ -40,7 +40,7 @@ async def tenancy(database_url: str, binding: Binding) -> AsyncIterator[Tenancy]
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(isolation_config(("schema", database_url)))
+    engine = central_engine(isolation_config(("schema", database_url)))
     yield engine
     await engine.dispose()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.store import MemoryTenantStore, SQLAlchemyTenantStore, TenantStore
@@ -32,7 +32,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await memory.close()
         return
     async with empty_database(request.param, tmp_path) as url:
-        engine = create_engine(TenancyConfig(database_url=url))
+        engine = central_engine(TenancyConfig(database_url=url))
         sql = SQLAlchemyTenantStore(engine)
         try:
             await sql.initialize()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine, redact_url
+from fastapi_tenancy.engines import redact_url
 from fastapi_tenancy.exceptions import ServiceUnavailable
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore, tenants_table
@@ -54,7 +55,7 @@ async def test_unreachable_database_raises_service_unavailable_without_the_passw
     url: str, operation: str, tmp_path: Path
 ) -> None:
     url = url.format(tmp_path=tmp_path)
-    engine = create_engine(TenancyConfig(database_url=url, database_pool_timeout=5))
+    engine = central_engine(TenancyConfig(database_url=url, database_pool_timeout=5))
     store = SQLAlchemyTenantStore(engine)
     try:
         with pytest.raises(ServiceUnavailable) as caught:
@@ -70,7 +71,7 @@ async def test_unreachable_database_raises_service_unavailable_without_the_passw
 
 @all_databases
 async def test_close_leaves_the_engine_open(database_url: str) -> None:
-    engine = create_engine(TenancyConfig(database_url=database_url))
+    engine = central_engine(TenancyConfig(database_url=database_url))
     pool = engine.sync_engine.pool
     try:
         store = SQLAlchemyTenantStore(engine)
@@ -88,7 +89,7 @@ async def test_close_leaves_the_engine_open(database_url: str) -> None:
 async def test_concurrent_initialize_from_two_processes_creates_one_table(
     database_url: str,
 ) -> None:
-    engines = [create_engine(TenancyConfig(database_url=database_url)) for _ in range(2)]
+    engines = [central_engine(TenancyConfig(database_url=database_url)) for _ in range(2)]
     try:
         stores = [SQLAlchemyTenantStore(engine) for engine in engines]
         await asyncio.gather(*(store.initialize() for store in stores))
@@ -107,7 +108,7 @@ async def test_concurrent_initialize_from_two_processes_creates_one_table(
 async def test_timestamps_come_back_in_utc_and_naive_ones_are_read_as_utc(
     database_url: str,
 ) -> None:
-    engine = create_engine(TenancyConfig(database_url=database_url))
+    engine = central_engine(TenancyConfig(database_url=database_url))
     try:
         store = SQLAlchemyTenantStore(engine)
         await store.initialize()

@@ -42,9 +42,9 @@ def _group_help(parser: argparse.ArgumentParser) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     async def sync(tenancy: Tenancy) -> int:
-        from fastapi_tenancy.edge import TraefikEdge
+        from fastapi_tenancy import _wiring
 
-        edge = TraefikEdge.from_config(tenancy.config)
+        edge = _wiring.traefik_edge(tenancy.config)
         try:
             plan = await edge.sync(tenancy, dry_run=args.dry_run)
         finally:

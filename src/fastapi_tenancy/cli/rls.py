@@ -13,6 +13,7 @@ import argparse
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
 
+from fastapi_tenancy import _wiring
 from fastapi_tenancy.cli.output import print_json
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
@@ -21,7 +22,6 @@ from fastapi_tenancy.cli.runtime import (
     run_with_config,
 )
 from fastapi_tenancy.config import TenancyConfig
-from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.rls import POLICY_NAME, TENANT_SETTING, RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -116,7 +116,7 @@ async def _apply(config: TenancyConfig) -> int:
     tables = rls_tables(config)
     if not tables:
         raise ConfigurationError(f"{config.tenant_metadata!r} has no table with a tenant_id column")
-    engine = create_engine(config.model_copy(update={"database_echo": False}))
+    engine = _wiring.central_engine(config, echo=False)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(apply_policies, tables)
@@ -130,7 +130,7 @@ async def _apply(config: TenancyConfig) -> int:
 def _check(args: argparse.Namespace) -> int:
     async def check(config: TenancyConfig) -> int:
         tables = rls_tables(config)
-        engine = create_engine(config.model_copy(update={"database_echo": False}))
+        engine = _wiring.central_engine(config, echo=False)
         try:
             async with engine.connect() as conn:
                 problems = await conn.run_sync(find_problems, tables)

@@ -30,7 +30,7 @@ MAX_ENTRYPOINTS = 16
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
-    """Where and how the routers are written; `from_config` reads the ``edge_*`` settings."""
+    """Where and how the routers are written (`from_config`: from the ``edge_*`` settings)."""
 
     service: str = "tenancy-app"
     root_key: str = "traefik"
@@ -42,15 +42,9 @@ class EdgeSettings:
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> EdgeSettings:
-        return cls(
-            service=config.edge_service,
-            root_key=config.edge_root_key,
-            router_prefix=config.edge_router_prefix,
-            domain_suffix=config.domain_suffix,
-            service_urls=config.edge_service_urls,
-            entrypoints=config.edge_entrypoints,
-            cert_resolver=config.edge_cert_resolver,
-        )
+        from fastapi_tenancy import _wiring
+
+        return _wiring.edge_settings(config)
 
     def router_name(self, identifier: str) -> str:
         return f"{self.router_prefix}{identifier}"
@@ -154,13 +148,9 @@ class TraefikEdge:
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> TraefikEdge:
-        url = config.edge_redis_url or config.redis_url
-        if url is None:
-            raise ConfigurationError("edge routing needs TENANCY_EDGE_REDIS_URL or REDIS_URL")
-        from fastapi_tenancy._redis import redis_client
+        from fastapi_tenancy import _wiring
 
-        client = redis_client(url.get_secret_value(), timeout=config.redis_timeout)
-        return cls(client, EdgeSettings.from_config(config))
+        return _wiring.traefik_edge(config)
 
     # Events.
 

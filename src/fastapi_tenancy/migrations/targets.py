@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy import _wiring
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_database_url
 from fastapi_tenancy.migrations.locks import SHARED_LOCK_KEY
@@ -85,7 +85,7 @@ async def connect(tenancy: Tenancy, target: MigrationTarget) -> AsyncIterator[As
             yield conn
         return
     # A one-connection engine per tenant: the app's engine cache and pools are left alone.
-    engine = create_engine(tenancy.config, target.url, pool_size=1, max_overflow=0)
+    engine = _wiring.central_engine(tenancy.config, target.url, pool_size=1, max_overflow=0)
     try:
         async with engine.connect() as conn:
             yield conn

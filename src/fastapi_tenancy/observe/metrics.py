@@ -232,10 +232,10 @@ class TenancyMetrics(TenancyObserver):
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> TenancyMetrics:
-        return cls(
-            tenant_label=config.metrics_tenant_label,
-            tenant_label_limit=config.metrics_tenant_label_limit,
-        )
+        """The metrics the settings describe, enabled or not (`fastapi_tenancy._wiring`)."""
+        from fastapi_tenancy import _wiring
+
+        return _wiring.tenancy_metrics(config)
 
     @property
     def families(self) -> tuple[MetricWrapperBase, ...]:

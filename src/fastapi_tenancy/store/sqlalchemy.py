@@ -134,7 +134,7 @@ class SQLAlchemyTenantStore:
 
     Example::
 
-        engine = create_engine(TenancyConfig())
+        engine = create_engine("sqlite+aiosqlite:///./tenancy.db")
         store = SQLAlchemyTenantStore(engine)
         await store.initialize()
         tenant = await store.add(Tenant(identifier="acme", name="Acme"))
