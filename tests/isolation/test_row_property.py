@@ -427,3 +427,21 @@ async def test_the_check_catches_core_statements_the_orm_filter_never_sees(
     async with open_world("sqlite", tmp_path) as world:
         with pytest.raises(AssertionError, match=found):
             await check(world, [Step(code)])
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "out = session.execute(update(Car).where(Car.name.like('%1%')).values(name='a:new'))"
+        ".rowcount",
+        "out = session.execute(update(Car).where(Car.doors > 0).values(name='a:x')).rowcount",
+        "out = session.execute(update(Car).where(Car.name != '').values(doors=9)).rowcount",
+        "out = session.execute(delete(Car).where(Car.name.like('%1%'))).rowcount",
+    ],
+)
+async def test_a_joined_subclass_statement_naming_base_columns_stays_in_the_tenant(
+    world: World, code: str
+) -> None:
+    # Found by the property run on MariaDB: the ORM names the subclass and base tables of such
+    # an UPDATE without joining them, so every tenant's base rows matched.
+    await check(world, [Step(code)])

@@ -419,7 +419,14 @@ def confine_update_or_delete(
         rows = parameter_rows(parameters)
         check_parameters(rows, tenant_id)
         check_statement_values(statement, rows, tenant_id)
-    if not facts.joins_to_tenant_table:
+    joins = facts.joins_to_tenant_table
+    if _names_ancestor_tables(statement, facts.mapper):
+        # A column of a base table in the SET, WHERE or RETURNING makes the statement span the
+        # hierarchy's tables, and the ORM names them without joining them (MySQL: UPDATE cars,
+        # vehicles ... WHERE cars.tenant_id = :tenant): every tenant's base rows would match.
+        # Joined up to the root, each base row is the tenant's own subclass row.
+        joins = facts.joins_to_root
+    if not joins:
         return statement
     if statement.is_delete and dialect == "sqlite":
         raise CrossTenantAccess(
@@ -431,7 +438,29 @@ def confine_update_or_delete(
     # The ORM puts the tenant condition on the base table without joining it to the subclass
     # table, which would match every tenant's subclass rows.
     hint = "is_delete_using" if statement.is_delete else "is_update_from"
-    return statement.where(*facts.joins_to_tenant_table).execution_options(**{hint: True})
+    return statement.where(*joins).execution_options(**{hint: True})
+
+
+def _names_ancestor_tables(statement: Any, mapper: Mapper[Any]) -> bool:
+    """Whether an UPDATE or DELETE of ``mapper`` names a column of an ancestor's table."""
+    if mapper.inherits is None:
+        return False
+    ancestors = {m.local_table for m in mapper.iterate_to_root()} - {mapper.local_table}
+    expressions: list[Any] = [*statement._where_criteria, *getattr(statement, "_returning", ())]
+    for key, value in (getattr(statement, "_values", None) or {}).items():
+        expressions.append(value)
+        if isinstance(key, str):
+            prop = mapper.attrs.get(key)
+            expressions.extend(getattr(prop, "columns", ()))
+        else:
+            expressions.append(key)
+    for expression in expressions:
+        if not isinstance(expression, ClauseElement):
+            continue
+        for element in visitors.iterate(expression):
+            if getattr(element, "table", None) in ancestors:
+                return True
+    return False
 
 
 def confine_column_load(statement: Any, facts: ScopedFacts, tenant_id: str) -> Any:
