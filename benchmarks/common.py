@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -50,3 +56,41 @@ async def drop_schemas(url: str, prefix: str) -> None:
         for (name,) in names.all():
             await conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     await engine.dispose()
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(app: str, env: dict[str, str], *, wait_seconds: float = 60) -> AsyncIterator[int]:
+    """Run ``uvicorn <app> --factory`` (``module:factory``) until the block ends; yields its port.
+
+    The apps of one comparison run as separate processes side by side, so none is measured
+    while another warms up in the same interpreter.
+    """
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "uvicorn", app, "--factory"),
+        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
+        env=env,
+        cwd=REPOSITORY,
+    )
+    try:
+        for _ in range(int(wait_seconds * 10)):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        await process.wait()

@@ -33,13 +33,10 @@ import bisect
 import itertools
 import os
 import random
-import socket
 import statistics
-import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, Header
 from sqlalchemy import String, insert, select, text
@@ -53,9 +50,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
+from benchmarks import common
 from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware, get_tenant_session
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = common.REPOSITORY
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 PREFIX = "h5_fleet"
 TEMPLATE = f"{PREFIX}_template"
@@ -270,35 +268,9 @@ async def register_tenants(environment: dict[str, str], tenants: list[str], serv
 # --- measuring ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve(factory: str, env: dict[str, str]) -> AsyncIterator[int]:
+def serve(factory: str, env: dict[str, str]) -> AbstractAsyncContextManager[int]:
     """Run ``uvicorn benchmarks.fleet:<factory>`` until the block ends; yields its port."""
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "uvicorn", f"benchmarks.fleet:{factory}", "--factory"),
-        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
-        env=env,
-        cwd=REPOSITORY,
-    )
-    try:
-        for _ in range(600):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        await process.wait()
+    return common.serve(f"benchmarks.fleet:{factory}", env)
 
 
 @dataclass

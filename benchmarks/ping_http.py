@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from benchmarks import common
 from benchmarks.ping import MIN_RATIO, TENANTS, ping_app
 from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = common.REPOSITORY
 
 
 def bare() -> FastAPI:
@@ -41,35 +39,9 @@ def with_tenancy() -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve(factory: str, env: dict[str, str]) -> AsyncIterator[int]:
+def serve(factory: str, env: dict[str, str]) -> AbstractAsyncContextManager[int]:
     """Run ``uvicorn benchmarks.ping_http:<factory>`` until the block ends; yields its port."""
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "uvicorn", f"benchmarks.ping_http:{factory}", "--factory"),
-        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
-        env=env,
-        cwd=REPOSITORY,
-    )
-    try:
-        for _ in range(300):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        await process.wait()
+    return common.serve(f"benchmarks.ping_http:{factory}", env, wait_seconds=30)
 
 
 async def load(port: int, seconds: float, connections: int) -> float:
@@ -108,10 +80,16 @@ async def load(port: int, seconds: float, connections: int) -> float:
 async def run(seconds: float, rounds: int, connections: int) -> bool:
     directory = Path(tempfile.mkdtemp(prefix="tenancy-ping-http-"))
     database = f"sqlite+aiosqlite:///{directory / 'tenants.db'}"
-    async with Tenancy(TenancyConfig(database_url=database)) as tenancy:
+    # /ping reads no table, so the tenants get none.
+    async with Tenancy(TenancyConfig(database_url=database, tenant_tables="none")) as tenancy:
         for n in range(TENANTS):
             await tenancy.create_tenant(f"tenant-{n}")
-    env = {**os.environ, "TENANCY_DATABASE_URL": database, "PYTHONPATH": str(REPOSITORY)}
+    env = {
+        **os.environ,
+        "TENANCY_DATABASE_URL": database,
+        "TENANCY_TENANT_TABLES": "none",
+        "PYTHONPATH": str(REPOSITORY),
+    }
     rates: dict[str, list[float]] = {"bare FastAPI": [], "tenancy (header, warm cache)": []}
     async with serve("bare", env) as bare_port, serve("with_tenancy", env) as tenancy_port:
         ports = dict(zip(rates, (bare_port, tenancy_port), strict=True))
