@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -152,11 +153,16 @@ class SQLAlchemyTenantStore:
                     await self._create_table()
                     return
                 except DBAPIError as exc:
-                    if is_unavailable(exc) or attempt == CREATE_ATTEMPTS - 1:
+                    if (is_unavailable(exc) and not _sqlite_busy(exc)) or (
+                        attempt == CREATE_ATTEMPTS - 1
+                    ):
                         raise
                     # Another process created the table between the existence check and CREATE
                     # TABLE; a later check sees it once that process has committed. A real
-                    # failure repeats and propagates.
+                    # failure repeats and propagates. On SQLite the loser of that race gets
+                    # SQLITE_BUSY at once (its read lock cannot become a write lock while the
+                    # other writes; the busy timeout does not apply): the same race, not an
+                    # outage.
                     await asyncio.sleep(0.05 * (attempt + 1))
 
     async def close(self) -> None:
@@ -412,3 +418,12 @@ def _to_domain(row: Row[Any]) -> Domain:
 
 def _to_tenant(row: Row[Any]) -> Tenant:
     return Tenant.model_validate(dict(row._mapping))
+
+
+def _sqlite_busy(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY)."""
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    return (
+        isinstance(orig, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+    )
