@@ -115,7 +115,7 @@ async def test_a_missing_driver_refuses_to_start_with_the_install_command(
     assert code != 0, lines
     assert library_lines(lines) == [
         "ERROR:    fastapi-tenancy: postgresql+asyncpg://app@127.0.0.1:9/app needs the asyncpg "
-        'driver, which is not installed: pip install "fastapi-tenancy[postgres]"'
+        'driver, which is not installed: pip install "fastapi-tenancy-kit[postgres]"'
     ], lines
     assert not any("Uvicorn running" in line or "unsupported" in line for line in lines), lines
 

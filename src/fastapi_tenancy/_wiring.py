@@ -273,7 +273,7 @@ def metrics(config: TenancyConfig) -> TenancyMetrics | None:
         if exc.name != "prometheus_client":
             raise
         raise ConfigurationError(
-            "enable_metrics needs prometheus-client: install fastapi-tenancy[metrics]"
+            "enable_metrics needs prometheus-client: install fastapi-tenancy-kit[metrics]"
         ) from exc
 
 

@@ -138,7 +138,7 @@ def create_engine(
     except ImportError as exc:
         driver = parsed.get_driver_name()
         extra = DRIVER_EXTRAS.get(driver)
-        fix = f'pip install "fastapi-tenancy[{extra}]"' if extra else f"install {driver}"
+        fix = f'pip install "fastapi-tenancy-kit[{extra}]"' if extra else f"install {driver}"
         raise ConfigurationError(
             f"{redact_url(parsed)} needs the {driver} driver, which is not installed: {fix}"
         ) from exc

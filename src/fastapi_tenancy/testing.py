@@ -12,7 +12,7 @@
 runtime exactly as under a server. ``harness.client(identifier)`` is an ``httpx.AsyncClient``
 bound to the tenant the way the app's ``resolution_strategy`` reads it: the tenant header, a
 subdomain host, a signed JWT, or a path prefix. Install with ``pip install
-'fastapi-tenancy[testing]'``.
+'fastapi-tenancy-kit[testing]'``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "fastapi_tenancy.testing needs httpx and asgi-lifespan; install them with: "
-        "pip install 'fastapi-tenancy[testing]'"
+        "pip install 'fastapi-tenancy-kit[testing]'"
     ) from exc
 
 __all__ = [

@@ -61,7 +61,7 @@ async def main(directory: Path) -> None:
     assert response.json() == {"tenant": "acme", "notes": 0}, response.json()
     assert resources.files("fastapi_tenancy").joinpath("py.typed").is_file()
     version, origin = fastapi_tenancy.__version__, fastapi_tenancy.__file__
-    print(f"smoke ok: fastapi-tenancy {version} from {origin}")
+    print(f"smoke ok: fastapi-tenancy-kit {version} from {origin}")
 
 
 if __name__ == "__main__":

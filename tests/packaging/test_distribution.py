@@ -24,6 +24,8 @@ ROOT = Path(__file__).parent.parent.parent
 SMOKE = Path(__file__).parent / "smoke.py"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 VERSION = PROJECT["version"]
+# The file-name form of the distribution name (PEP 427): fastapi-tenancy-kit → fastapi_tenancy_kit.
+DIST = PROJECT["name"].replace("-", "_")
 # What a distribution must never carry: local databases, environments, caches, VCS data.
 JUNK_PARTS = {".venv", ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".nox"}
 JUNK_SUFFIXES = (".db", ".db-journal", ".db-wal", ".db-shm", ".pyc")
@@ -70,10 +72,10 @@ def test_version_is_one_string_everywhere() -> None:
 
 
 def test_sdist_has_license_readme_and_typing_marker_and_no_junk(dist: Path) -> None:
-    sdist = only(dist, f"fastapi_tenancy-{VERSION}.tar.gz")
+    sdist = only(dist, f"{DIST}-{VERSION}.tar.gz")
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
-    top = f"fastapi_tenancy-{VERSION}"
+    top = f"{DIST}-{VERSION}"
     for required in (
         "LICENSE",
         "README.md",
@@ -88,10 +90,10 @@ def test_sdist_has_license_readme_and_typing_marker_and_no_junk(dist: Path) -> N
 
 
 def test_wheel_has_the_package_typing_marker_license_and_console_script(dist: Path) -> None:
-    wheel = only(dist, f"fastapi_tenancy-{VERSION}-py3-none-any.whl")
+    wheel = only(dist, f"{DIST}-{VERSION}-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        info = f"fastapi_tenancy-{VERSION}.dist-info"
+        info = f"{DIST}-{VERSION}.dist-info"
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
         metadata = archive.read(f"{info}/METADATA").decode()
     assert "fastapi_tenancy/py.typed" in names
@@ -99,6 +101,7 @@ def test_wheel_has_the_package_typing_marker_license_and_console_script(dist: Pa
     assert any(name.startswith(f"{info}/licenses/LICENSE") for name in names), names
     assert "fastapi-tenancy = fastapi_tenancy.cli:main" in entry_points
     assert "Provides-Extra: testing" in metadata
+    assert f"Name: {PROJECT['name']}\n" in metadata
     assert all(name.startswith(("fastapi_tenancy/", info)) for name in names), names
     assert_no_junk(names)
 
@@ -114,7 +117,7 @@ def test_distribution_installs_in_a_fresh_venv_and_serves_a_tenant(
     bin_dir = env_dir / "bin"
     run(bin_dir / "python", "-m", "pip", "install", "--quiet", f"{package}[testing]")
     output = run(bin_dir / "python", SMOKE, tmp_path, cwd=tmp_path)
-    assert f"smoke ok: fastapi-tenancy {VERSION} from {env_dir}" in output
+    assert f"smoke ok: {PROJECT['name']} {VERSION} from {env_dir}" in output
     help_text = run(bin_dir / "fastapi-tenancy", "--help", cwd=tmp_path)
     for command in ("tenants", "migrate", "worker", "doctor"):
         assert command in help_text

@@ -167,7 +167,7 @@ def check_jwt(config: TenancyConfig) -> CheckResult:
             "jwt",
             "fail",
             "jwt resolution is on but PyJWT is not installed",
-            "pip install 'fastapi-tenancy[jwt]'",
+            "pip install 'fastapi-tenancy-kit[jwt]'",
         )
     if config.jwt_jwks_url is not None:
         return CheckResult(

@@ -150,7 +150,7 @@ def alembic_config(path: str, option: str) -> AlembicConfig:
         from alembic.config import Config
     except ImportError:
         raise ConfigurationError(
-            'migrations need Alembic: pip install "fastapi-tenancy[migrations]"'
+            'migrations need Alembic: pip install "fastapi-tenancy-kit[migrations]"'
         ) from None
     if not Path(path).is_file():
         raise ConfigurationError(

@@ -11,7 +11,7 @@ and from Python::
 
     report = await upgrade(tenancy, alembic.config.Config("alembic.ini"))
 
-Needs the ``migrations`` extra (``pip install fastapi-tenancy[migrations]``).
+Needs the ``migrations`` extra (``pip install fastapi-tenancy-kit[migrations]``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ __all__ = ["JWKSError", "JWKSKeys", "parse_jwks"]
 # The logger keeps the name the module had before it moved into resolution/: users filter on it.
 logger = logging.getLogger("fastapi_tenancy.jwks")
 
-_INSTALL_HINT = "install it with: pip install 'fastapi-tenancy[jwt]'"
+_INSTALL_HINT = "install it with: pip install 'fastapi-tenancy-kit[jwt]'"
 # Private-key members of RSA, EC and OKP JWKs (RFC 7518 section 6, RFC 8037): a published set
 # holding them leaks the issuer's signing key.
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})

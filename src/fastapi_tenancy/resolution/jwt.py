@@ -65,7 +65,7 @@ PLACEHOLDER_SECRET_PREFIXES = (
 # little to stretch a token's life in any way that matters.
 DEFAULT_LEEWAY = 10.0
 
-_INSTALL_HINT = "install it with: pip install 'fastapi-tenancy[jwt]'"
+_INSTALL_HINT = "install it with: pip install 'fastapi-tenancy-kit[jwt]'"
 
 
 def check_algorithm(algorithm: str, *, public_keys: bool = False) -> None:
