@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
 from sqlalchemy.util import await_
 
@@ -30,12 +30,14 @@ from fastapi_tenancy.pgwire import (
 
 __all__ = [
     "POSTGRES_SESSION_RESET",
+    "app_engine",
     "create_engine",
     "listen_pre_ping",
     "note_reset_at_checkin",
     "redact_url",
     "reset_postgres_session",
     "reset_sqlite_session",
+    "same_database",
 ]
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -329,3 +331,31 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
     finally:
         cursor.close()
+
+
+def app_engine(engine: AsyncEngine | async_sessionmaker[Any]) -> AsyncEngine:
+    """The `AsyncEngine` an app hands over: the engine itself, or its sessionmaker's bind."""
+    if isinstance(engine, AsyncEngine):
+        return engine
+    if isinstance(engine, async_sessionmaker):
+        bind = engine.kw.get("bind")
+        if isinstance(bind, AsyncEngine):
+            return bind
+        raise ConfigurationError(
+            "engine=: the async_sessionmaker has no AsyncEngine bind (pass the engine itself, "
+            "or build the sessionmaker with async_sessionmaker(engine))"
+        )
+    raise ConfigurationError(
+        f"engine= takes an AsyncEngine or an async_sessionmaker, not {type(engine).__name__}"
+    )
+
+
+def same_database(first: URL, second: URL) -> bool:
+    """Whether two URLs reach the same database as the same user (drivers and options aside)."""
+
+    def key(url: URL) -> tuple[Any, ...]:
+        backend = url.get_backend_name()
+        backend = "mysql" if backend == "mariadb" else backend
+        return (backend, url.host or "", url.port, url.database or "", url.username or "")
+
+    return key(first) == key(second)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.responses import JSONResponse
 
 from fastapi_tenancy.config import TenancyConfig
@@ -45,7 +46,8 @@ class TenancyMiddleware:
     closes on shutdown, and is available as ``app.state.tenancy``. Pass ``tenancy=`` instead of
     ``config=`` to share a runtime you manage; the middleware then closes it only if it opened it.
     ``principal_check=`` confirms that the caller belongs to the tenant
-    (`fastapi_tenancy.principal`).
+    (`fastapi_tenancy.principal`). ``engine=`` hands over the app's own `AsyncEngine` (or
+    `async_sessionmaker`) so the library shares its pool (see `Tenancy`).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class TenancyMiddleware:
         *,
         tenancy: Tenancy | None = None,
         principal_check: PrincipalCheck | None = None,
+        engine: AsyncEngine | async_sessionmaker[Any] | None = None,
     ) -> None:
         self.app = app
         # Starlette builds its middleware inside the first ASGI call, lifespan included, and a
@@ -62,7 +65,7 @@ class TenancyMiddleware:
         # setting that cannot work is kept here and refuses the lifespan startup instead.
         self._refusal: ConfigurationError | None = None
         try:
-            self.tenancy = _runtime(config, tenancy, principal_check)
+            self.tenancy = _runtime(config, tenancy, principal_check, engine)
         except ConfigurationError as exc:
             self._refusal = exc
             return
@@ -213,15 +216,20 @@ class TenancyMiddleware:
 
 
 def _runtime(
-    config: TenancyConfig | None, tenancy: Tenancy | None, principal_check: PrincipalCheck | None
+    config: TenancyConfig | None,
+    tenancy: Tenancy | None,
+    principal_check: PrincipalCheck | None,
+    engine: AsyncEngine | async_sessionmaker[Any] | None,
 ) -> Tenancy:
     if config is not None and tenancy is not None:
         raise ConfigurationError("pass either config= or tenancy= to TenancyMiddleware")
     if tenancy is not None and principal_check is not None:
         raise ConfigurationError("pass principal_check= to the Tenancy you share instead")
+    if tenancy is not None and engine is not None:
+        raise ConfigurationError("pass engine= to the Tenancy you share instead")
     if tenancy is not None:
         return tenancy
-    return Tenancy(config, principal_check=principal_check)
+    return Tenancy(config, principal_check=principal_check, engine=engine)
 
 
 async def _refuse(error: ConfigurationError, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,13 +9,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastapi_tenancy import _wiring
 from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
+from fastapi_tenancy.engines import app_engine, same_database
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
@@ -61,6 +63,12 @@ class Tenancy:
     confirms the caller belongs to the tenant (`fastapi_tenancy.principal`). ``observers`` are
     the app's own `fastapi_tenancy.observe.TenancyObserver` objects, told what the runtime does
     alongside its metrics and hooks.
+
+    ``engine`` is the app's own `AsyncEngine` (or an `async_sessionmaker` bound to one): the
+    central database. The tenant store, row and schema isolation and the shared tables then use
+    its pool instead of opening a second one, and the runtime never disposes it (the app does).
+    ``database_url``, when set, must name the same database; unset, it is taken from the engine.
+    See docs/getting-started.md#one-pool-the-apps-own-engine.
     """
 
     def __init__(
@@ -71,10 +79,17 @@ class Tenancy:
         cache: TenantCache | None = None,
         principal_check: PrincipalCheck | None = None,
         observers: Iterable[TenancyObserver] = (),
+        engine: AsyncEngine | async_sessionmaker[Any] | None = None,
     ) -> None:
         self.config = config if config is not None else TenancyConfig()
         self.metrics: TenancyMetrics | None = _wiring.metrics(self.config)
-        self.engine: AsyncEngine = _wiring.central_engine(self.config)
+        # Only an engine the runtime created is disposed by it.
+        self.owns_engine = engine is None
+        if engine is None:
+            self.engine: AsyncEngine = _wiring.central_engine(self.config)
+        else:
+            self.engine = app_engine(engine)
+            self.config = _central_database(self.config, self.engine)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
         if cache is None:
             cache = _wiring.cache(self.config, self.metrics)
@@ -201,7 +216,8 @@ class Tenancy:
         if self.cache is not None:
             steps.append(("the cache", self.cache.close))
         steps.append(("the readiness check", self.readiness.close))
-        steps.append(("the central engine", self.engine.dispose))
+        if self.owns_engine:
+            steps.append(("the central engine", self.engine.dispose))
         failure: Exception | None = None
         try:
             for what, step in steps:
@@ -423,6 +439,22 @@ class Tenancy:
         await self.start()
         tenant = None if identifier is None else await self.lifecycle.require(identifier)
         return await self.lifecycle.list_domains(tenant)
+
+
+def _central_database(config: TenancyConfig, engine: AsyncEngine) -> TenancyConfig:
+    """``config`` with ``database_url`` naming the app engine's database (refused if another)."""
+    if "database_url" not in config.model_fields_set:
+        url = engine.url.render_as_string(hide_password=False)
+        # No combination check is repeated: the default (SQLite) database_url already refused
+        # every setting that needs a server.
+        return config.model_copy(update={"database_url": url})
+    if not same_database(make_url(config.database_url), engine.url):
+        raise ConfigurationError(
+            "engine= reaches another database than database_url: the tenant records and the "
+            "shared tables live in one central database. Point TENANCY_DATABASE_URL at the "
+            "engine's database (the CLI uses it) or leave it unset"
+        )
+    return config
 
 
 async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]]) -> None:
