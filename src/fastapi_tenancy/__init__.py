@@ -26,7 +26,7 @@ from fastapi_tenancy.exceptions import (
     TenantNotFound,
     TenantSuspended,
 )
-from fastapi_tenancy.isolation.scoped import TenantScoped
+from fastapi_tenancy.isolation.scoped import TenantScoped, tenant_id_type
 from fastapi_tenancy.middleware import TenancyMiddleware
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.observe.logs import TenantLogFilter
@@ -60,4 +60,5 @@ __all__ = [
     "get_tenancy",
     "get_tenant_session",
     "tenant_context",
+    "tenant_id_type",
 ]

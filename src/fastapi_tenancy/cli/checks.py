@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.engine import URL, make_url
 
@@ -18,11 +18,15 @@ from fastapi_tenancy.exclusions import PathExclusions
 from fastapi_tenancy.isolation.rls import RlsProblem
 from fastapi_tenancy.resolution.jwt import HMAC_ALGORITHMS
 
+if TYPE_CHECKING:
+    from fastapi_tenancy.adoption import UnownedRows
+
 __all__ = [
     "CheckResult",
     "Connection",
     "ServerFacts",
     "Status",
+    "check_adopted_rows",
     "check_config",
     "check_database",
     "check_echo",
@@ -86,6 +90,8 @@ class ServerFacts:
     storage_mismatch: str | None = None
     redis: Connection | None = None
     jwks: Connection | None = None
+    # Row isolation: tenant tables with rows without a tenant or a nullable tenant_id.
+    unowned: tuple[UnownedRows, ...] | None = None
 
 
 def check_config(error: str | None) -> CheckResult:
@@ -392,6 +398,43 @@ def check_row_isolation_wall(config: TenancyConfig) -> CheckResult:
     )
 
 
+def check_adopted_rows(
+    config: TenancyConfig, unowned: tuple[UnownedRows, ...] | None
+) -> CheckResult:
+    """Row isolation: every tenant table's rows have a tenant, and ``tenant_id`` refuses NULL.
+
+    A row without a tenant is served to no tenant (``tenant_id = :id`` never matches NULL), so
+    the app may serve while an adoption (docs/adopting.md) is under way; the doctor fails until
+    it is finished, and warns until the column is NOT NULL.
+    """
+    if config.isolation_strategy != "row":
+        return CheckResult("adopted", "ok", "not row isolation")
+    if unowned is None:
+        return CheckResult(
+            "adopted", "warn", "the tenant tables could not be read", "make the database reachable"
+        )
+    orphans = [row for row in unowned if row.rows]
+    if orphans:
+        counts = ", ".join(f"{row.table} {row.rows}" for row in orphans)
+        return CheckResult(
+            "adopted",
+            "fail",
+            f"rows no tenant sees (tenant_id is NULL): {counts}",
+            "give them to a tenant with `fastapi-tenancy tenants adopt IDENTIFIER` "
+            "(docs/adopting.md)",
+        )
+    if unowned:
+        names = ", ".join(row.table for row in unowned)
+        return CheckResult(
+            "adopted",
+            "warn",
+            f"tenant_id accepts NULL in {names}",
+            "make it NOT NULL with fastapi_tenancy.migrations.ops.enforce_tenant_column in a "
+            "migration (docs/adopting.md)",
+        )
+    return CheckResult("adopted", "ok", "every tenant table's rows have a tenant")
+
+
 def check_database(facts: ServerFacts) -> CheckResult:
     if facts.reachable:
         latency = f" in {_ms(facts.seconds)}" if facts.seconds is not None else ""
@@ -423,4 +466,5 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
         check_engine_cache(config, facts.tenant_count),
         check_row_level_security(config, facts.rls_problems),
         check_row_isolation_wall(config),
+        check_adopted_rows(config, facts.unowned),
     ]

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_tenancy import _wiring
 from fastapi_tenancy._secrets import redact_url, scrub
+from fastapi_tenancy.adoption import UnownedRows, unowned_rows
 from fastapi_tenancy.cli.checks import (
     CheckResult,
     Connection,
@@ -131,6 +132,7 @@ async def probe(config: TenancyConfig) -> ServerFacts:
                     lambda sync: inspect(sync).has_table(tenants_table.name)
                 )
                 rls_problems = await _rls_problems(conn, config)
+            unowned = await _unowned(tenancy, config)
             # The store reads without initialize(): the doctor never creates the table.
             tenants = await tenancy.store.list(include_deleted=True) if has_table else []
     except Exception as exc:
@@ -148,7 +150,19 @@ async def probe(config: TenancyConfig) -> ServerFacts:
         storage_mismatch=storage_mismatch(config.isolation_strategy, tenants),
         redis=redis,
         jwks=jwks,
+        unowned=unowned,
     )
+
+
+async def _unowned(tenancy: Tenancy, config: TenancyConfig) -> tuple[UnownedRows, ...] | None:
+    """Row isolation: the tenant tables with rows without a tenant or a nullable column."""
+    if config.isolation_strategy != "row":
+        return ()
+    try:
+        tables = TenantTables(config.tenant_metadata)
+        return tuple(await unowned_rows(tenancy.engine, tables))
+    except ConfigurationError:
+        return None  # the storage check and start-up report the metadata
 
 
 async def _probe_redis(config: TenancyConfig) -> Connection | None:

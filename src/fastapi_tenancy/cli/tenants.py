@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi_tenancy.cli import adopt
 from fastapi_tenancy.cli.output import (
     TABLE_HEADERS,
     print_error,
@@ -164,6 +165,7 @@ def register(
     purge.set_defaults(handler=_purge)
 
     _register_domains(sub, common)
+    adopt.register(sub, common)
 
 
 def domain(value: str) -> str:

@@ -10,10 +10,27 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from fastapi_tenancy.exceptions import ConfigurationError
 
-__all__ = ["TENANT_COLUMN", "TENANT_ID_LENGTH", "TenantScoped", "tenant_scoped_classes"]
+__all__ = [
+    "TENANT_COLUMN",
+    "TENANT_ID_LENGTH",
+    "TenantScoped",
+    "tenant_id_type",
+    "tenant_scoped_classes",
+]
 
 TENANT_ID_LENGTH = 64
 TENANT_COLUMN = "tenant_id"
+
+
+def tenant_id_type() -> String:
+    """The SQL type of every ``tenant_id`` column: ``String(64)`` (``VARCHAR(64)``).
+
+    Public and stable: `TenantScoped` declares its column with it, Alembic's autogenerate renders
+    it as ``sa.String(length=64)``, and a hand-written migration that adds the column to an
+    existing table (`fastapi_tenancy.migrations.ops.add_tenant_column`) uses it too. Tenant ids
+    are 32 hex characters; the room up to 64 is for ids an app assigns itself.
+    """
+    return String(TENANT_ID_LENGTH)
 
 
 class TenantScoped:
@@ -28,7 +45,7 @@ class TenantScoped:
             name: Mapped[str]
     """
 
-    tenant_id: Mapped[str] = mapped_column(String(TENANT_ID_LENGTH), index=True, nullable=False)
+    tenant_id: Mapped[str] = mapped_column(tenant_id_type(), index=True, nullable=False)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
