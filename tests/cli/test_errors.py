@@ -54,7 +54,9 @@ def runnable(path: tuple[str, ...]) -> list[str]:
         argv.append("--yes")
     if path[-1] == "update":
         argv += ["--name", "Acme"]
-    if path == ("migrate", "upgrade"):
+    if path == ("migrate", "downgrade"):
+        argv += ["base", "-t", "all"]
+    if path[0] == "migrate" and path[-1] in ("upgrade", "downgrade", "status"):
         argv += ["--config", str(EXAMPLE_ALEMBIC_INI)]
     return argv
 

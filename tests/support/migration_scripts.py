@@ -1,4 +1,5 @@
-"""A real Alembic script directory for the tests: revision 1 creates ``items``, 2 adds ``note``."""
+"""A real Alembic script directory for the tests: revision 1 creates ``items``, 2 adds ``note``;
+both can be downgraded."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
         sa.Column("name", sa.String(100), nullable=False),
     )
+
+
+def downgrade() -> None:
+    op.drop_table("items")
 """
 
 SECOND_PY = f"""\
@@ -46,6 +51,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("items", sa.Column("note", sa.String(100), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("items", "note")
 """
 
 

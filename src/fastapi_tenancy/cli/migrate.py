@@ -1,9 +1,10 @@
-"""``fastapi-tenancy migrate upgrade``: run Alembic for one, several or all tenants."""
+"""``fastapi-tenancy migrate``: upgrade, downgrade and inspect tenants with Alembic."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal
 
 from fastapi_tenancy.cli.output import print_error, print_json, render_table
 from fastapi_tenancy.cli.runtime import (
@@ -23,12 +24,22 @@ __all__ = ["register"]
 BAR_WIDTH = 30
 
 
+ALL = "all"
+
+
+def tenant_choice(value: str) -> str:
+    """An argparse type for ``-t``: a tenant identifier, or ``all`` for every tenant."""
+    return ALL if value == ALL else identifier(value)
+
+
 def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
 ) -> None:
     migrate = commands.add_parser(
-        "migrate", help="per-tenant database migrations (Alembic)", parents=[common]
+        "migrate",
+        help="database migrations (Alembic): tenants and central tables",
+        parents=[common],
     )
     sub = migrate.add_subparsers(title="commands", metavar="COMMAND")
     migrate.set_defaults(handler=lambda _args: print_usage(migrate))
@@ -40,41 +51,116 @@ def register(
         "the others. Row isolation migrates the shared tables once.",
         parents=[common],
     )
-    chosen = upgrade.add_mutually_exclusive_group()
+    _tenant_options(upgrade, required=False)
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    upgrade.add_argument(
+        "--pending",
+        action="store_true",
+        help="report only the tenants that were behind the revision (those found at it are "
+        "skipped as always, and left out of the report)",
+    )
+    _run_options(upgrade)
+    upgrade.set_defaults(handler=_upgrade)
+
+    downgrade = sub.add_parser(
+        "downgrade",
+        help="downgrade tenants to a revision",
+        description="Downgrade tenants with Alembic, as upgrade does: a bounded number at a time, "
+        "each under a lock, tenants already at the revision skipped, a failing tenant recorded "
+        "without stopping the others. Say which tenants: -t IDENTIFIER (repeatable) or -t all.",
+        parents=[common],
+    )
+    downgrade.add_argument("revision", help="target revision: an id, base, or relative (-1)")
+    _tenant_options(downgrade, required=True)
+    _run_options(downgrade)
+    downgrade.set_defaults(handler=_downgrade)
+
+    status = sub.add_parser(
+        "status",
+        help="each tenant's revision, and which are behind head",
+        description="Read each tenant's Alembic revision (no lock, no migration) and compare it "
+        "with the script's heads. Exit code 1 with --pending when some tenant is behind.",
+        parents=[common],
+    )
+    _tenant_options(status, required=False)
+    status.add_argument("--pending", action="store_true", help="list only the tenants behind head")
+    status.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="tenant databases read at once (default: TENANCY_DATABASE_POOL_SIZE)",
+    )
+    _config_option(status)
+    status.add_argument("--json", action="store_true", help="print the list as JSON")
+    status.set_defaults(handler=_status)
+
+
+def _tenant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    chosen = parser.add_mutually_exclusive_group(required=required)
     chosen.add_argument(
+        "-t",
         "--tenant",
         dest="tenants",
         action="append",
-        type=identifier,
+        type=tenant_choice,
         metavar="IDENTIFIER",
-        help="a tenant to upgrade; repeat for several",
+        help="a tenant; repeat for several; 'all' for every active or suspended tenant",
     )
     chosen.add_argument(
-        "--all", action="store_true", help="every active or suspended tenant (the default)"
+        "--all",
+        action="store_true",
+        help="every active or suspended tenant" + ("" if required else " (the default)"),
     )
-    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
-    upgrade.add_argument(
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="alembic.ini", metavar="PATH", help="Alembic config file"
+    )
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--concurrency",
         type=positive_int,
         default=None,
         metavar="N",
         help="tenants worked on at once (default: TENANCY_DATABASE_POOL_SIZE)",
     )
-    upgrade.add_argument(
-        "--config", default="alembic.ini", metavar="PATH", help="Alembic config file"
-    )
-    upgrade.add_argument("--json", action="store_true", help="print the report as JSON")
-    upgrade.set_defaults(handler=_upgrade)
+    _config_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _identifiers(args: argparse.Namespace) -> list[str] | None:
+    """The tenants ``-t`` named, or ``None`` for every tenant (``-t all``, ``--all``, nothing)."""
+    if not args.tenants or ALL in args.tenants:
+        return None
+    return list(args.tenants)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    return _run(args, "upgrade", args.revision, pending_only=args.pending)
+
+
+def _downgrade(args: argparse.Namespace) -> int:
+    return _run(args, "downgrade", args.revision, pending_only=False)
+
+
+def _run(
+    args: argparse.Namespace,
+    direction: Literal["upgrade", "downgrade"],
+    revision: str,
+    *,
+    pending_only: bool,
+) -> int:
     try:
         script = alembic_config(args.config, "--config")
     except ConfigurationError as exc:
         print_error(str(exc))
         return EXIT_FAILURE
 
-    from fastapi_tenancy.migrations import TenantMigration, upgrade
+    from fastapi_tenancy.migrations import TenantMigration, downgrade, upgrade
 
     done = 0
 
@@ -86,14 +172,25 @@ def _upgrade(args: argparse.Namespace) -> int:
             print(f"\r{_bar(done)} {done} {name}: {migration.outcome}", end="", file=sys.stderr)
 
     async def run(tenancy: Tenancy) -> int:
-        report = await upgrade(
-            tenancy,
-            script,
-            identifiers=args.tenants,
-            revision=args.revision,
-            concurrency=args.concurrency,
-            on_progress=progress,
-        )
+        if direction == "upgrade":
+            report = await upgrade(
+                tenancy,
+                script,
+                identifiers=_identifiers(args),
+                revision=revision,
+                concurrency=args.concurrency,
+                on_progress=progress,
+            )
+        else:
+            report = await downgrade(
+                tenancy,
+                script,
+                revision,
+                identifiers=_identifiers(args),
+                concurrency=args.concurrency,
+                on_progress=progress,
+            )
+        shown = [m for m in report.migrations if not (pending_only and m.outcome == "skipped")]
         rows = [
             (
                 m.identifier or "(shared tables)",
@@ -103,13 +200,15 @@ def _upgrade(args: argparse.Namespace) -> int:
                 f"{m.seconds:.2f}s",
                 m.error or "",
             )
-            for m in report.migrations
+            for m in shown
         ]
+        moved = report.upgraded if direction == "upgrade" else report.downgraded
+        verb = "upgraded" if direction == "upgrade" else "downgraded"
         if args.json:
             print_json(
                 {
                     "ok": report.ok,
-                    "upgraded": report.upgraded,
+                    verb: moved,
                     "skipped": report.skipped,
                     "failed": report.failed,
                     "tenants": [dict(zip(_HEADERS, row, strict=True)) for row in rows],
@@ -119,7 +218,7 @@ def _upgrade(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
             print(render_table(_HEADERS, rows))
             print(
-                f"{report.upgraded} upgraded, {report.skipped} skipped, {report.failed} failed "
+                f"{moved} {verb}, {report.skipped} skipped, {report.failed} failed "
                 f"in {report.seconds:.1f}s"
             )
         return EXIT_OK if report.ok else EXIT_FAILURE
@@ -127,7 +226,47 @@ def _upgrade(args: argparse.Namespace) -> int:
     return run_with_tenancy(args, run)
 
 
+def _status(args: argparse.Namespace) -> int:
+    try:
+        script = alembic_config(args.config, "--config")
+    except ConfigurationError as exc:
+        print_error(str(exc))
+        return EXIT_FAILURE
+
+    from fastapi_tenancy.migrations import status
+
+    async def run(tenancy: Tenancy) -> int:
+        found = await status(
+            tenancy, script, identifiers=_identifiers(args), concurrency=args.concurrency
+        )
+        listed = [entry for entry in found if entry.pending or not args.pending]
+        rows = [
+            (
+                entry.identifier or "(shared tables)",
+                entry.revision or "-",
+                "behind" if entry.pending else "head",
+                entry.error or "",
+            )
+            for entry in listed
+        ]
+        pending = sum(1 for entry in found if entry.pending)
+        if args.json:
+            print_json(
+                {
+                    "pending": pending,
+                    "tenants": [dict(zip(_STATUS_HEADERS, row, strict=True)) for row in rows],
+                }
+            )
+        else:
+            print(render_table(_STATUS_HEADERS, rows))
+            print(f"{pending} of {len(found)} behind head")
+        return EXIT_FAILURE if args.pending and pending else EXIT_OK
+
+    return run_with_tenancy(args, run)
+
+
 _HEADERS = ("tenant", "outcome", "from", "to", "time", "error")
+_STATUS_HEADERS = ("tenant", "revision", "state", "error")
 
 
 def _bar(done: int) -> str:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
         MigrationReport,
         TenantMigration,
     )
-    from fastapi_tenancy.migrations.runner import migrate_tenant, upgrade
+    from fastapi_tenancy.migrations.runner import downgrade, migrate_tenant, upgrade
+    from fastapi_tenancy.migrations.status import TenantRevision, status
 
 __all__ = [
     "MigrationError",
@@ -35,8 +36,11 @@ __all__ = [
     "MigrationOutcome",
     "MigrationReport",
     "TenantMigration",
+    "TenantRevision",
+    "downgrade",
     "migrate_tenant",
     "run_migrations",
+    "status",
     "upgrade",
 ]
 
@@ -48,8 +52,11 @@ _HOMES = {
     "MigrationOutcome": "report",
     "MigrationReport": "report",
     "TenantMigration": "report",
+    "TenantRevision": "status",
+    "downgrade": "runner",
     "migrate_tenant": "runner",
     "run_migrations": "environment",
+    "status": "status",
     "upgrade": "runner",
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from typing import Literal
 from weakref import WeakKeyDictionary
 
 from alembic import command
@@ -21,12 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fastapi_tenancy.migrations.environment import CONNECTION_KEY, SCHEMA_KEY, TENANT_KEY
 from fastapi_tenancy.migrations.targets import MigrationTarget
 
-__all__ = ["run_alembic_upgrade"]
+__all__ = ["alembic_lock", "run_alembic", "run_alembic_upgrade"]
+
+Direction = Literal["upgrade", "downgrade"]
 
 _alembic_locks: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = WeakKeyDictionary()
 
 
-def _alembic_lock() -> asyncio.Lock:
+def alembic_lock() -> asyncio.Lock:
+    """The lock under which Alembic runs on this event loop (its proxies are module-global)."""
     loop = asyncio.get_running_loop()
     lock = _alembic_locks.get(loop)
     if lock is None:
@@ -38,13 +42,27 @@ async def run_alembic_upgrade(
     conn: AsyncConnection, config: Config, target: MigrationTarget, revision: str
 ) -> None:
     """``alembic upgrade <revision>`` for ``target`` inside ``conn``'s open transaction."""
-    async with _alembic_lock():
-        await conn.run_sync(_upgrade, _tenant_config(config, target), revision)
+    await run_alembic(conn, config, target, revision, "upgrade")
 
 
-def _upgrade(connection: Connection, config: Config, revision: str) -> None:
+async def run_alembic(
+    conn: AsyncConnection,
+    config: Config,
+    target: MigrationTarget,
+    revision: str,
+    direction: Direction,
+) -> None:
+    """``alembic upgrade|downgrade <revision>`` for ``target`` inside ``conn``'s transaction."""
+    async with alembic_lock():
+        await conn.run_sync(_run, _tenant_config(config, target), revision, direction)
+
+
+def _run(connection: Connection, config: Config, revision: str, direction: Direction) -> None:
     config.attributes[CONNECTION_KEY] = connection
-    command.upgrade(config, revision)
+    if direction == "upgrade":
+        command.upgrade(config, revision)
+    else:
+        command.downgrade(config, revision)
 
 
 def _tenant_config(config: Config, target: MigrationTarget) -> Config:

@@ -7,7 +7,7 @@ from typing import Literal
 
 __all__ = ["MigrationOutcome", "MigrationReport", "TenantMigration"]
 
-MigrationOutcome = Literal["upgraded", "skipped", "failed"]
+MigrationOutcome = Literal["upgraded", "downgraded", "skipped", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class MigrationReport:
     @property
     def upgraded(self) -> int:
         return self._count("upgraded")
+
+    @property
+    def downgraded(self) -> int:
+        return self._count("downgraded")
 
     @property
     def skipped(self) -> int:

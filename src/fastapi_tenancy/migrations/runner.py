@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -13,16 +12,16 @@ from alembic.script import ScriptDirectory
 from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.errors import MigrationError, describe_error, url_passwords
-from fastapi_tenancy.migrations.invoke import run_alembic_upgrade
+from fastapi_tenancy.migrations.invoke import Direction, run_alembic
 from fastapi_tenancy.migrations.locks import migration_transaction
-from fastapi_tenancy.migrations.report import MigrationReport, TenantMigration
+from fastapi_tenancy.migrations.report import MigrationOutcome, MigrationReport, TenantMigration
 from fastapi_tenancy.migrations.scan import scan_revisions
 from fastapi_tenancy.migrations.targets import connect, target_for
 from fastapi_tenancy.migrations.versions import format_revisions, read_revisions, target_revisions
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "MIGRATED_STATUSES", "upgrade"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "MIGRATED_STATUSES", "downgrade", "migrate_tenant", "upgrade"]
 
 # Tenants whose storage exists: pending, provisioning and failed tenants have no tables yet
 # (provisioning creates them), and deleted ones are never touched.
@@ -54,6 +53,57 @@ async def upgrade(
     failing tenant is recorded and the others continue; ``on_progress`` is called as each tenant
     finishes.
     """
+    return await _run_fleet(
+        tenancy,
+        alembic_config,
+        "upgrade",
+        revision,
+        identifiers=identifiers,
+        concurrency=concurrency,
+        on_progress=on_progress,
+        lock_timeout=lock_timeout,
+    )
+
+
+async def downgrade(
+    tenancy: Tenancy,
+    alembic_config: Config,
+    revision: str,
+    *,
+    identifiers: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> MigrationReport:
+    """Downgrade tenants to ``revision`` (an id, ``"base"`` or a relative ``"-1"``).
+
+    The same run as `upgrade` in the other direction: the same tenants, concurrency, locks and
+    report, with ``"downgraded"`` for each tenant moved. A tenant already at ``revision`` is
+    skipped; one below it fails with Alembic's reason and the others go on.
+    """
+    return await _run_fleet(
+        tenancy,
+        alembic_config,
+        "downgrade",
+        revision,
+        identifiers=identifiers,
+        concurrency=concurrency,
+        on_progress=on_progress,
+        lock_timeout=lock_timeout,
+    )
+
+
+async def _run_fleet(
+    tenancy: Tenancy,
+    alembic_config: Config,
+    direction: Direction,
+    revision: str,
+    *,
+    identifiers: Sequence[str] | None,
+    concurrency: int | None,
+    on_progress: ProgressCallback | None,
+    lock_timeout: float,
+) -> MigrationReport:
     if concurrency is None:
         concurrency = tenancy.config.database_pool_size
     if concurrency < 1:
@@ -61,9 +111,9 @@ async def upgrade(
     started = time.perf_counter()
     script = ScriptDirectory.from_config(alembic_config)
     wanted = target_revisions(script, revision)
-    runs = await _planned(tenancy, identifiers)
+    runs = await planned_tenants(tenancy, identifiers)
     runs, scanned = await _skip_current(tenancy, runs, wanted)
-    secrets = _config_passwords(tenancy)
+    secrets = config_passwords(tenancy)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def run(planned: Tenant | TenantMigration | None) -> TenantMigration:
@@ -80,6 +130,7 @@ async def upgrade(
                     lock_timeout,
                     secrets,
                     scanned.get(planned.id) if planned is not None else None,
+                    direction,
                 )
         if on_progress is not None:
             on_progress(result)
@@ -155,7 +206,7 @@ async def migrate_tenant(
     activated. Raises `MigrationError`, with the reason, when the migration fails.
     """
     script = ScriptDirectory.from_config(alembic_config)
-    secrets = _config_passwords(tenancy)
+    secrets = config_passwords(tenancy)
     result = await _migrate(
         tenancy,
         alembic_config,
@@ -170,12 +221,12 @@ async def migrate_tenant(
     return result
 
 
-def _config_passwords(tenancy: Tenancy) -> set[str]:
+def config_passwords(tenancy: Tenancy) -> set[str]:
     """Passwords in the configured URLs, to scrub from error messages."""
     return url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
 
 
-async def _planned(
+async def planned_tenants(
     tenancy: Tenancy, identifiers: Sequence[str] | None
 ) -> list[Tenant | TenantMigration | None]:
     """What to migrate: tenants, ``None`` for shared tables, or a ready-made failure."""
@@ -231,6 +282,7 @@ async def _migrate(
     lock_timeout: float,
     secrets: set[str],
     scanned: frozenset[str] | None = None,
+    direction: Direction = "upgrade",
 ) -> TenantMigration:
     """Migrate one tenant; ``scanned`` is its revision as the bulk scan read it, if it did."""
     started = time.perf_counter()
@@ -251,11 +303,12 @@ async def _migrate(
                 before = await read_revisions(conn, target.schema)
                 if before == wanted:
                     return _done(identifier, "skipped", before, before, started)
-                await run_alembic_upgrade(conn, config, target, revision)
+                await run_alembic(conn, config, target, revision, direction)
                 after = await read_revisions(conn, target.schema)
         if after == before:
             return _done(identifier, "skipped", before, after, started)
-        return _done(identifier, "upgraded", before, after, started)
+        moved: MigrationOutcome = "upgraded" if direction == "upgrade" else "downgraded"
+        return _done(identifier, moved, before, after, started)
     except Exception as exc:
         if tenant is not None and tenant.database_url is not None:
             secrets = secrets | url_passwords([tenant.database_url.get_secret_value()])
@@ -271,7 +324,7 @@ async def _migrate(
 
 def _done(
     identifier: str | None,
-    outcome: Literal["upgraded", "skipped"],
+    outcome: MigrationOutcome,
     before: frozenset[str],
     after: frozenset[str],
     started: float,

@@ -37,6 +37,8 @@ def target_revisions(script: ScriptDirectory, revision: str) -> frozenset[str] |
         return frozenset({head}) if head is not None else None
     if revision == "heads":
         return frozenset(script.get_heads())
+    if revision == "base":
+        return frozenset()
     try:
         return frozenset({script.get_revision(revision).revision})
     except (CommandError, AttributeError, ValueError):
