@@ -9,6 +9,7 @@
     ├── AuthenticationFailed          401: bad, expired or unacceptable token
     ├── RateLimitExceeded             429: the tenant used its requests for now
     ├── ServiceUnavailable            503: tenant storage unreachable
+    │   └── TenantMoving              503: the tenant's data is being moved (Retry-After)
     ├── TenantAlreadyExists           lifecycle: identifier taken
     ├── InvalidTransition             lifecycle: e.g. suspending a deleted tenant
     ├── TenantContextMissing          code needs a tenant but none is bound
@@ -37,6 +38,7 @@ __all__ = [
     "TenancyError",
     "TenantAlreadyExists",
     "TenantContextMissing",
+    "TenantMoving",
     "TenantNotFound",
     "TenantSuspended",
 ]
@@ -147,6 +149,16 @@ class ServiceUnavailable(TenancyError):
     status_code = 503
     public_detail = "Service unavailable"
     outcome = "unavailable"
+
+
+class TenantMoving(ServiceUnavailable):
+    """The tenant's data is being copied to new storage: a short write freeze for it alone.
+
+    Answered like any 503, with a ``Retry-After`` for when the move should be over; the body
+    does not say why.
+    """
+
+    headers = MappingProxyType({"Retry-After": "5"})
 
 
 class TenantAlreadyExists(TenancyError):

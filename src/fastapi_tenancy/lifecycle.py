@@ -56,6 +56,10 @@ TRANSITIONS: dict[LifecycleAction, tuple[frozenset[TenantStatus], TenantStatus]]
         TenantStatus.DELETED,
     ),
     "restore": (frozenset({TenantStatus.DELETED}), TenantStatus.ACTIVE),
+    # The write freeze of a move or restore (`fastapi_tenancy.transfer`); finishing also rolls
+    # an interrupted move back.
+    "start_move": (frozenset({TenantStatus.ACTIVE}), TenantStatus.MOVING),
+    "finish_move": (frozenset({TenantStatus.MOVING}), TenantStatus.ACTIVE),
 }
 
 

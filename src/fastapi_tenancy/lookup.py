@@ -2,8 +2,8 @@
 
 * A cached tenant (or a cached "no such tenant") answers without touching the store.
 * Concurrent misses for one identifier share a single store query (single-flight).
-* The status gate turns unknown and soft-deleted tenants into `TenantNotFound` and suspended
-  ones into `TenantSuspended`.
+* The status gate turns unknown and soft-deleted tenants into `TenantNotFound`, suspended
+  ones into `TenantSuspended` and ones being moved into `TenantMoving` (503, ``Retry-After``).
 * Custom domains (`find_host`) are cached like identifiers, keyed by the host name.
 * `invalidate` drops the cached entry and discards any load already in flight, so a lifecycle
   change is never overwritten by a stale read.
@@ -18,6 +18,7 @@ from fastapi_tenancy.cache.base import TenantCache
 from fastapi_tenancy.exceptions import (
     AuthenticationFailed,
     InvalidTenantIdentifier,
+    TenantMoving,
     TenantNotFound,
     TenantSuspended,
 )
@@ -36,6 +37,8 @@ def check_status(tenant: Tenant | None) -> Tenant:
         return tenant
     if tenant.status is TenantStatus.SUSPENDED:
         raise TenantSuspended()
+    if tenant.status is TenantStatus.MOVING:
+        raise TenantMoving()
     # Deleted, and not yet provisioned: the same answer as an unknown tenant.
     raise TenantNotFound()
 

@@ -61,7 +61,9 @@ class TenantStatus(StrEnum):
     tenant back to ``active``, and ``purge`` removes a deleted tenant for good, going through
     ``purging`` while its data is destroyed (a purge that was interrupted is finished by purging
     again; a purging tenant cannot be restored). Provisioning that keeps failing ends in
-    ``failed``, from where it can be retried or deleted.
+    ``failed``, from where it can be retried or deleted. ``moving`` is the short write freeze
+    while a tenant's data is copied elsewhere (`fastapi_tenancy.transfer`): its requests get 503
+    with ``Retry-After`` until the move finishes (``active``) or is rolled back.
     """
 
     PENDING = "pending"
@@ -71,6 +73,7 @@ class TenantStatus(StrEnum):
     SUSPENDED = "suspended"
     DELETED = "deleted"
     PURGING = "purging"
+    MOVING = "moving"
 
 
 class Tenant(BaseModel):

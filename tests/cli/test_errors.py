@@ -54,6 +54,8 @@ def runnable(path: tuple[str, ...]) -> list[str]:
         argv.append("--yes")
     if path[-1] == "update":
         argv += ["--name", "Acme"]
+    if path[-1] == "backup":
+        argv += ["-o", "acme.tar.gz"]
     if path == ("migrate", "downgrade"):
         argv += ["base", "-t", "all"]
     if path[0] == "migrate" and path[-1] in ("upgrade", "downgrade", "status"):

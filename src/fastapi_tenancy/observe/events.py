@@ -34,6 +34,8 @@ LifecycleAction = Literal[
     "restore",
     "purge",
     "update",
+    "start_move",
+    "finish_move",
 ]
 
 

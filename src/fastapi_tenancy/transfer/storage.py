@@ -1,0 +1,112 @@
+"""Where one tenant's data lives under a runtime's configuration, in the terms the tools need."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_database_url
+from fastapi_tenancy.models import Tenant
+from fastapi_tenancy.tenancy import Tenancy
+
+__all__ = ["Storage", "locate", "rename_schema"]
+
+Strategy = Literal["row", "schema", "database"]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A tenant's storage: the database holding it, and the schema (PostgreSQL schema
+    isolation) or ``tenant_id`` filter (row isolation) that cuts its data out of that database.
+    """
+
+    strategy: Strategy
+    url: URL
+    schema: str | None = None
+    tenant_id: str | None = None  # row isolation: the rows are this tenant's among others
+
+    @property
+    def backend(self) -> str:
+        """``postgresql``, ``mysql`` (MariaDB too) or ``sqlite``."""
+        return self.url.get_backend_name()
+
+    @property
+    def name(self) -> str:
+        """The schema or database the tenant owns ("" under row isolation)."""
+        if self.strategy == "row":
+            return ""
+        return self.schema or self.url.database or ""
+
+    @asynccontextmanager
+    async def connect(
+        self, *, begin: bool = True, snapshot: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A one-off connection to the database (no pool left behind), in a transaction.
+
+        ``snapshot``: a repeatable-read one, so everything it reads is one consistent moment.
+        """
+        options = {}
+        if snapshot and self.backend != "sqlite":  # SQLite transactions are serializable
+            options["isolation_level"] = "REPEATABLE READ"
+        engine = create_async_engine(self.url, poolclass=NullPool, **options)
+        try:
+            async with engine.connect() as conn:
+                if begin:
+                    async with conn.begin():
+                        yield conn
+                else:
+                    yield conn
+        finally:
+            await engine.dispose()
+
+
+def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
+    """Where ``tenant``'s data is under ``tenancy``'s isolation strategy."""
+    strategy: Strategy = tenancy.config.isolation_strategy
+    central = tenancy.engine.url
+    if strategy == "row":
+        return Storage("row", central, tenant_id=tenant.id)
+    name = checked_storage_name(tenant.storage_name)
+    if strategy == "schema":
+        if central.get_backend_name() == "postgresql":
+            return Storage("schema", central, schema=name)
+        # On MariaDB/MySQL a tenant schema is a database on the central server.
+        return Storage("schema", central.set(database=name))
+    url = make_url(tenant_database_url(tenant, tenancy.config.database_url_template))
+    return Storage("database", url)
+
+
+async def schema_exists(conn: AsyncConnection, schema: str) -> bool:
+    found = await conn.execute(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": schema}
+    )
+    return found.first() is not None
+
+
+def rename_schema(source: Path, target: Path, old: str, new: str) -> None:
+    """Copy the plain ``pg_dump`` script ``source`` to ``target`` with schema ``old`` as ``new``.
+
+    Names are replaced in statements only, never inside ``COPY`` data, so a row that happens to
+    hold the schema's name is restored as it was. Storage names are ``[a-z][a-z0-9_]*`` ending in
+    a 16-digit hash, so a whole-word match in a statement is the schema itself.
+    """
+    pattern = re.compile(rf"\b{re.escape(checked_storage_name(old))}\b")
+    replacement = checked_storage_name(new)
+    in_data = False
+    with source.open(encoding="utf-8") as src, target.open("w", encoding="utf-8") as out:
+        for line in src:
+            if in_data:
+                in_data = line.rstrip("\n") != "\\."
+            else:
+                line = pattern.sub(replacement, line)
+                in_data = line.startswith("COPY ") and line.rstrip().endswith("FROM stdin;")
+            out.write(line)
