@@ -4,8 +4,9 @@
 shared tables -> a schema of its own -> a database of its own) or between backends needs a form
 that no server dialect owns. Each table is one JSON-lines member: a header line naming the table
 and its columns, then one JSON array per row. Values JSON has no type for are tagged
-(``{"$datetime": "..."}``, ``{"$timedelta": [days, seconds, microseconds]}``, ``{"$decimal": "..."}``, ``{"$bytes": "<base64>"}``, ...), so a row
-reads back as the same Python values whatever the column types on the other side.
+(``{"$datetime": "..."}``, ``{"$timedelta": [days, seconds, microseconds]}``,
+``{"$decimal": "..."}``, ``{"$bytes": "<base64>"}``, ...), so a row reads back as the same Python
+values whatever the column types on the other side.
 """
 
 from __future__ import annotations
