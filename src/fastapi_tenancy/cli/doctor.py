@@ -175,7 +175,9 @@ async def _probe_redis(config: TenancyConfig) -> Connection | None:
 
         client = redis_client(url, timeout=PROBE_TIMEOUT_SECONDS)
     except ImportError:
-        return Connection(error="redis-py is not installed: pip install 'fastapi-tenancy-kit[redis]'")
+        return Connection(
+            error="redis-py is not installed: pip install 'fastapi-tenancy-kit[redis]'"
+        )
     except ConfigurationError as exc:  # redis-py is missing
         return Connection(error=str(exc))
     started = time.perf_counter()

@@ -25,7 +25,8 @@ here needs the fastapi-tenancy runner: the steps run in the app's own Alembic hi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeAlias
 
 from sqlalchemy import Column, column, func, select, table
 
@@ -34,6 +35,10 @@ from fastapi_tenancy.migrations.errors import MigrationError
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
+
+# What a revision passes: ``alembic.op`` (a module proxying the current operations) or an
+# `Operations` object of one's own.
+Op: TypeAlias = "Operations | ModuleType"
 
 __all__ = [
     "add_tenant_column",
@@ -51,7 +56,7 @@ def tenant_index_name(table_name: str) -> str:
 
 
 def add_tenant_column(
-    op: Operations, table_name: str, *, schema: str | None = None, index_name: str | None = None
+    op: Op, table_name: str, *, schema: str | None = None, index_name: str | None = None
 ) -> None:
     """Add a nullable ``tenant_id`` column and its index to an existing table.
 
@@ -68,7 +73,7 @@ def add_tenant_column(
     )
 
 
-def enforce_tenant_column(op: Operations, table_name: str, *, schema: str | None = None) -> None:
+def enforce_tenant_column(op: Op, table_name: str, *, schema: str | None = None) -> None:
     """Make ``tenant_id`` NOT NULL, once every row has a tenant.
 
     Refuses with `MigrationError` naming the table while rows without a tenant remain, before
@@ -89,13 +94,13 @@ def enforce_tenant_column(op: Operations, table_name: str, *, schema: str | None
     _set_nullable(op, table_name, schema=schema, nullable=False)
 
 
-def relax_tenant_column(op: Operations, table_name: str, *, schema: str | None = None) -> None:
+def relax_tenant_column(op: Op, table_name: str, *, schema: str | None = None) -> None:
     """Make ``tenant_id`` nullable again: the downgrade of `enforce_tenant_column`."""
     _set_nullable(op, table_name, schema=schema, nullable=True)
 
 
 def drop_tenant_column(
-    op: Operations, table_name: str, *, schema: str | None = None, index_name: str | None = None
+    op: Op, table_name: str, *, schema: str | None = None, index_name: str | None = None
 ) -> None:
     """Drop the index and the ``tenant_id`` column: the downgrade of `add_tenant_column`."""
     op.drop_index(op.f(index_name or tenant_index_name(table_name)), table_name, schema=schema)
@@ -104,7 +109,7 @@ def drop_tenant_column(
         batch.drop_column(TENANT_COLUMN)
 
 
-def _set_nullable(op: Operations, table_name: str, *, schema: str | None, nullable: bool) -> None:
+def _set_nullable(op: Op, table_name: str, *, schema: str | None, nullable: bool) -> None:
     # SQLite cannot change a column's nullability in place: batch mode copies the table there
     # (indexes included) and issues a plain ALTER elsewhere. MariaDB/MySQL restate the whole
     # column, so the type goes along.
