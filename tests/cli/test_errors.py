@@ -8,7 +8,9 @@ function); `test_a_real_process_fails_in_one_line` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -190,6 +192,22 @@ def test_creating_a_tenant_without_known_tables_is_refused(
     )
     assert main(["tenants", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []  # nothing was recorded
+
+
+def test_creating_a_tenant_with_no_metadata_and_no_models_is_refused(tmp_path: Path) -> None:
+    # A real process: this one has imported the test models, which would count as tables.
+    env = cli_environment(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    del env["TENANCY_TENANT_METADATA"]
+    result = run_console_script("tenants", "create", "acme", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "fastapi-tenancy: error: cannot create tenant 'acme': it would get no tables: "
+        "TENANCY_TENANT_METADATA is not set and no TenantScoped model is imported"
+    )
+    with contextlib.closing(sqlite3.connect(tmp_path / "t.db")) as db:
+        assert db.execute("SELECT count(*) FROM tenancy_tenants").fetchone() == (0,)
 
 
 def test_metadata_that_cannot_be_imported_mentions_pythonpath(
