@@ -237,6 +237,15 @@ class TenantLifecycle:
             return tenant
         return await self._move(tenant, action)
 
+    async def change(self, tenant: Tenant, action: LifecycleAction, **changes: Any) -> Tenant:
+        """Apply ``action`` to the record as read (``tenant``) with ``changes`` to its fields.
+
+        A compare-and-set like every change here (`InvalidTransition` if the record changed
+        since), then invalidated everywhere and announced. For steps that move a tenant's
+        storage (`fastapi_tenancy.transfer`), which record their progress on the tenant.
+        """
+        return await self._move(tenant, action, **changes)
+
     async def delete(self, identifier: str) -> Tenant:
         deleted = await self.transition(identifier, "delete")
         if not self._soft_delete:

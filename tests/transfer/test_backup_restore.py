@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from fastapi_tenancy import Tenancy, TenancyConfig
@@ -15,8 +13,9 @@ from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.transfer.backup import backup_tenant
 from fastapi_tenancy.transfer.restore import restore_tenant
 from tests.support.backends import isolation_config
-from tests.support.models import Item, Note
+from tests.support.models import Item
 from tests.support.services import reset_database
+from tests.transfer.data import AWKWARD, every_row, fill
 
 ROUND_TRIPS = [
     pytest.param(("row", "postgres"), marks=pytest.mark.postgres, id="row-postgres"),
@@ -26,29 +25,6 @@ ROUND_TRIPS = [
     pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
     pytest.param(("row", "sqlite"), id="row-sqlite"),
 ]
-
-# Text that trips dump formats: COPY's tab, newline and backslash escapes, quotes, non-ASCII, and
-# a value that looks like COPY's end-of-data marker.
-AWKWARD = ["plain", "tab\there", "new\nline", "back\\slash", "quote ' \" `", "ünï €", "\\.", ""]
-
-
-async def fill(tenancy: Tenancy, identifier: str, salt: str) -> None:
-    async with tenancy.session(identifier) as session:
-        for position, name in enumerate(AWKWARD):
-            item = Item(name=f"{salt}{name}")
-            item.notes = [Note(body=f"{salt}{position}-{n}{name}") for n in range(position % 3)]
-            session.add(item)
-        await session.commit()
-
-
-async def every_row(tenancy: Tenancy, identifier: str) -> list[Any]:
-    """The tenant's rows as plain values, ids included (restores keep them)."""
-    async with tenancy.session(identifier) as session:
-        items = (await session.execute(select(Item.id, Item.name).order_by(Item.id))).all()
-        notes = (
-            await session.execute(select(Note.id, Note.item_id, Note.body).order_by(Note.id))
-        ).all()
-    return [tuple(row) for row in items] + [tuple(row) for row in notes]
 
 
 async def empty(config: TenancyConfig) -> None:

@@ -43,12 +43,18 @@ async def backup_tenant(tenancy: Tenancy, identifier: str, output: Path) -> Mani
     return manifest
 
 
-async def dump_storage(storage: Storage, folder: Path) -> tuple[Kind, dict[str, int]]:
-    """Dump ``storage`` into ``folder``; returns the kind of dump and the rows per table."""
-    if storage.strategy == "row" or storage.backend == "sqlite":
+async def dump_storage(
+    storage: Storage, folder: Path, *, rows: bool = False
+) -> tuple[Kind, dict[str, int]]:
+    """Dump ``storage`` into ``folder``; returns the kind of dump and the rows per table.
+
+    ``rows`` exports rows even where a tool would dump the schema or database: the form that
+    loads into another strategy or backend.
+    """
+    if rows or storage.strategy == "row" or storage.backend == "sqlite":
         async with storage.connect(snapshot=True) as conn:
             tables = await conn.run_sync(
-                storage_tables, schema=None, scoped_only=storage.tenant_id is not None
+                storage_tables, schema=storage.schema, scoped_only=storage.tenant_id is not None
             )
             counts = await conn.run_sync(
                 dump_tables, tables, folder / ROWS_FOLDER, tenant_id=storage.tenant_id
