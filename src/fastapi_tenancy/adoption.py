@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Select, Table, func, literal_column, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -73,11 +73,16 @@ class AdoptionReport:
 
 @dataclass(frozen=True)
 class UnownedRows:
-    """A tenant table's rows without a tenant, and whether its column still accepts NULL."""
+    """A tenant table's rows without a tenant, and whether its column still accepts NULL.
+
+    ``hidden``: PostgreSQL's row-level security applies to the role that counted, and its
+    policies hide rows without a tenant, so ``rows`` is not to be trusted.
+    """
 
     table: str
     rows: int
     nullable: bool
+    hidden: bool = False
 
 
 async def adopt_rows(
@@ -138,9 +143,25 @@ async def unowned_rows(engine: AsyncEngine, tables: TenantTables) -> list[Unowne
             count = await conn.scalar(
                 select(func.count()).select_from(table).where(column.is_(None))
             )
-            if count or column.nullable:
-                result.append(UnownedRows(table.fullname, int(count or 0), bool(column.nullable)))
+            # A NOT NULL column has no such rows to hide.
+            hidden = bool(column.nullable) and await _row_security_active(conn, table)
+            if count or column.nullable or hidden:
+                result.append(
+                    UnownedRows(table.fullname, int(count or 0), bool(column.nullable), hidden)
+                )
     return result
+
+
+async def _row_security_active(conn: AsyncConnection, table: Table) -> bool:
+    """Whether PostgreSQL applies row-level security to this role on ``table``: its policies
+    match no row whose ``tenant_id`` is NULL, so such rows can be neither counted nor adopted."""
+    if conn.dialect.name != "postgresql":
+        return False
+    name = conn.dialect.identifier_preparer.format_table(table)
+    active = await conn.scalar(
+        text("SELECT row_security_active(CAST(:t AS regclass))"), {"t": name}
+    )
+    return bool(active)
 
 
 async def _tenant_tables(tenancy: Tenancy) -> list[Table]:
@@ -167,6 +188,19 @@ def _choose(found: list[Table], names: Sequence[str] | None) -> list[Table]:
 async def _refuse_ambiguous(tenancy: Tenancy, tenant: Tenant, tables: list[Table]) -> None:
     clashes: list[tuple[str, str]] = []
     async with tenancy.engine.connect() as conn:
+        hidden = [
+            table.fullname
+            for table in tables
+            if table.c[TENANT_COLUMN].nullable and await _row_security_active(conn, table)
+        ]
+        if hidden:
+            role = await conn.scalar(text("SELECT current_user"))
+            raise AdoptionRefused(
+                f"row-level security hides rows without a tenant from role {role!r} in "
+                f"{', '.join(hidden)}: adopt as a role with BYPASSRLS (--database-url, with "
+                "TENANCY_ROW_LEVEL_SECURITY=false for the command), or before "
+                "`fastapi-tenancy rls enable`"
+            )
         for table in tables:
             column = table.c[TENANT_COLUMN]
             unowned: Select[Any] = (

@@ -413,6 +413,14 @@ def check_adopted_rows(
         return CheckResult(
             "adopted", "warn", "the tenant tables could not be read", "make the database reachable"
         )
+    hidden = [row.table for row in unowned if row.hidden]
+    if hidden:
+        return CheckResult(
+            "adopted",
+            "warn",
+            f"row-level security hides rows without a tenant from this role in {', '.join(hidden)}",
+            "count them as a role with BYPASSRLS: doctor --database-url URL",
+        )
     orphans = [row for row in unowned if row.rows]
     if orphans:
         counts = ", ".join(f"{row.table} {row.rows}" for row in orphans)
