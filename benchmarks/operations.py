@@ -23,7 +23,10 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 from sqlalchemy import (
@@ -37,12 +40,13 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    event,
     func,
     text,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, Pool
 
 from benchmarks.common import add_url_argument, drop_schemas, ensure_database
 from fastapi_tenancy import Tenancy, TenancyConfig
@@ -178,6 +182,10 @@ async def provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> 
     per_round = max(1, tenants // rounds)
     async with Tenancy(config) as tenancy:
         await tenancy.create_tenant("warmup")
+        async with count_round_trips() as ours_trips:
+            await tenancy.create_tenant("counted")
+        async with count_round_trips() as hand_trips:
+            await hand_written(engine, prefix, f"{prefix}hand_counted")
         for round_ in range(rounds):
             started = time.perf_counter()
             for n in range(per_round):
@@ -185,10 +193,7 @@ async def provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> 
             ours.append((time.perf_counter() - started) / per_round)
             started = time.perf_counter()
             for n in range(per_round):
-                schema = f"{prefix}hand_{round_}_{n}"
-                async with engine.begin() as conn:
-                    for statement in HAND_WRITTEN.format(s=schema, prefix=prefix).split(";\n"):
-                        await conn.execute(text(statement))
+                await hand_written(engine, prefix, f"{prefix}hand_{round_}_{n}")
             hand.append((time.perf_counter() - started) / per_round)
     await engine.dispose()
     ours_ms, hand_ms = statistics.median(ours) * 1000, statistics.median(hand) * 1000
@@ -198,7 +203,47 @@ async def provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> 
         f"  create_tenant      {ours_ms:7.1f} ms per tenant",
         f"  hand-written SQL   {hand_ms:7.1f} ms per tenant",
         f"  ratio              {ours_ms / hand_ms:7.2f}x hand-written (target: <= 1.00, < 20 ms)",
+        f"  round trips        {ours_trips[0]} create_tenant, {hand_trips[0]} hand-written",
     ]
+
+
+async def hand_written(engine: AsyncEngine, prefix: str, schema: str) -> None:
+    async with engine.begin() as conn:
+        for statement in HAND_WRITTEN.format(s=schema, prefix=prefix).split(";\n"):
+            await conn.execute(text(statement))
+
+
+@asynccontextmanager
+async def count_round_trips() -> AsyncIterator[list[int]]:
+    """Every message the engines' connections send while the block runs (one-element list).
+
+    SQLAlchemy's statements, and what asyncpg sends itself (BEGIN, COMMIT, a session reset, a
+    multi-statement script): each is one round trip to the server.
+    """
+    counted = [0]
+
+    def statement(*_: Any) -> None:
+        counted[0] += 1
+
+    def simple(_record: Any) -> None:
+        counted[0] += 1
+
+    def attach(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(simple)
+
+    def detach(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.driver_connection.remove_query_logger(simple)
+
+    event.listen(Engine, "before_cursor_execute", statement)
+    event.listen(Pool, "checkout", attach)
+    event.listen(Pool, "checkin", detach)
+    try:
+        yield counted
+        await asyncio.sleep(0.1)  # query-log records reach the loop through call_soon
+    finally:
+        event.remove(Engine, "before_cursor_execute", statement)
+        event.remove(Pool, "checkout", attach)
+        event.remove(Pool, "checkin", detach)
 
 
 async def run(url: str, tenants: int, concurrency: int | None, prefix: str, provision: int) -> None:
@@ -207,6 +252,8 @@ async def run(url: str, tenants: int, concurrency: int | None, prefix: str, prov
     if provision:
         print("\n".join(await provisioning(url, prefix, provision)), flush=True)
     await reset(url, prefix)
+    if not tenants:
+        return
     config = TenancyConfig(
         database_url=url,
         isolation_strategy="schema",

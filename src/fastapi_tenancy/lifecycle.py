@@ -104,12 +104,28 @@ class TenantLifecycle:
             database_url=SecretStr(database_url) if database_url is not None else None,
         )
         # The physical name is recorded before any DDL, so storage is never orphaned unnamed.
-        pending = await self._store.add(self._isolation.assign_storage(tenant))
+        tenant = self._isolation.assign_storage(tenant)
+        if not provision:
+            pending = await self._store.add(tenant)
+            await self._lookup.invalidate(identifier)
+            await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
+            return pending  # a provisioning worker takes it from here
+        # Provisioned at once: the record is inserted already ``provisioning``, one transaction
+        # (and one WAL flush) where pending-then-provisioning took two, and no worker can claim
+        # it in between. A process that dies from here on leaves it provisioning, which a
+        # worker or `retry` reclaims once stale, as for a worker's own claim. The events are
+        # those of the two steps, in order.
+        provisioning = await self._store.add(
+            tenant.model_copy(update={"status": TenantStatus.PROVISIONING})
+        )
+        pending = provisioning.model_copy(update={"status": TenantStatus.PENDING})
         await self._lookup.invalidate(identifier)
         await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
-        if not provision:
-            return pending  # a provisioning worker takes it from here
-        provisioning = await self._move(pending, "start_provisioning")
+        await self._hooks.emit(
+            TenantChanged(
+                action="start_provisioning", tenant=provisioning, previous=TenantStatus.PENDING
+            )
+        )
         try:
             await self._isolation.provision(provisioning)
         except BaseException:
