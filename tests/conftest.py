@@ -8,6 +8,7 @@ import pytest
 from hypothesis import settings
 
 from tests.support import hypothesis_profiles
+from tests.support.pg_cluster import second_postgres as second_postgres  # a session fixture
 from tests.support.redis_server import PrivateRedis
 from tests.support.redis_topologies import RedisClusterNodes, RedisSentinelGroup
 from tests.support.services import (

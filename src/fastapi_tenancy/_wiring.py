@@ -22,6 +22,7 @@ from fastapi_tenancy.engines import create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.database import DatabaseIsolation
+from fastapi_tenancy.isolation.placement import ServerPool
 from fastapi_tenancy.isolation.row import RowIsolation
 from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -60,6 +61,7 @@ __all__ = [
     "resolver",
     "rate_limiter",
     "readiness",
+    "server_pool",
     "signing_keys",
     "slow_queries",
     "tenancy_metrics",
@@ -227,12 +229,44 @@ def isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStrategy:
         case "row":
             return RowIsolation(engine, tables, row_level_security=config.row_level_security)
         case "schema":
-            binding = config.schema_binding
-            if binding == "auto":
-                binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
-            return SchemaIsolation(engine, tables, prefix=config.schema_prefix, binding=binding)
+            central = _schema_isolation(config, engine, tables)
+            if not config.database_servers:
+                return central
+            return _schema_over_servers(config, central, tables)
         case "database":
             return database_isolation(config, tables)
+
+
+def _schema_isolation(
+    config: TenancyConfig, engine: AsyncEngine, tables: TenantTables
+) -> SchemaIsolation:
+    binding = config.schema_binding
+    if binding == "auto":
+        binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
+    return SchemaIsolation(engine, tables, prefix=config.schema_prefix, binding=binding)
+
+
+def _schema_over_servers(
+    config: TenancyConfig, central: SchemaIsolation, tables: TenantTables
+) -> IsolationStrategy:
+    """Schema isolation with a pool: an engine (with the central pool's settings) per server."""
+    from fastapi_tenancy.isolation.routed import ServerRoutedIsolation
+
+    engines = {
+        server.name: central_engine(config, server.url.get_secret_value())
+        for server in config.database_servers
+    }
+    return ServerRoutedIsolation(
+        central,
+        {name: _schema_isolation(config, engine, tables) for name, engine in engines.items()},
+        pool=server_pool(config),
+        engines=list(engines.values()),
+    )
+
+
+def server_pool(config: TenancyConfig) -> ServerPool:
+    """The configured ``database_servers`` (empty: the default server only)."""
+    return ServerPool(config.database_servers)
 
 
 def database_isolation(config: TenancyConfig, tables: TenantTables) -> DatabaseIsolation:
@@ -245,6 +279,7 @@ def database_isolation(config: TenancyConfig, tables: TenantTables) -> DatabaseI
         max_engines=config.max_cached_engines,
         connection_budget=config.database_connection_budget,
         budget_timeout=config.database_pool_timeout,
+        servers=server_pool(config),
     )
 
 

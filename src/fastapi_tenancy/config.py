@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.exclusions import normalise_exclusion
+from fastapi_tenancy.isolation.placement import DEFAULT_SERVER, DatabaseServer
 
 __all__ = ["ResolutionStrategy", "TenancyConfig", "describe_validation_error", "env_name"]
 
@@ -471,6 +472,19 @@ class TenancyConfig(BaseSettings):
             "`database_url` uses that instead. Never printed."
         ),
     )
+    database_servers: tuple[DatabaseServer, ...] = Field(
+        default=(),
+        repr=False,
+        description=(
+            "`schema` and `database` isolation over several database servers, as JSON: "
+            '`[{"name": "pg1", "url": "postgresql+asyncpg://app@db1/app", "capacity": 500}, …]`. '
+            "New tenants go to the server with the lowest share of its capacity in use (or the "
+            "one `tenants create --server` names), which is recorded on the tenant; a full server "
+            "takes none. Tenants without a server stay on the central database or "
+            "`database_url_template`. See [Scaling out](scaling-out.md#a-pool-of-database-servers)"
+            ". URLs are never printed."
+        ),
+    )
     max_cached_engines: int = Field(
         default=100,
         ge=1,
@@ -681,6 +695,21 @@ class TenancyConfig(BaseSettings):
                 raise ValueError(problem)
         return value
 
+    @field_validator("database_servers")
+    @classmethod
+    def _check_servers(cls, value: tuple[DatabaseServer, ...]) -> tuple[DatabaseServer, ...]:
+        names = [server.name for server in value]
+        for server in value:
+            if server.name == DEFAULT_SERVER or names.count(server.name) > 1:
+                raise ValueError(
+                    f"server name {server.name!r} is reserved or listed twice; give each server "
+                    "a name of its own"
+                )
+            problem = _url_problem(server.url.get_secret_value())
+            if problem is not None:
+                raise ValueError(f"server {server.name!r}: {problem}")
+        return value
+
     @field_validator(
         "resolution_strategy",
         "trusted_proxies",
@@ -777,6 +806,8 @@ class TenancyConfig(BaseSettings):
                 "database_url_template needs a '{database}' placeholder, e.g. "
                 "'postgresql+asyncpg://app@db:5432/{database}'"
             )
+        if self.database_servers:
+            self._check_server_pool()
         if self.schema_binding == "search_path" and self.database_backend != "postgresql":
             raise ConfigurationError(
                 "schema_binding 'search_path' exists on PostgreSQL only; MariaDB/MySQL use "
@@ -819,6 +850,28 @@ class TenancyConfig(BaseSettings):
         """The central database's kind: ``postgresql``, ``mysql``, ``mariadb`` or ``sqlite``."""
         scheme = self.database_url.split(":", 1)[0]
         return scheme.split("+", 1)[0]
+
+    def _check_server_pool(self) -> None:
+        if self.isolation_strategy == "row":
+            raise ConfigurationError(
+                "database_servers places tenants' schemas or databases on servers: it needs "
+                "isolation_strategy 'schema' or 'database' (row isolation keeps every tenant in "
+                "the central database)"
+            )
+        for server in self.database_servers:
+            url = server.url.get_secret_value()
+            backend = url.split(":", 1)[0].split("+", 1)[0]
+            if self.isolation_strategy == "schema" and (backend == "sqlite" or "{database}" in url):
+                raise ConfigurationError(
+                    f"database server {server.name!r}: schema isolation keeps tenant schemas in "
+                    "the database the URL names: give a PostgreSQL or MariaDB/MySQL URL without "
+                    "'{database}'"
+                )
+            if backend == "sqlite" and "{database}" not in url:
+                raise ConfigurationError(
+                    f"database server {server.name!r}: a SQLite server URL needs a '{{database}}' "
+                    "placeholder for the tenant's file, e.g. 'sqlite+aiosqlite:///./pg1/{database}.db'"
+                )
 
     def _check_jwt(self) -> None:
         # The policy lives with JWT resolution; imported here, as resolution's wiring reads this

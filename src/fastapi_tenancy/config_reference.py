@@ -98,6 +98,7 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
             "tenant_tables",
             "row_level_security",
             "database_url_template",
+            "database_servers",
             "max_cached_engines",
             "tenant_pool_size",
             "database_connection_budget",

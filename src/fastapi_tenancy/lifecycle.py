@@ -32,6 +32,7 @@ from fastapi_tenancy.exceptions import (
 )
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
+from fastapi_tenancy.isolation.placement import ServerPool, place
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
 from fastapi_tenancy.observe.events import Hooks, LifecycleAction, TenantChanged
@@ -76,6 +77,7 @@ class TenantLifecycle:
         inflight: InFlight,
         soft_delete: bool,
         drain_timeout: float,
+        servers: ServerPool | None = None,
     ) -> None:
         self._store = store
         self._isolation = isolation
@@ -84,6 +86,7 @@ class TenantLifecycle:
         self._inflight = inflight
         self._soft_delete = soft_delete
         self._drain_timeout = drain_timeout
+        self._servers = servers if servers is not None else ServerPool()
 
     async def create(
         self,
@@ -93,6 +96,7 @@ class TenantLifecycle:
         metadata: Mapping[str, Any] | None = None,
         database_url: str | None = None,
         provision: bool = True,
+        server: str | None = None,
     ) -> Tenant:
         if database_url is not None:
             await self._refuse_shared_database(database_url)
@@ -104,9 +108,10 @@ class TenantLifecycle:
             database_url=SecretStr(database_url) if database_url is not None else None,
         )
         # The physical name is recorded before any DDL, so storage is never orphaned unnamed.
+        # It is placed on a server of the pool (if any) as it is inserted: `isolation.placement`.
         tenant = self._isolation.assign_storage(tenant)
         if not provision:
-            pending = await self._store.add(tenant)
+            pending = await place(self._store, tenant, self._servers, server)
             await self._lookup.invalidate(identifier)
             await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
             return pending  # a provisioning worker takes it from here
@@ -115,8 +120,11 @@ class TenantLifecycle:
         # it in between. A process that dies from here on leaves it provisioning, which a
         # worker or `retry` reclaims once stale, as for a worker's own claim. The events are
         # those of the two steps, in order.
-        provisioning = await self._store.add(
-            tenant.model_copy(update={"status": TenantStatus.PROVISIONING})
+        provisioning = await place(
+            self._store,
+            tenant.model_copy(update={"status": TenantStatus.PROVISIONING}),
+            self._servers,
+            server,
         )
         pending = provisioning.model_copy(update={"status": TenantStatus.PENDING})
         await self._lookup.invalidate(identifier)

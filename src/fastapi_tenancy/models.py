@@ -101,6 +101,9 @@ class Tenant(BaseModel):
     # How many times a worker has claimed this tenant for provisioning.
     provisioning_attempts: int = Field(default=0, ge=0)
     database_url: SecretStr | None = Field(default=None, repr=False)
+    # The database server of the pool (`database_servers`) the tenant was placed on, for life;
+    # ``None``: the default server (the central database, or ``database_url_template``).
+    server: str | None = Field(default=None, max_length=64)
 
     @field_validator("created_at", "updated_at", "deleted_at")
     @classmethod

@@ -21,6 +21,7 @@ from fastapi_tenancy.engines import app_engine, same_database
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
+from fastapi_tenancy.isolation.placement import ServerPool
 from fastapi_tenancy.isolation.scope import tenant_session
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
@@ -102,6 +103,8 @@ class Tenancy:
         self.principal_check = principal_check
         self.limiter: TenantRateLimiter | None = _wiring.limiter(self.config)
         self.isolation: IsolationStrategy = _wiring.isolation(self.config, self.engine)
+        # The database servers new tenants are placed on (`fastapi_tenancy.isolation.placement`).
+        self.servers: ServerPool = _wiring.server_pool(self.config)
         self.slow_queries: SlowQueryLog | None = _wiring.slow_queries(self.config, self.metrics)
         # The user's subscriptions to typed events (and the audit trail's, below).
         self.hooks = Hooks()
@@ -309,6 +312,7 @@ class Tenancy:
                 inflight=self.inflight,
                 soft_delete=self.config.enable_soft_delete,
                 drain_timeout=self.config.database_pool_timeout,
+                servers=self.servers,
             )
         return self._lifecycle
 
@@ -320,6 +324,7 @@ class Tenancy:
         metadata: Mapping[str, Any] | None = None,
         database_url: str | None = None,
         provision: bool = True,
+        server: str | None = None,
     ) -> Tenant:
         """Create an active tenant with its storage; raises `TenantAlreadyExists` if taken.
 
@@ -328,7 +333,9 @@ class Tenancy:
         ``provision=False`` records the tenant as ``pending`` and leaves its storage to a
         `ProvisioningWorker` (``fastapi_tenancy.worker``). A tenant that would get no tables
         (``tenant_metadata`` empty or not importable, ``tenant_tables`` not ``migrations``) is
-        refused with `ConfigurationError` before anything is written.
+        refused with `ConfigurationError` before anything is written. With ``database_servers``
+        the tenant is placed on the server with the most room, or on ``server`` (by name);
+        `ServerFull` when there is none (`fastapi_tenancy.isolation.placement`).
         """
         if provision:
             from fastapi_tenancy.preflight import missing_tables
@@ -343,6 +350,7 @@ class Tenancy:
             metadata=metadata,
             database_url=database_url,
             provision=provision,
+            server=server,
         )
 
     async def get_tenant(self, identifier: str) -> Tenant | None:

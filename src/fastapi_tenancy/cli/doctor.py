@@ -33,11 +33,12 @@ from fastapi_tenancy.cli.output import print_json
 from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
+from fastapi_tenancy.isolation.placement import ServerPool
 from fastapi_tenancy.isolation.rls import RlsProblem, find_problems
 from fastapi_tenancy.isolation.tables import TenantTables
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.preflight import storage_mismatch
-from fastapi_tenancy.store.sqlalchemy import tenants_table
+from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore, tenants_table
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["probe", "register"]
@@ -109,8 +110,101 @@ def diagnose(database_url: str | None, workers: int) -> list[CheckResult]:
         config = load_config(database_url)
     except ConfigurationError as exc:
         return [check_config(scrub(str(exc), [database_url]))]
-    facts = asyncio.run(probe(config))
-    return run_checks(config, workers, facts)
+    facts, servers = asyncio.run(_probe_all(config))
+    return run_checks(config, workers, facts) + servers
+
+
+async def _probe_all(config: TenancyConfig) -> tuple[ServerFacts, list[CheckResult]]:
+    facts = await probe(config)
+    servers = await probe_servers(config) if facts.reachable else []
+    return facts, servers
+
+
+# A server this full is reported (warn) before it refuses new tenants.
+NEARLY_FULL = 0.9
+
+
+async def probe_servers(config: TenancyConfig) -> list[CheckResult]:
+    """One check per database server of the pool: reachable (timed), tenants against capacity.
+
+    Also fails when tenants are recorded on a server that is no longer configured (their
+    requests would fail). Nothing when there is no pool and no tenant names a server.
+    """
+    counts = await _tenants_per_server(config)
+    pool = ServerPool(config.database_servers)
+    strays = {name: n for name, n in counts.items() if name is not None and name not in pool.names}
+    results = []
+    if pool and counts.get(None):
+        results.append(
+            CheckResult(
+                "servers", "ok", f"{counts[None]} tenants on the default server (none recorded)"
+            )
+        )
+    pings = await asyncio.gather(*(_ping(config, s.url.get_secret_value()) for s in pool.servers))
+    for server, ping in zip(pool.servers, pings, strict=True):
+        used = counts.get(server.name, 0)
+        usage = f"server {server.name}: {used}/{server.capacity} tenants"
+        if ping.error is not None:
+            results.append(CheckResult("servers", "fail", f"{usage}; {ping.error}", "start it"))
+        elif used >= server.capacity:
+            results.append(
+                CheckResult(
+                    "servers",
+                    "warn",
+                    f"{usage}, full: new tenants go elsewhere",
+                    "raise its capacity or add a server",
+                )
+            )
+        elif used >= NEARLY_FULL * server.capacity:
+            results.append(
+                CheckResult(
+                    "servers", "warn", f"{usage}, nearly full", "raise its capacity or add a server"
+                )
+            )
+        else:
+            results.append(
+                CheckResult("servers", "ok", f"{usage}, {(ping.seconds or 0) * 1000:.0f} ms")
+            )
+    for name, n in sorted(strays.items()):
+        results.append(
+            CheckResult(
+                "servers",
+                "fail",
+                f"{n} tenants are on server {name!r}, which TENANCY_DATABASE_SERVERS does not "
+                "list: their requests fail",
+                f"add {name!r} back to TENANCY_DATABASE_SERVERS",
+            )
+        )
+    return results
+
+
+async def _tenants_per_server(config: TenancyConfig) -> dict[str | None, int]:
+    engine = _wiring.central_engine(config, null_pool=True, echo=False)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            async with engine.connect() as conn:
+                has_table = await conn.run_sync(
+                    lambda sync: inspect(sync).has_table(tenants_table.name)
+                )
+            if not has_table:
+                return {}
+            return await SQLAlchemyTenantStore(engine).count_by_server()
+    finally:
+        await engine.dispose()
+
+
+async def _ping(config: TenancyConfig, url: str) -> Connection:
+    """Connect to a server of the pool once, timed."""
+    engine = _wiring.central_engine(config, url, null_pool=True, echo=False)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return Connection(error=_unreachable(url, exc))
+    finally:
+        await engine.dispose()
+    return Connection(seconds=time.perf_counter() - started)
 
 
 async def probe(config: TenancyConfig) -> ServerFacts:

@@ -41,6 +41,7 @@ def tenant_record(tenant: Tenant) -> dict[str, Any]:
         "status": tenant.status.value,
         "storage": tenant.storage_name,
         "has_database_url": tenant.database_url is not None,
+        "server": tenant.server,
         "metadata": tenant.metadata,
         "created_at": _timestamp(tenant.created_at),
         "updated_at": _timestamp(tenant.updated_at),

@@ -17,10 +17,12 @@ from fastapi_tenancy.cli.output import (
     tenant_rows,
 )
 from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, print_usage, run_with_tenancy
+from fastapi_tenancy.cli.servers import server_rows, servers_summary
 from fastapi_tenancy.exceptions import (
     InvalidTenantIdentifier,
     TenantAlreadyExists,
 )
+from fastapi_tenancy.isolation.placement import counts_by_server
 from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -90,6 +92,12 @@ def register(
         metavar="URL",
         help="database isolation: an existing database for this tenant instead of one from "
         "database_url_template (stored, never printed)",
+    )
+    create.add_argument(
+        "--server",
+        metavar="NAME",
+        help="a server of TENANCY_DATABASE_SERVERS to place the tenant on (default: the one with "
+        "the most room)",
     )
     create.set_defaults(handler=_create)
 
@@ -277,10 +285,12 @@ def _create(args: argparse.Namespace) -> int:
                 name=args.name,
                 metadata=args.metadata,
                 database_url=args.tenant_database_url,
+                server=args.server,
             )
         except TenantAlreadyExists:
             raise TenantAlreadyExists(f"tenant {args.identifier!r} already exists") from None
-        print(f"created tenant {tenant.identifier} ({tenant.status.value})")
+        where = f" on server {tenant.server}" if tenant.server is not None else ""
+        print(f"created tenant {tenant.identifier} ({tenant.status.value}){where}")
         if tenancy.config.tenant_tables == "none":
             print(
                 "no tables were created (TENANCY_TENANT_TABLES=none); if Alembic owns them, run "
@@ -296,6 +306,10 @@ def _list(args: argparse.Namespace) -> int:
         tenants = await tenancy.list_tenants(include_deleted=args.all)
         if args.json:
             print_json([tenant_record(tenant) for tenant in tenants])
+        elif tenancy.servers or any(tenant.server is not None for tenant in tenants):
+            print(render_table((*TABLE_HEADERS, "SERVER"), server_rows(tenants)))
+            everyone = await tenancy.list_tenants(include_deleted=True)
+            print(servers_summary(tenancy.servers, counts_by_server(everyone)))
         else:
             print(render_table(TABLE_HEADERS, tenant_rows(tenants)))
         return EXIT_OK

@@ -19,12 +19,9 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
-from fastapi_tenancy.isolation.naming import (
-    assign_storage_name,
-    checked_storage_name,
-    tenant_database_url,
-)
+from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
+from fastapi_tenancy.isolation.placement import ServerPool
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
 from fastapi_tenancy.isolation.session import TENANT_INFO_KEY, TenantSession
 from fastapi_tenancy.isolation.tables import TenantTables
@@ -57,10 +54,12 @@ class DatabaseIsolation:
         max_engines: int = 100,
         connection_budget: int = 50,
         budget_timeout: float = 30.0,
+        servers: ServerPool | None = None,
     ) -> None:
         self._tables = tables
         self._engine_factory = engine_factory
         self._url_template = url_template
+        self._servers = servers if servers is not None else ServerPool()
         self._storage_prefix = storage_prefix
         self._template = DatabaseTemplate(storage_prefix)
         self._engines = EngineLRU(
@@ -172,7 +171,7 @@ class DatabaseIsolation:
             await engine.dispose()
 
     def _url(self, tenant: Tenant) -> str:
-        return tenant_database_url(tenant, self._url_template)
+        return self._servers.tenant_database_url(tenant, self._url_template)
 
     def _new_engine(self, url: str) -> AsyncEngine:
         return self._engine_factory(url)

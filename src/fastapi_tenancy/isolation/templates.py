@@ -114,16 +114,18 @@ class DatabaseTemplate:
                     return False
                 digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
                 template = checked_storage_name(f"{self._prefix}tpl_{digest}_tpl")
-                if template in self._unbuildable:
+                # Each server of a pool (`database_servers`) has a template of its own.
+                where = f"{parsed.host}:{parsed.port}/{template}"
+                if where in self._unbuildable:
                     return False
-                if template not in self._ready:
+                if where not in self._ready:
                     try:
                         await _build(conn, url, template, statements)
                     except Exception:
                         logger.warning("building template %s failed", template, exc_info=True)
-                        self._unbuildable.add(template)
+                        self._unbuildable.add(where)
                         return False
-                    self._ready.add(template)
+                    self._ready.add(where)
                 try:
                     await conn.execute(
                         text(
@@ -134,7 +136,7 @@ class DatabaseTemplate:
                     logger.warning(
                         "creating %s from template %s failed", name, template, exc_info=True
                     )
-                    self._ready.discard(template)
+                    self._ready.discard(where)
                     return False
                 try:
                     await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{mark}'"))

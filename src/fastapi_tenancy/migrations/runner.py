@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from fastapi_tenancy import _wiring
 from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.errors import MigrationError, describe_error, url_passwords
@@ -45,10 +46,11 @@ async def upgrade(
 
     Under row isolation the shared tables are migrated once. Under schema and database isolation
     every active and suspended tenant is (or only ``identifiers``), at most ``concurrency`` at a
-    time (by default ``database_pool_size``, the connections the central pool keeps), each in
-    its own transaction under a lock no other runner can hold at the same time. A tenant already
-    at ``revision`` is skipped without running Alembic, so re-running is cheap and safe: under
-    schema isolation every tenant's revision is read up front in a few queries on the central
+    time on each database server (by default ``database_pool_size``, the connections the central
+    pool keeps; with ``database_servers`` every server, and the default one, gets that many),
+    each in its own transaction under a lock no other runner can hold at the same time. A tenant
+    already at ``revision`` is skipped without running Alembic, so re-running is cheap and safe:
+    under schema isolation every tenant's revision is read up front in a few queries on each
     server, and a tenant found at the target is skipped without a connection of its own. A
     failing tenant is recorded and the others continue; ``on_progress`` is called as each tenant
     finishes.
@@ -114,12 +116,15 @@ async def _run_fleet(
     runs = await planned_tenants(tenancy, identifiers)
     runs, scanned = await _skip_current(tenancy, runs, wanted)
     secrets = config_passwords(tenancy)
-    semaphore = asyncio.Semaphore(concurrency)
+    # One limit per database server: each server works on up to `concurrency` tenants at once.
+    semaphores: dict[str | None, asyncio.Semaphore] = {}
 
     async def run(planned: Tenant | TenantMigration | None) -> TenantMigration:
         if isinstance(planned, TenantMigration):
             result = planned
         else:
+            server = planned.server if planned is not None else None
+            semaphore = semaphores.setdefault(server, asyncio.Semaphore(concurrency))
             async with semaphore:
                 result = await _migrate(
                     tenancy,
@@ -166,15 +171,7 @@ async def _skip_current(
     if wanted is None or tenancy.config.isolation_strategy != "schema":
         return runs, {}
     started = time.perf_counter()
-    names: dict[str, Tenant] = {}
-    for planned in runs:
-        if isinstance(planned, Tenant) and planned.storage_name is not None:
-            try:
-                names[checked_storage_name(planned.storage_name)] = planned
-            except ConfigurationError:
-                continue  # the per-tenant path reports it
-    found = await scan_revisions(tenancy.engine, names)
-    scanned = {names[name].id: revisions for name, revisions in found.items()}
+    scanned = await scan_tenant_revisions(tenancy, runs)
     current = {tenant_id for tenant_id, revisions in scanned.items() if revisions == wanted}
     if not current:
         return runs, scanned
@@ -194,6 +191,48 @@ async def _skip_current(
         for planned in runs
     ]
     return skipped, scanned
+
+
+async def scan_tenant_revisions(
+    tenancy: Tenancy, planned: Iterable[Tenant | TenantMigration | None]
+) -> dict[str, frozenset[str]]:
+    """Schema isolation: each planned tenant's revisions by id, read in bulk on its server.
+
+    A tenant the scan cannot read is left out (the per-tenant path reads it); so are all the
+    tenants of a server of the pool that does not answer.
+    """
+    names: dict[str | None, dict[str, Tenant]] = {}
+    for item in planned:
+        if isinstance(item, Tenant) and item.storage_name is not None:
+            try:
+                name = checked_storage_name(item.storage_name)
+            except ConfigurationError:
+                continue  # the per-tenant path reports it
+            names.setdefault(item.server, {})[name] = item
+    scanned: dict[str, frozenset[str]] = {}
+    for server, on_server in names.items():
+        try:
+            found = await _scan_server(tenancy, server, on_server)
+        except Exception:
+            if server is None:
+                raise
+            continue  # a server of the pool the scan cannot read: each tenant is tried alone
+        scanned.update({on_server[name].id: revisions for name, revisions in found.items()})
+    return scanned
+
+
+async def _scan_server(
+    tenancy: Tenancy, server: str | None, names: dict[str, Tenant]
+) -> dict[str, frozenset[str]]:
+    """`scan_revisions` on the central database (``server`` ``None``) or a server of the pool."""
+    if server is None:
+        return await scan_revisions(tenancy.engine, names)
+    url = tenancy.servers.get(server).url.get_secret_value()
+    engine = _wiring.central_engine(tenancy.config, url, pool_size=1, max_overflow=0)
+    try:
+        return await scan_revisions(engine, names)
+    finally:
+        await engine.dispose()
 
 
 async def migrate_tenant(
@@ -223,7 +262,10 @@ async def migrate_tenant(
 
 def config_passwords(tenancy: Tenancy) -> set[str]:
     """Passwords in the configured URLs, to scrub from error messages."""
-    return url_passwords([tenancy.config.database_url, tenancy.config.database_url_template])
+    servers = [server.url.get_secret_value() for server in tenancy.servers.servers]
+    return url_passwords(
+        [tenancy.config.database_url, tenancy.config.database_url_template, *servers]
+    )
 
 
 async def planned_tenants(

@@ -10,11 +10,13 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.errors import describe_error
 from fastapi_tenancy.migrations.report import TenantMigration
-from fastapi_tenancy.migrations.runner import config_passwords, planned_tenants
-from fastapi_tenancy.migrations.scan import scan_revisions
+from fastapi_tenancy.migrations.runner import (
+    config_passwords,
+    planned_tenants,
+    scan_tenant_revisions,
+)
 from fastapi_tenancy.migrations.targets import connect, target_for
 from fastapi_tenancy.migrations.versions import format_revisions, read_revisions
 from fastapi_tenancy.models import Tenant
@@ -60,15 +62,7 @@ async def status(
     planned = await planned_tenants(tenancy, identifiers)
     scanned: dict[str, frozenset[str]] = {}
     if tenancy.config.isolation_strategy == "schema":
-        names: dict[str, Tenant] = {}
-        for item in planned:
-            if isinstance(item, Tenant) and item.storage_name is not None:
-                try:
-                    names[checked_storage_name(item.storage_name)] = item
-                except ConfigurationError:
-                    continue
-        found = await scan_revisions(tenancy.engine, names)
-        scanned = {names[name].id: revisions for name, revisions in found.items()}
+        scanned = await scan_tenant_revisions(tenancy, planned)
     secrets = config_passwords(tenancy)
     semaphore = asyncio.Semaphore(concurrency)
 

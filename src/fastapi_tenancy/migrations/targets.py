@@ -1,11 +1,12 @@
 """Where each isolation strategy keeps a tenant's tables, as a connection Alembic can run on.
 
 * row: the shared tables in the central database, migrated once (no tenant);
-* schema on PostgreSQL: the central database; env.py points the search path at the tenant's
-  schema and keeps ``alembic_version`` there;
-* schema on MariaDB/MySQL: the tenant's database on the central server, through a connection
-  made for it, so unqualified names resolve there;
-* database: the tenant's own database (its explicit URL, or the URL template).
+* schema on PostgreSQL: the central database (or the database of the tenant's server, with
+  ``database_servers``); env.py points the search path at the tenant's schema and keeps
+  ``alembic_version`` there;
+* schema on MariaDB/MySQL: the tenant's database on the central server (or its own server),
+  through a connection made for it, so unqualified names resolve there;
+* database: the tenant's own database (its explicit URL, its server's, or the URL template).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_tenancy import _wiring
 from fastapi_tenancy.exceptions import ConfigurationError
-from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_database_url
+from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.locks import SHARED_LOCK_KEY
 from fastapi_tenancy.models import Tenant
 
@@ -57,20 +58,23 @@ def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
             raise ConfigurationError(f"{strategy} isolation migrates tenants, not shared tables")
         return MigrationTarget(tenant=None, url=None, schema=None, lock_key=SHARED_LOCK_KEY)
     name = checked_storage_name(tenant.storage_name)
+    server = tenancy.servers.server_of(tenant)
     if strategy == "schema":
-        if tenancy.engine.dialect.name == "postgresql":
-            return MigrationTarget(tenant=tenant, url=None, schema=name, lock_key=tenant.id)
-        url = make_url(config.database_url).set(database=name)
+        # The tenant's server (`database_servers`), or the central database.
+        server_url = config.database_url if server is None else server.url.get_secret_value()
+        if make_url(server_url).get_backend_name() == "postgresql":
+            url = None if server is None else server_url
+            return MigrationTarget(tenant=tenant, url=url, schema=name, lock_key=tenant.id)
         return MigrationTarget(
             tenant=tenant,
-            url=url.render_as_string(hide_password=False),
+            url=make_url(server_url).set(database=name).render_as_string(hide_password=False),
             schema=None,
             lock_key=tenant.id,
         )
     if strategy == "database":
         return MigrationTarget(
             tenant=tenant,
-            url=tenant_database_url(tenant, config.database_url_template),
+            url=tenancy.servers.tenant_database_url(tenant, config.database_url_template),
             schema=None,
             lock_key=tenant.id,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     or_,
     select,
     update,
@@ -48,6 +49,10 @@ __all__ = ["SQLAlchemyTenantStore", "domains_table", "tenants_metadata", "tenant
 
 # Tries at creating the tenants table when other processes race to create it too.
 CREATE_ATTEMPTS = 5
+# The lock new tenants are placed on a server under (tenant ids are hex: never this key), and
+# the longest wait for it: placing is one count and one insert.
+PLACEMENT_LOCK_KEY = "placement"
+PLACEMENT_WAIT = 30.0
 
 
 def _utc(value: datetime) -> datetime:
@@ -97,6 +102,9 @@ tenants_table = Table(
     Column("storage_name", String(64), nullable=True, unique=True),
     Column("database_url", Text, nullable=True),
     Column("provisioning_attempts", Integer, nullable=False, server_default="0"),
+    # The database server the tenant was placed on (`fastapi_tenancy.isolation.placement`);
+    # NULL: the default server.
+    Column("server", String(64), nullable=True, index=True),
     # The server default may be latin1, which cannot hold every tenant name.
     mysql_charset="utf8mb4",
 )
@@ -183,6 +191,46 @@ class SQLAlchemyTenantStore:
             async with self._engine.begin() as conn:
                 await conn.execute(tenants_table.insert().values(_row_values(stored)))
         return stored
+
+    async def add_placed(
+        self, tenant: Tenant, choose: Callable[[Mapping[str | None, int]], str]
+    ) -> Tenant:
+        """Insert ``tenant`` on the server ``choose`` picks from the tenants per server now.
+
+        Counting and inserting share one transaction under the placement lock (an advisory lock
+        on PostgreSQL, a named lock on MariaDB/MySQL, the write lock on SQLite), so concurrent
+        creators, in any processes, see each other's tenants and never overfill a server.
+        """
+        # The migration runner's lock serves here too: the same semantics on every backend.
+        from fastapi_tenancy.migrations.errors import MigrationLockTimeout
+        from fastapi_tenancy.migrations.locks import migration_transaction
+
+        t = tenants_table
+        counting = select(t.c.server, func.count()).group_by(t.c.server)
+        try:
+            with self._translate_errors():
+                async with (
+                    self._engine.connect() as conn,
+                    migration_transaction(conn, PLACEMENT_LOCK_KEY, wait_seconds=PLACEMENT_WAIT),
+                ):
+                    rows = (await conn.execute(counting)).all()
+                    counts = {server: int(n) for server, n in rows}
+                    stored = _in_utc(tenant.model_copy(update={"server": choose(counts)}))
+                    await conn.execute(t.insert().values(_row_values(stored)))
+        except MigrationLockTimeout:
+            raise ServiceUnavailable(
+                f"another process held the tenant placement lock for over {PLACEMENT_WAIT:g}s"
+            ) from None
+        return stored
+
+    async def count_by_server(self) -> dict[str | None, int]:
+        """How many tenant records (in any status) each server holds; ``None``: the default."""
+        t = tenants_table
+        counting = select(t.c.server, func.count()).group_by(t.c.server)
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(counting)).all()
+        return {server: int(n) for server, n in rows}
 
     async def update(self, tenant: Tenant) -> Tenant:
         """Replace the record with the same id, stamping ``updated_at``; returns what was stored."""
@@ -409,6 +457,7 @@ def _row_values(tenant: Tenant) -> dict[str, Any]:
         "database_url": (
             tenant.database_url.get_secret_value() if tenant.database_url is not None else None
         ),
+        "server": tenant.server,
     }
 
 
