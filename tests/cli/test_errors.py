@@ -58,6 +58,8 @@ def runnable(path: tuple[str, ...]) -> list[str]:
         argv += ["--name", "Acme"]
     if path[-1] == "backup":
         argv += ["-o", "acme.tar.gz"]
+    if path[-1] == "move":
+        argv += ["--to-strategy", "schema"]
     if path == ("migrate", "downgrade"):
         argv += ["base", "-t", "all"]
     if path[0] == "migrate" and path[-1] in ("upgrade", "downgrade", "status"):

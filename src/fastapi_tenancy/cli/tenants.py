@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi_tenancy.cli import adopt, backup
+from fastapi_tenancy.cli import adopt, backup, move
 from fastapi_tenancy.cli.output import (
     TABLE_HEADERS,
     print_error,
@@ -175,6 +175,7 @@ def register(
     _register_domains(sub, common)
     adopt.register(sub, common)
     backup.register(sub, common)
+    move.register(sub, common)
 
 
 def domain(value: str) -> str:

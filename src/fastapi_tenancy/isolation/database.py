@@ -10,6 +10,7 @@ tenant is closed, in the background, to keep room).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 
@@ -85,10 +86,10 @@ class DatabaseIsolation:
 
     @asynccontextmanager
     async def session(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
-        name = checked_storage_name(tenant.storage_name)
+        url = self._url(tenant)
         async with (
             # The URL travels with the lease: it builds the engine on a miss and is not kept.
-            self._engines.lease(name, self._url(tenant)) as engine,
+            self._engines.lease(_engine_key(tenant, url), url) as engine,
             AsyncSession(
                 bind=engine,
                 sync_session_class=TenantSession,
@@ -132,7 +133,7 @@ class DatabaseIsolation:
     async def purge(self, tenant: Tenant) -> None:
         name = checked_storage_name(tenant.storage_name)
         url = self._url(tenant)
-        await self._engines.discard(name)
+        await self._engines.discard(_engine_key(tenant, url))
         with _reachable(url):
             if tenant.database_url is None:
                 found = await database_mark(url, name, expected=owner_mark(tenant))
@@ -142,6 +143,10 @@ class DatabaseIsolation:
                     await drop_database(url, name)
             else:
                 await self._on_tables(url, create=False, tenant_id=tenant.id)
+
+    async def forget(self, tenant: Tenant) -> None:
+        """Drop this process's engine for ``tenant``'s database (e.g. once it has moved away)."""
+        await self._engines.discard(_engine_key(tenant, self._url(tenant)))
 
     async def _count_tables(self, url: str) -> int:
         engine = create_async_engine(url, poolclass=NullPool)
@@ -175,6 +180,14 @@ class DatabaseIsolation:
 
     def _new_engine(self, url: str) -> AsyncEngine:
         return self._engine_factory(url)
+
+
+def _engine_key(tenant: Tenant, url: str) -> str:
+    # The URL is part of the key: once a tenant moves to another server (a new URL on its
+    # record), every process builds an engine for the new server with the next record it loads,
+    # instead of reusing the one cached for the old server under the same database name.
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return f"{checked_storage_name(tenant.storage_name)}@{digest}"
 
 
 def _reachable(url: str) -> AbstractContextManager[None]:

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import text
 
+from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTransition
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.ownership import owner_mark
@@ -48,7 +50,15 @@ from fastapi_tenancy.transfer.restore import count_storage, load_storage, verify
 from fastapi_tenancy.transfer.rows import storage_tables
 from fastapi_tenancy.transfer.storage import Storage, locate
 
-__all__ = ["MOVED_FROM_KEY", "MOVE_KEY", "Target", "drop_old_copy", "move_tenant", "rollback_move"]
+__all__ = [
+    "MOVED_FROM_KEY",
+    "MOVE_KEY",
+    "Target",
+    "drop_old_copy",
+    "move_tenant",
+    "rollback_move",
+    "url_target",
+]
 
 # The move under way, in the tenant's metadata: {"to": <target label>, "step": <last step done>}.
 MOVE_KEY = "tenancy_move"
@@ -72,6 +82,17 @@ class Target:
     tenancy: Tenancy
     label: str
     changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+def url_target(tenancy: Tenancy, url: str) -> Target:
+    """Database isolation: move to the database ``url`` names (on any server), created by the
+    move; the tenant's record keeps it as its own database URL afterwards."""
+    if tenancy.config.isolation_strategy != "database":
+        raise ConfigurationError(
+            "a target URL is for database isolation; schema isolation moves to a server of "
+            "database_servers"
+        )
+    return Target(tenancy, f"database {redact_url(url)}", {"database_url": SecretStr(url)})
 
 
 async def move_tenant(
@@ -325,4 +346,4 @@ async def _forget_engine(source: Tenancy, tenant: Tenant) -> None:
     """This process's engine for the old database goes (other processes: `DatabaseIsolation`
     keys engines by URL too, so the switched record builds a new one there)."""
     if isinstance(source.isolation, DatabaseIsolation) and tenant.storage_name is not None:
-        await source.isolation.engines.discard(tenant.storage_name)
+        await source.isolation.forget(tenant)
