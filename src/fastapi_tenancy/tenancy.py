@@ -21,12 +21,12 @@ from fastapi_tenancy.engines import app_engine, same_database
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
-from fastapi_tenancy.isolation.placement import ServerPool
+from fastapi_tenancy.isolation.placement import ServerCounts, ServerPool
 from fastapi_tenancy.isolation.scope import tenant_session
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.models import Tenant, validate_identifier
 from fastapi_tenancy.observe.audit import AuditTrail
-from fastapi_tenancy.observe.events import Hooks
+from fastapi_tenancy.observe.events import Hooks, TenantChanged
 from fastapi_tenancy.observe.observer import TenancyObserver, compose, handler
 from fastapi_tenancy.observe.slowquery import SlowQueryLog
 from fastapi_tenancy.principal import PrincipalCheck
@@ -114,6 +114,7 @@ class Tenancy:
             self.metrics, self.slow_queries, self.hooks, *observers
         )
         self._watch_engines()
+        self._server_counts = self._count_servers()
         self.admission = Admission(
             self.resolver,
             self.lookup,
@@ -135,6 +136,15 @@ class Tenancy:
         self.readiness = _wiring.readiness(self.config, self)
         self._lock = asyncio.Lock()
         self._started = False
+
+    def _count_servers(self) -> ServerCounts | None:
+        """Report tenants per server (metrics) at start and after each create or purge."""
+        report = handler(self.observer, "servers_counted")
+        if not self.servers or report is None:
+            return None
+        counts = ServerCounts(self.store, self.servers, report)
+        self.hooks.subscribe(TenantChanged, counts.changed)
+        return counts
 
     def _watch_engines(self) -> None:
         """Report the central engine, and each tenant engine as it is created, to the observer."""
@@ -167,6 +177,8 @@ class Tenancy:
                 if isinstance(self.cache, SharedTenantCache):
                     await self.cache.start()
                 await self.isolation.start()
+                if self._server_counts is not None:
+                    await self._server_counts.refresh()
                 if self.audit is not None:
                     await self.audit.start()
                 if self.edge is not None and self.config.edge_sync_on_start:

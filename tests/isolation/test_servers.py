@@ -408,3 +408,32 @@ def test_the_cli_places_lists_and_checks_tenants_per_server(
     assert checks[-1]["status"] == "fail"
     assert "2 tenants are on server 'pg2'" in checks[-1]["message"]
     assert "nope" not in json.dumps(checks)
+
+
+@pytest.mark.postgres
+async def test_the_tenants_per_server_gauge_follows_creates_and_purges(
+    two_servers: dict[str, str],
+) -> None:
+    def gauge(tenancy: Tenancy) -> dict[str, float]:
+        assert tenancy.metrics is not None
+        assert tenancy.metrics.registry is not None
+        return {
+            sample.labels["server"]: sample.value
+            for family in tenancy.metrics.registry.collect()
+            if family.name == "fastapi_tenancy_server_tenants"
+            for sample in family.samples
+        }
+
+    async with Tenancy(pool_config("schema", {}, enable_metrics=True)) as tenancy:
+        await tenancy.create_tenant("before")  # on the default server, before the pool
+    config = pool_config("schema", two_servers, capacity=5, enable_metrics=True)
+    async with Tenancy(config) as tenancy:
+        await tenancy.start()
+        assert gauge(tenancy) == {"default": 1, "pg1": 0, "pg2": 0}
+        await tenancy.create_tenant("one")
+        await tenancy.create_tenant("two")
+        assert gauge(tenancy) == {"default": 1, "pg1": 1, "pg2": 1}
+        await tenancy.delete_tenant("two")
+        assert gauge(tenancy)["pg2"] == 1  # soft-deleted: its storage is still there
+        await tenancy.purge_tenant("two")
+        assert gauge(tenancy) == {"default": 1, "pg1": 1, "pg2": 0}

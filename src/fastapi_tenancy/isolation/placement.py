@@ -17,6 +17,7 @@ tenants on a server than its capacity.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -28,13 +29,17 @@ from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_databa
 from fastapi_tenancy.models import Tenant
 
 if TYPE_CHECKING:
+    from fastapi_tenancy.observe.events import TenantChanged
     from fastapi_tenancy.store.base import TenantStore
+
+logger = logging.getLogger("fastapi_tenancy.placement")
 
 __all__ = [
     "DEFAULT_SERVER",
     "DatabaseServer",
     "PlacingStore",
     "ServerFull",
+    "ServerCounts",
     "ServerPool",
     "counts_by_server",
     "place",
@@ -224,3 +229,37 @@ def counts_by_server(tenants: Iterable[Tenant]) -> dict[str, int]:
         label = server_label(tenant)
         counts[label] = counts.get(label, 0) + 1
     return counts
+
+
+class ServerCounts:
+    """Tells ``report`` how many tenants each server holds: on `refresh`, and after each create
+    or purge (`changed`, subscribed to the runtime's hooks).
+
+    Counted in the central database, so the figure is right whichever process changed it; every
+    configured server is reported, those without tenants as 0. A failed count is logged and
+    skipped: metrics never fail a start or a lifecycle call.
+    """
+
+    def __init__(
+        self, store: TenantStore, pool: ServerPool, report: Callable[[Mapping[str, int]], None]
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._report = report
+
+    async def refresh(self) -> None:
+        try:
+            count = getattr(self._store, "count_by_server", None)
+            if count is not None:
+                raw: Mapping[str | None, int] = await count()
+                counts = {server or DEFAULT_SERVER: n for server, n in raw.items()}
+            else:
+                counts = counts_by_server(await self._store.list(include_deleted=True))
+        except Exception:
+            logger.warning("counting tenants per database server failed", exc_info=True)
+            return
+        self._report(dict.fromkeys(self._pool.names, 0) | counts)
+
+    async def changed(self, event: TenantChanged) -> None:
+        if event.action in ("create", "purge"):
+            await self.refresh()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -144,6 +145,16 @@ class _Families:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # Set from a count in the central database (at start and after each create or purge in
+        # any process), so the most recent value is right whichever process wrote it.
+        self.server_tenants = Gauge(
+            PREFIX + "server_tenants",
+            "Tenants (in every status until purged) on each database server of the pool; "
+            "'default' counts those without one.",
+            ("server",),
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.slow_queries = Counter(
             PREFIX + "slow_queries",
             "Statements slower than slow_query_threshold_ms.",
@@ -251,6 +262,7 @@ class TenancyMetrics(TenancyObserver):
             f.engines,
             f.evictions,
             f.checked_out,
+            f.server_tenants,
             f.slow_queries,
             f.failures_after_response,
             f.audit_dropped,
@@ -331,6 +343,13 @@ class TenancyMetrics(TenancyObserver):
     def audit_dropped(self, reason: str, count: int) -> None:
         """Count ``count`` audit records lost for ``reason`` (see `audit.DROP_REASONS`)."""
         self._families.audit_dropped_children[reason].inc(count)
+
+    # The pool of database servers.
+
+    def servers_counted(self, counts: Mapping[str, int]) -> None:
+        """Record how many tenants each database server holds (by name, ``default`` included)."""
+        for server, count in counts.items():
+            self._families.server_tenants.labels(server).set(count)
 
     # Engines and pools.
 

@@ -16,7 +16,7 @@ engine cache call; a `TenancyObserver` satisfies both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -121,6 +121,9 @@ class TenancyObserver:
     def slow_query(self, tenant: Tenant | None, duration_ms: float) -> None:
         """A statement of ``tenant`` ran longer than ``slow_query_threshold_ms``."""
 
+    def servers_counted(self, counts: Mapping[str, int]) -> None:
+        """Tenants per database server of the pool (``default``: none recorded), freshly counted."""
+
     # ⑥ typed events and the audit trail.
 
     def wants(self, event_type: type[Event]) -> bool:
@@ -146,6 +149,7 @@ _METHODS = (
     "engines_cached",
     "engine_evicted",
     "slow_query",
+    "servers_counted",
     "audit_dropped",
 )
 
