@@ -13,12 +13,12 @@ that nothing reads shows up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.config import ResolutionStrategy, TenancyConfig
-from fastapi_tenancy.engines import create_engine
+from fastapi_tenancy.engines import EngineFamily, create_engine
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.database import DatabaseIsolation
@@ -89,16 +89,30 @@ def central_engine(
     """
     return create_engine(
         url or config.database_url,
-        pool_size=config.database_pool_size if pool_size is None else pool_size,
-        max_overflow=config.database_max_overflow if max_overflow is None else max_overflow,
-        pool_timeout=config.database_pool_timeout,
-        pool_recycle=config.database_pool_recycle,
-        pool_pre_ping=config.database_pool_pre_ping,
-        echo=config.database_echo if echo is None else echo,
-        pgbouncer=config.database_pgbouncer,
-        statement_timeout=config.statement_timeout,
-        null_pool=null_pool,
+        **engine_options(config, pool_size, max_overflow, echo=echo, null_pool=null_pool),
     )
+
+
+def engine_options(
+    config: TenancyConfig,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    *,
+    echo: bool | None = None,
+    null_pool: bool = False,
+) -> dict[str, Any]:
+    """`create_engine`'s keyword arguments from the settings (see `central_engine`)."""
+    return {
+        "pool_size": config.database_pool_size if pool_size is None else pool_size,
+        "max_overflow": config.database_max_overflow if max_overflow is None else max_overflow,
+        "pool_timeout": config.database_pool_timeout,
+        "pool_recycle": config.database_pool_recycle,
+        "pool_pre_ping": config.database_pool_pre_ping,
+        "echo": config.database_echo if echo is None else echo,
+        "pgbouncer": config.database_pgbouncer,
+        "statement_timeout": config.statement_timeout,
+        "null_pool": null_pool,
+    }
 
 
 # ① Resolution
@@ -287,11 +301,9 @@ def tenant_engine_factory(config: TenancyConfig) -> Callable[[str], AsyncEngine]
     """Small engines for tenant databases: the central pool's settings, ``tenant_pool_size``."""
     # The pool opens connections on demand: its size caps one tenant, the budget all of them.
     size = min(config.tenant_pool_size, config.database_connection_budget)
-
-    def factory(url: str) -> AsyncEngine:
-        return central_engine(config, url, pool_size=size, max_overflow=0)
-
-    return factory
+    # Engines of one server share its dialect, initialised once: a new tenant engine's first
+    # connection costs one connect (fastapi_tenancy.engines.EngineFamily).
+    return EngineFamily(**engine_options(config, pool_size=size, max_overflow=0))
 
 
 # ⑥ Observation

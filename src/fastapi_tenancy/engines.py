@@ -9,10 +9,11 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolResetState, StaticPool
@@ -30,6 +31,7 @@ from fastapi_tenancy.pgwire import (
 
 __all__ = [
     "POSTGRES_SESSION_RESET",
+    "EngineFamily",
     "app_engine",
     "create_engine",
     "listen_pre_ping",
@@ -93,6 +95,35 @@ def create_engine(
     a new connection for every use and keeps none (readiness checks), except for an in-memory
     SQLite database, which only exists in its one shared connection.
     """
+    engine, _ = _create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
+        pool_pre_ping=pool_pre_ping,
+        echo=echo,
+        pgbouncer=pgbouncer,
+        statement_timeout=statement_timeout,
+        null_pool=null_pool,
+    )
+    return engine
+
+
+def _create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 30.0,
+    pool_recycle: int = 1800,
+    pool_pre_ping: bool = True,
+    echo: bool = False,
+    pgbouncer: bool = False,
+    statement_timeout: float | None = None,
+    null_pool: bool = False,
+) -> tuple[AsyncEngine, dict[str, Any]]:
+    """`create_engine`, and the driver's ``connect_args`` it was given."""
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -111,7 +142,7 @@ def create_engine(
         pool = {"poolclass": NullPool}
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options, pool)
+        return _sqlite_engine(parsed, options, pool), {}
     options.update(pool)
     mysql = backend in ("mysql", "mariadb")
     if mysql and "charset" not in parsed.query:
@@ -159,7 +190,143 @@ def create_engine(
     if mysql and not null_pool:
         event.listen(engine.sync_engine, "before_cursor_execute", _mark_mysql_session_state)
         event.listen(engine.sync_engine, "reset", _replace_marked_connection)
-    return engine
+    return engine, dict(options.get("connect_args", {}))
+
+
+# Backends whose engines of one server share a dialect in an `EngineFamily`.
+_FAMILY_BACKENDS = frozenset({"postgresql"})
+
+
+class EngineFamily:
+    """Engines for many databases of a few servers: one engine per database, one dialect per server.
+
+    Database isolation builds an engine per tenant database, and the tenants of one server
+    differ only in the database's name. An engine of its own (`create_engine`) initialises its
+    dialect on its first connection (server version, default schema, isolation level,
+    ``standard_conforming_strings``: about ten round trips through asyncpg) and compiles every
+    statement anew; with more active tenants than cached engines, that is paid again on every
+    eviction. The engines of a family that share a server (the URL but for its database) share
+    its dialect, initialised once, and its compiled-statement cache; each has a pool of its own,
+    with the listeners `create_engine` gives one. A new engine's first connection costs one
+    connect.
+
+    The dialect is initialised when the family's first connection to that server is needed, on
+    a connection of its own to that same database, opened and closed before the connection
+    asked for is opened (so it uses the same slot of a connection budget); first connections
+    of other engines of the server wait for it. What the dialect reads then (the server's
+    version, default schema and default isolation level) is taken for every database of the
+    server: databases given other defaults (``ALTER DATABASE … SET search_path``) need engines
+    of their own (`create_engine`). Only PostgreSQL URLs form families; other URLs, and
+    ``null_pool`` engines, get `create_engine`'s engine.
+
+    ``options`` are `create_engine`'s keyword arguments.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._servers: dict[str, _Server] = {}
+
+    def __call__(self, url: str) -> AsyncEngine:
+        """A new engine for ``url``, sharing its server's dialect with the family's others."""
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigurationError(f"database URL {redact_url(url)} cannot be parsed") from exc
+        if parsed.get_backend_name() not in _FAMILY_BACKENDS or self._options.get("null_pool"):
+            return create_engine(url, **self._options)
+        key = parsed.set(database="").render_as_string(hide_password=False)
+        server = self._servers.get(key)
+        if server is None:
+            server = self._servers[key] = _Server(*_create_engine(url, **self._options))
+        return server.engine(parsed.database)
+
+    @property
+    def initialisations(self) -> int:
+        """How many times a dialect of the family was initialised (once per server)."""
+        return sum(server.initialisations for server in self._servers.values())
+
+
+class _Server:
+    """One server of an `EngineFamily`: an engine built by `create_engine`, never used itself.
+
+    Its dialect, compiled-statement cache and listeners are shared by the engines built from
+    it; its pool opens one connection, once, to initialise the dialect.
+    """
+
+    def __init__(self, prototype: AsyncEngine, connect_args: dict[str, Any]) -> None:
+        self._prototype = prototype.sync_engine
+        self._connect_args = connect_args
+        self._ready = False
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self.initialisations = 0
+
+    def engine(self, database: str | None) -> AsyncEngine:
+        prototype = self._prototype
+        dialect = prototype.dialect
+        url = prototype.url.set(database=database)
+        cargs, cparams = dialect.create_connect_args(url)
+        cparams = {**cparams, **self._connect_args}
+
+        def connect(record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
+            if not self._ready:
+                self._initialise(database)
+            if dialect._has_events:  # as create_engine's own creator does
+                for hook in dialect.dispatch.do_connect:
+                    args, params = list(cargs), dict(cparams)
+                    connection = hook(dialect, record, args, params)
+                    if connection is not None:
+                        return cast(DBAPIConnection, connection)
+            return dialect.connect(*cargs, **cparams)
+
+        # The prototype's pool settings and listeners (the dialect's on-connect setup, the
+        # session reset, pre-ping), with a creator for this database.
+        pool = prototype.pool.recreate()
+        pool._creator = connect  # the setter also wraps it
+        engine = Engine(
+            pool,
+            dialect,
+            url,
+            logging_name=prototype.logging_name,
+            echo=prototype.echo,
+            query_cache_size=0,
+            hide_parameters=prototype.hide_parameters,
+        )
+        # Statements compile once for the server: the cache's keys include the dialect.
+        engine._compiled_cache = prototype._compiled_cache
+        # Connection-level listeners (as an Engine's execution_options() copy shares them).
+        engine.dispatch._update(prototype.dispatch)
+        engine._has_events = prototype._has_events
+        return AsyncEngine(engine)
+
+    def _initialise(self, database: str | None) -> None:
+        """Initialise the dialect on a connection of the prototype's own (in the greenlet)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        lock = self._lock
+        await_(lock.acquire())
+        try:
+            if self._ready:
+                return
+            prototype = self._prototype
+            if prototype.url.database != database:
+                # the first database asked for: it exists, and the connection may use it
+                prototype.pool._creator = self._creator_for(database)
+            # SQLAlchemy's first-connect hook initialises the dialect on this connection.
+            with prototype.connect():
+                pass
+            prototype.pool.dispose()
+            self._ready = True
+            self.initialisations += 1
+        finally:
+            lock.release()
+
+    def _creator_for(self, database: str | None) -> Callable[[], DBAPIConnection]:
+        dialect = self._prototype.dialect
+        cargs, cparams = dialect.create_connect_args(self._prototype.url.set(database=database))
+        cparams = {**cparams, **self._connect_args}
+        return lambda: dialect.connect(*cargs, **cparams)
 
 
 def reset_postgres_session(

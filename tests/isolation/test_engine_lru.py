@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
+from fastapi_tenancy.engines import POSTGRES_SESSION_RESET, EngineFamily
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import ConnectionBudgetExhausted, EngineLRU
 from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
@@ -331,6 +332,46 @@ async def test_the_least_recently_used_idle_connection_makes_room(
     async with cache.lease(a) as engine:  # a's remaining connection is reused
         await select_one(engine)
     assert cache.budget.trims == 1
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_a_miss_costs_one_connect_and_the_sessions_own_statements(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    # Engines of one family (as database isolation builds them): a tenant whose connection was
+    # given up, or whose engine is new, opens one connection and sends only its session's
+    # statements: no dialect queries, and the close that made room is not on its path.
+    family = EngineFamily(pool_size=2, max_overflow=0)
+    sent: list[str] = []
+    connects: list[Any] = []
+
+    def build(key: str) -> AsyncEngine:
+        engine = family(pg_url(key))
+
+        def connected(dbapi_connection: Any, _record: Any) -> None:
+            connects.append(dbapi_connection)
+            dbapi_connection.driver_connection.add_query_logger(
+                lambda logged: sent.append(logged.query)
+            )
+
+        event.listen(engine.sync_engine, "connect", connected, insert=True)
+        return engine
+
+    cache = EngineLRU(build, max_engines=2, connection_budget=2, reserve=0)
+    for key in few_databases * 2:  # every lease misses: two connections for four tenants
+        sent.clear()
+        connects.clear()
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+        await asyncio.sleep(0.05)  # asyncpg hands query-log records to the loop (call_soon)
+        assert len(connects) == 1
+        assert sent == ["BEGIN;", "ROLLBACK;", POSTGRES_SESSION_RESET]
+        assert list(connects[0]._prepared_statement_cache) == ["SELECT 1"]
+        assert cache.open_connections <= 2
+    assert family.initialisations == 1
+    assert cache.evictions == 6
     await cache.close()
     assert await pg_connections(admin) == 0
 
