@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from fastapi_tenancy import engines as engines_module
 from fastapi_tenancy.engines import POSTGRES_SESSION_RESET, EngineFamily, create_engine
 from tests.support.services import POSTGRES_URL, require_server
 
@@ -161,4 +162,41 @@ async def test_engines_of_other_servers_or_users_get_dialects_of_their_own(
     sqlite = family("sqlite+aiosqlite:///:memory:")
     assert sqlite.dialect.name == "sqlite"
     for engine in (first, other_user, sqlite):
+        await engine.dispose()
+
+
+async def test_a_server_that_declined_ssl_is_not_asked_again_for_a_while(
+    databases: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test server runs without SSL: asyncpg's default ("prefer") asks, hears no, and
+    # connects plainly. The family's next connections skip the question, until the recheck.
+    require_server("postgres", POSTGRES_URL, 5432)
+    for name in ("PGSSLMODE", "PGSSLNEGOTIATION", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    family = EngineFamily(pool_size=2, max_overflow=0)
+    engines = [family(url(name)) for name in databases]
+    asked: list[object] = []
+
+    def connecting(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        asked.append(params.get("ssl", "prefer"))
+
+    event.listen(engines[0].dialect, "do_connect", connecting)
+    for engine in engines[:2]:
+        await select_one(engine)
+    # The first is the connection that initialises the dialect.
+    assert asked == ["prefer", False, False]
+    # With no time to remember the answer for, every connection asks.
+    monkeypatch.setattr(engines_module, "PLAIN_SERVER_RECHECK_SECONDS", 0.0)
+    forgetful = EngineFamily(pool_size=2, max_overflow=0)
+    others = [forgetful(url(name)) for name in databases[:2]]
+    event.listen(others[0].dialect, "do_connect", connecting)
+    asked.clear()
+    for engine in others:
+        await select_one(engine)
+    assert asked == ["prefer", "prefer", "prefer"]
+    explicit = family(url(databases[0]) + "?ssl=disable")
+    event.listen(explicit.dialect, "do_connect", connecting)
+    await select_one(explicit)
+    assert asked[-1] == "disable"
+    for engine in (*engines, *others, explicit):
         await engine.dispose()

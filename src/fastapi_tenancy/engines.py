@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import time
@@ -195,6 +196,15 @@ def _create_engine(
 
 # Backends whose engines of one server share a dialect in an `EngineFamily`.
 _FAMILY_BACKENDS = frozenset({"postgresql"})
+# asyncpg's default, sslmode "prefer", opens every connection with an SSL request and falls back
+# to a plain connection when the server declines: a round trip, and an SSL context built, for
+# nothing on a server without SSL. In a family, a server that declined is not asked again for
+# this long: new connections go without SSL at once, as the fallback would. A server that
+# starts offering SSL is used with it from the next check on. Any explicit choice (``ssl`` in
+# the URL or connect_args, ``PGSSLMODE``) is left to asyncpg.
+PLAIN_SERVER_RECHECK_SECONDS = 60.0
+_SSL_CHOICES = frozenset({"ssl", "sslmode", "direct_tls", "dsn", "service"})
+_SSL_ENVIRONMENT = frozenset({"PGSSLMODE", "PGSSLNEGOTIATION", "PGSERVICE"})
 
 
 class EngineFamily:
@@ -257,6 +267,8 @@ class _Server:
         self._prototype = prototype.sync_engine
         self._connect_args = connect_args
         self._ready = False
+        # Until when new connections skip the SSL request this server last declined.
+        self._plain_until = 0.0
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.initialisations = 0
@@ -265,19 +277,13 @@ class _Server:
         prototype = self._prototype
         dialect = prototype.dialect
         url = prototype.url.set(database=database)
-        cargs, cparams = dialect.create_connect_args(url)
-        cparams = {**cparams, **self._connect_args}
+
+        cargs, cparams = self._connect_args_for(database)
 
         def connect(record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
             if not self._ready:
                 self._initialise(database)
-            if dialect._has_events:  # as create_engine's own creator does
-                for hook in dialect.dispatch.do_connect:
-                    args, params = list(cargs), dict(cparams)
-                    connection = hook(dialect, record, args, params)
-                    if connection is not None:
-                        return cast(DBAPIConnection, connection)
-            return dialect.connect(*cargs, **cparams)
+            return self._open(cargs, cparams, record)
 
         # The prototype's pool settings and listeners (the dialect's on-connect setup, the
         # session reset, pre-ping), with a creator for this database.
@@ -299,6 +305,49 @@ class _Server:
         engine._has_events = prototype._has_events
         return AsyncEngine(engine)
 
+    def _connect_args_for(self, database: str | None) -> tuple[list[Any], dict[str, Any]]:
+        dialect = self._prototype.dialect
+        cargs, cparams = dialect.create_connect_args(self._prototype.url.set(database=database))
+        return list(cargs), {**cparams, **self._connect_args}
+
+    def _open(
+        self, cargs: list[Any], cparams: dict[str, Any], record: ConnectionPoolEntry | None
+    ) -> DBAPIConnection:
+        """A new connection, opened as `create_engine`'s creator opens one."""
+        dialect = self._prototype.dialect
+        args, params = list(cargs), dict(cparams)
+        advisory_ssl = self._advisory_ssl(params)
+        if advisory_ssl and time.monotonic() < self._plain_until:
+            params["ssl"] = False
+            advisory_ssl = False
+        if dialect._has_events:  # do_connect hooks (a password from a token, say)
+            for hook in dialect.dispatch.do_connect:
+                connection = hook(dialect, record, args, params)
+                if connection is not None:
+                    return cast(DBAPIConnection, connection)
+        opened: DBAPIConnection = dialect.connect(*args, **params)
+        if advisory_ssl:
+            self._note_ssl(opened)
+        return opened
+
+    def _advisory_ssl(self, cparams: dict[str, Any]) -> bool:
+        """Whether asyncpg would connect with ``sslmode=prefer`` (its default) to one TCP host."""
+        if self._prototype.dialect.driver != "asyncpg":
+            return False
+        if _SSL_CHOICES.intersection(cparams) or _SSL_ENVIRONMENT.intersection(os.environ):
+            return False
+        host = cparams.get("host")
+        return not isinstance(host, list) and not str(host or "").startswith("/")
+
+    def _note_ssl(self, connection: DBAPIConnection) -> None:
+        transport = getattr(connection.driver_connection, "_transport", None)
+        if transport is None:
+            return
+        if transport.get_extra_info("ssl_object") is None:
+            self._plain_until = time.monotonic() + PLAIN_SERVER_RECHECK_SECONDS
+        else:
+            self._plain_until = 0.0
+
     def _initialise(self, database: str | None) -> None:
         """Initialise the dialect on a connection of the prototype's own (in the greenlet)."""
         loop = asyncio.get_running_loop()
@@ -310,9 +359,9 @@ class _Server:
             if self._ready:
                 return
             prototype = self._prototype
-            if prototype.url.database != database:
-                # the first database asked for: it exists, and the connection may use it
-                prototype.pool._creator = self._creator_for(database)
+            # The database asked for: it exists, and the connection may use it.
+            cargs, cparams = self._connect_args_for(database)
+            prototype.pool._creator = lambda record: self._open(cargs, cparams, record)
             # SQLAlchemy's first-connect hook initialises the dialect on this connection.
             with prototype.connect():
                 pass
@@ -321,12 +370,6 @@ class _Server:
             self.initialisations += 1
         finally:
             lock.release()
-
-    def _creator_for(self, database: str | None) -> Callable[[], DBAPIConnection]:
-        dialect = self._prototype.dialect
-        cargs, cparams = dialect.create_connect_args(self._prototype.url.set(database=database))
-        cparams = {**cparams, **self._connect_args}
-        return lambda: dialect.connect(*cargs, **cparams)
 
 
 def reset_postgres_session(
