@@ -74,6 +74,15 @@ async def serve(app: str, env: dict[str, str], *, wait_seconds: float = 60) -> A
     The apps of one comparison run as separate processes side by side, so none is measured
     while another warms up in the same interpreter.
     """
+    async with serve_process(app, env, wait_seconds=wait_seconds) as (port, _):
+        yield port
+
+
+@asynccontextmanager
+async def serve_process(
+    app: str, env: dict[str, str], *, wait_seconds: float = 60
+) -> AsyncIterator[tuple[int, int]]:
+    """`serve`, yielding the port and the server's process id (to read its CPU time)."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -90,7 +99,39 @@ async def serve(app: str, env: dict[str, str], *, wait_seconds: float = 60) -> A
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         await process.wait()
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float | None:
+    """CPU time (user + system) of process ``pid`` so far, with its reaped children's when
+    ``children``; None where ``/proc`` cannot tell (another OS, another machine's process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[11:15]: utime, stime, cutime, cstime (proc(5), counted from the state field)
+    ticks = sum(int(value) for value in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(postmaster: int) -> float | None:
+    """CPU time of a local PostgreSQL server: the postmaster, its reaped backends, and the
+    backends still running (children of ``postmaster``); None where ``/proc`` cannot tell."""
+    total = cpu_seconds(postmaster, children=True)
+    if total is None:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile: counted with the postmaster's children once reaped
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total

@@ -268,9 +268,45 @@ async def register_tenants(environment: dict[str, str], tenants: list[str], serv
 # --- measuring ---
 
 
-def serve(factory: str, env: dict[str, str]) -> AbstractAsyncContextManager[int]:
-    """Run ``uvicorn benchmarks.fleet:<factory>`` until the block ends; yields its port."""
-    return common.serve(f"benchmarks.fleet:{factory}", env)
+def serve(factory: str, env: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, int]]:
+    """Run ``uvicorn benchmarks.fleet:<factory>`` until the block ends; yields port and pid."""
+    return common.serve_process(f"benchmarks.fleet:{factory}", env)
+
+
+async def postmaster(server: str) -> int | None:
+    """The PostgreSQL server's process id, when it runs on this machine (else None)."""
+    admin = admin_engine(server)
+    async with admin.connect() as conn:
+        backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+        found = parent_of_postgres(backend)  # while the backend is still running
+    await admin.dispose()
+    return found
+
+
+def parent_of_postgres(backend: int) -> int | None:
+    try:
+        with open(f"/proc/{backend}/comm") as comm:
+            if comm.read().strip() != "postgres":
+                return None  # another process that happens to have the remote backend's id
+        with open(f"/proc/{backend}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+    except (OSError, StopIteration):
+        return None
+
+
+Reading = tuple[float | None, float | None]
+
+
+class CpuClock:
+    """CPU seconds used by an app's process and by the PostgreSQL server (None: unknown)."""
+
+    def __init__(self, app: int, server: int | None) -> None:
+        self.app = app
+        self.server = server
+
+    def read(self) -> Reading:
+        server = None if self.server is None else common.postgres_cpu_seconds(self.server)
+        return common.cpu_seconds(self.app), server
 
 
 @dataclass
@@ -280,6 +316,19 @@ class Result:
     peak_connections: int = 0
     errors: int = 0
     connects: int = 0
+    # CPU seconds of the app's process and of the server while it was measured (None: unknown)
+    app_cpu: float | None = 0.0
+    server_cpu: float | None = 0.0
+
+    def add_cpu(self, before: Reading, after: Reading) -> None:
+        self.app_cpu = spent(self.app_cpu, before[0], after[0])
+        self.server_cpu = spent(self.server_cpu, before[1], after[1])
+
+
+def spent(total: float | None, before: float | None, after: float | None) -> float | None:
+    if total is None or before is None or after is None:
+        return None
+    return total + after - before
 
 
 def chooser(tenants: list[str], traffic: str) -> Callable[[random.Random], str]:
@@ -400,12 +449,18 @@ async def run_fleet(args: argparse.Namespace, count: int) -> bool:
         "tenancy": f"{tenant_databases} AND usename = '{user}'",
     }
     met = True
+    server_pid = await postmaster(server)
     async with (
-        serve("bare", envs["bare"]) as bare_port,
-        serve("connect_per_request", envs["connect_per_request"]) as floor_port,
-        serve("tenancy", envs["tenancy"]) as tenancy_port,
+        serve("bare", envs["bare"]) as (bare_port, bare_pid),
+        serve("connect_per_request", envs["connect_per_request"]) as (floor_port, floor_pid),
+        serve("tenancy", envs["tenancy"]) as (tenancy_port, tenancy_pid),
     ):
         ports = {"bare": bare_port, "connect_per_request": floor_port, "tenancy": tenancy_port}
+        clocks = {
+            "bare": CpuClock(bare_pid, server_pid),
+            "connect_per_request": CpuClock(floor_pid, server_pid),
+            "tenancy": CpuClock(tenancy_pid, server_pid),
+        }
         for traffic in args.traffic:
             pick = chooser(tenants, traffic)
             results = {name: Result() for name in envs}
@@ -415,10 +470,13 @@ async def run_fleet(args: argparse.Namespace, count: int) -> bool:
             for round_ in range(args.rounds):
                 for name, port in ports.items():
                     async with sampled(server, where[name]) as (samples, sessions):
+                        before = clocks[name].read()
                         rate, latencies, errors = await load(
                             port, args.seconds, args.connections, pick, seed=round_ + 1
                         )
+                        after = clocks[name].read()
                     result = results[name]
+                    result.add_cpu(before, after)
                     result.rates.append(rate)
                     result.latencies.extend(latencies)
                     result.errors += errors
@@ -440,11 +498,16 @@ def report(
         rate = statistics.median(result.rates)
         p50 = percentile(result.latencies, 0.50) * 1000
         p99 = percentile(result.latencies, 0.99) * 1000
-        per_request = result.connects / max(1, len(result.latencies) + result.errors)
+        requests = max(1, len(result.latencies) + result.errors)
+        per_request = result.connects / requests
+        cpu = [
+            "-" if seconds is None else f"{seconds * 1000 / requests:.2f}"
+            for seconds in (result.app_cpu, result.server_cpu)
+        ]
         print(
             f"{count:>7}  {traffic:<8}{labels[name]:<36}{rate:>8.0f}{rate / base:>8.2f}"
             f"{p50:>8.1f}{p99:>8.1f}{per_request:>10.2f}{result.peak_connections:>7}"
-            f"{result.errors:>7}",
+            f"{result.errors:>7}{cpu[0]:>8}{cpu[1]:>8}",
             flush=True,
         )
     ours, floor = results["tenancy"], results["connect_per_request"]
@@ -485,7 +548,10 @@ async def run(args: argparse.Namespace) -> bool:
         f"connections; {args.rounds} rounds x {args.seconds:g} s per app"
     )
     header = f"{'tenants':>7}  {'traffic':<8}{'app':<36}{'req/s':>8}{'x bare':>8}"
-    print(header + f"{'p50 ms':>8}{'p99 ms':>8}{'connects':>10}{'conns':>7}{'errors':>7}")
+    print(
+        header + f"{'p50 ms':>8}{'p99 ms':>8}{'connects':>10}{'conns':>7}{'errors':>7}"
+        f"{'app ms':>8}{'pg ms':>8}"
+    )
     met = True
     try:
         for count in args.tenants:
