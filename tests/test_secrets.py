@@ -33,14 +33,17 @@ from fastapi_tenancy.migrations.errors import describe_error, url_passwords
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore
 
-# Everything printable but ``Q`` (the marker) and ``*`` (the mask itself).
+# Every password holds the marker, a letter no driver, library or URL part ever prints (an ASCII
+# marker such as ``Q`` is spelled by "MySQL error 2003"), so a message can only show it by leaking.
+MARKER = "\u01ea"  # Ǫ
+# Everything printable but the marker and ``*`` (the mask itself).
 _CHARS = st.characters(
     codec="utf-8",
     categories=("L", "N", "P", "S", "Zs"),
-    exclude_characters="Q*",
+    exclude_characters=MARKER + "*",
 )
-passwords = st.builds(lambda head, tail: head + "Q" + tail, st.text(_CHARS), st.text(_CHARS))
-# The parts around a password: nothing in them can spell a password, which holds a ``Q``.
+passwords = st.builds(lambda head, tail: head + MARKER + tail, st.text(_CHARS), st.text(_CHARS))
+# The parts around a password: nothing in them can spell a password, which holds the marker.
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 names = st.text(NAME_CHARS, min_size=1, max_size=12)
 schemes = st.sampled_from(

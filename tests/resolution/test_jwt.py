@@ -328,7 +328,7 @@ def test_weak_key_is_a_configuration_error(secret: str, algorithm: str) -> None:
 def test_missing_pyjwt_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes "import jwt" fail as if PyJWT were not installed.
     monkeypatch.setitem(sys.modules, "jwt", None)
-    with pytest.raises(ConfigurationError, match=r"fastapi-tenancy\[jwt\]"):
+    with pytest.raises(ConfigurationError, match=r"fastapi-tenancy-kit\[jwt\]"):
         JWTResolver(SECRET, "HS256", "tenant")
 
 
