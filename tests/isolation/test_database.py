@@ -114,8 +114,15 @@ async def eviction_under_load(
 
     async with LifespanManager(app):
         tenancy: Tenancy = app.state.tenancy
-        for identifier in identifiers:
-            await tenancy.create_tenant(identifier)
+        # Provisioned a few at once: each CREATE DATABASE waits for a checkpoint, and concurrent
+        # ones share it.
+        provisioning = asyncio.Semaphore(budget)
+
+        async def create(identifier: str) -> None:
+            async with provisioning:
+                await tenancy.create_tenant(identifier)
+
+        await asyncio.gather(*(create(identifier) for identifier in identifiers))
         sampler = asyncio.create_task(sample())
         rng = random.Random(3)
         gate = asyncio.Semaphore(budget * 2)

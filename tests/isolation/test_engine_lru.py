@@ -2,7 +2,8 @@
 
 Connections are counted by the servers themselves (``pg_stat_activity``,
 ``information_schema.processlist``) over an admin connection to a database the cache never uses.
-Every tenant database here is named ``h5_lru_...``; the module creates and drops its own.
+Every tenant database here is named ``<TEST_STORAGE_PREFIX>lru_...`` (runs against different test
+databases never share one); the module creates and drops its own.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import ConnectionBudgetExhausted, EngineLRU
 from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
 from tests.support.polling import eventually
-from tests.support.services import MYSQL_URL, POSTGRES_URL, require_server
+from tests.support.services import MYSQL_URL, POSTGRES_URL, TEST_STORAGE_PREFIX, require_server
 
-FEW = [f"h5_lru_s{i}" for i in range(4)]
-MANY = [f"h5_lru_t{i:03d}" for i in range(200)]
-MARIADB = [f"h5_lru_m{i}" for i in range(3)]
-PG_TENANT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'h5\\_lru\\_%'"
+LRU_PREFIX = f"{TEST_STORAGE_PREFIX}lru_"
+FEW = [f"{LRU_PREFIX}s{i}" for i in range(4)]
+# Tenants of the load test: 200 cache keys over the FEW databases. The cache keys its engines by
+# tenant, not by database, and the server counts every connection to any of them, so this is 200
+# tenants to the cache at the cost of four CREATE DATABASE (a database of each would cost 400
+# checkpoints of CREATE and DROP, two minutes on a busy two-core machine).
+MANY = [f"t{i:03d}" for i in range(200)]
+MARIADB = [f"{LRU_PREFIX}m{i}" for i in range(3)]
+LRU_PATTERN = LRU_PREFIX.replace("_", "\\_") + "%"
+PG_TENANT_CONNECTIONS = f"SELECT count(*) FROM pg_stat_activity WHERE datname LIKE '{LRU_PATTERN}'"
 
 
 def pg_url(database: str) -> str:
@@ -95,14 +102,6 @@ async def few_databases() -> AsyncIterator[list[str]]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def many_databases() -> AsyncIterator[list[str]]:
-    require_server("postgres", POSTGRES_URL, 5432)
-    await create_databases(MANY)
-    yield MANY
-    await drop_databases(MANY)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mariadb_databases() -> AsyncIterator[list[str]]:
     require_server("mysql", MYSQL_URL, 3306)
     admin = create_async_engine(mysql_url(""), poolclass=NullPool)
@@ -146,7 +145,7 @@ async def select_one(engine: AsyncEngine) -> None:
 
 def unconnected(key: str) -> AsyncEngine:
     # Engines connect lazily: these exercise the cache without a server.
-    return create_async_engine(pg_url(f"h5_unused_{key}"), pool_size=2, max_overflow=0)
+    return create_async_engine(pg_url(f"{LRU_PREFIX}unused_{key}"), pool_size=2, max_overflow=0)
 
 
 async def test_least_recently_used_engine_is_evicted() -> None:
@@ -537,12 +536,13 @@ async def test_close_waits_for_leases_and_leaves_no_connection(
 
 @pytest.mark.postgres
 async def test_load_stays_within_connection_budget(
-    many_databases: list[str], admin: AsyncConnection
+    few_databases: list[str], admin: AsyncConnection
 ) -> None:
     budget = 20
     calls: list[str] = []
     at_checkout: list[int] = []
-    build = factory(pg_url, calls)
+    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
+    build = factory(lambda key: pg_url(database_of[key]), calls)
 
     def build_watched(key: str) -> AsyncEngine:
         engine = build(key)
@@ -555,7 +555,7 @@ async def test_load_stays_within_connection_budget(
         return engine
 
     cache = EngineLRU(build_watched, max_engines=10, connection_budget=budget, budget_timeout=20)
-    hot, cold = many_databases[:8], many_databases[8:]
+    hot, cold = MANY[:8], MANY[8:]
     errors: list[BaseException] = []
     observed: list[int] = []
     counted: list[int] = []
@@ -602,7 +602,7 @@ async def test_mariadb_lease_evict_and_close(mariadb_databases: list[str]) -> No
     admin = create_async_engine(mysql_url(""), poolclass=NullPool)
 
     async def connections(database: str | None = None) -> int:
-        pattern = database or "h5\\_lru\\_%"
+        pattern = database or LRU_PATTERN
         query = text("SELECT count(*) FROM information_schema.processlist WHERE db LIKE :db")
         async with admin.connect() as conn:
             return int((await conn.execute(query, {"db": pattern})).scalar_one())

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_tenancy import Tenancy, TenancyConfig
+from fastapi_tenancy import Tenancy
 from fastapi_tenancy.isolation.servers import create_database
 from tests.conftest import empty_database
 from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
@@ -116,12 +116,7 @@ async def described(tenancy: Tenancy, schema: str | None) -> dict[str, Any]:
 async def test_a_template_provisioned_schema_matches_create_all(tmp_path: Path) -> None:
     metadata = app_metadata()
     async with empty_database("postgres", tmp_path) as url:
-        config = TenancyConfig(
-            database_url=url,
-            isolation_strategy="schema",
-            schema_prefix=TEST_STORAGE_PREFIX,
-            tenant_metadata=metadata,
-        )
+        config = isolation_config(("schema", url), tenant_metadata=metadata)
         async with Tenancy(config) as tenancy:
             statements: list[str] = []
             event.listen(
@@ -146,12 +141,7 @@ async def test_a_template_provisioned_schema_matches_create_all(tmp_path: Path) 
 async def test_two_tenants_provisioned_at_once_each_get_every_table(tmp_path: Path) -> None:
     metadata = app_metadata()
     async with empty_database("postgres", tmp_path) as url:
-        config = TenancyConfig(
-            database_url=url,
-            isolation_strategy="schema",
-            schema_prefix=TEST_STORAGE_PREFIX,
-            tenant_metadata=metadata,
-        )
+        config = isolation_config(("schema", url), tenant_metadata=metadata)
         async with Tenancy(config) as tenancy:
             first, second = await asyncio.gather(
                 tenancy.create_tenant("acme"), tenancy.create_tenant("globex")
@@ -167,12 +157,7 @@ async def test_two_tenants_provisioned_at_once_each_get_every_table(tmp_path: Pa
 async def test_the_template_follows_tables_added_to_the_metadata(tmp_path: Path) -> None:
     metadata = app_metadata()
     async with empty_database("postgres", tmp_path) as url:
-        config = TenancyConfig(
-            database_url=url,
-            isolation_strategy="schema",
-            schema_prefix=TEST_STORAGE_PREFIX,
-            tenant_metadata=metadata,
-        )
+        config = isolation_config(("schema", url), tenant_metadata=metadata)
         async with Tenancy(config) as tenancy:
             before = await tenancy.create_tenant("acme")
             Table(
@@ -192,12 +177,7 @@ async def test_the_template_follows_tables_added_to_the_metadata(tmp_path: Path)
 async def test_a_schema_left_by_an_interrupted_attempt_is_completed(tmp_path: Path) -> None:
     metadata = app_metadata()
     async with empty_database("postgres", tmp_path) as url:
-        config = TenancyConfig(
-            database_url=url,
-            isolation_strategy="schema",
-            schema_prefix=TEST_STORAGE_PREFIX,
-            tenant_metadata=metadata,
-        )
+        config = isolation_config(("schema", url), tenant_metadata=metadata)
         async with Tenancy(config) as tenancy:
             tenant = await tenancy.create_tenant("acme")
             schema = tenant.storage_name

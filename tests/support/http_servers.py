@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.polling import eventually
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
@@ -62,7 +64,7 @@ async def server_process(
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await _wait_until_ready(process, base_url + ready_path, startup_seconds, log)
+            await _wait_until_ready(process, base_url + ready_path, startup_seconds)
             yield base_url, process
         except BaseException:
             print(_output(log))
@@ -77,23 +79,21 @@ async def server_process(
                     await process.wait()
 
 
-async def _wait_until_ready(
-    process: asyncio.subprocess.Process, url: str, seconds: float, log: Path
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
+async def _wait_until_ready(process: asyncio.subprocess.Process, url: str, seconds: float) -> None:
     async with httpx.AsyncClient() as client:
-        while True:
+
+        async def answers() -> bool:
             if process.returncode is not None:
                 raise AssertionError(f"the server exited with code {process.returncode}")
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if loop.time() > deadline:
-                raise AssertionError(f"the server did not answer {url} within {seconds} s")
-            await asyncio.sleep(0.1)
+            return (await client.get(url)).status_code == 200
+
+        await eventually(
+            answers,
+            within=seconds,
+            every=0.1,
+            what=f"the server answering {url}",
+            ignoring=(httpx.TransportError,),
+        )
 
 
 def _output(log: Path) -> str:

@@ -15,11 +15,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from tests.support.polling import eventually
 from tests.support.services import REQUIRE_SERVICES, free_port
 
 __all__ = ["PrivateRedis"]
 
-START_ATTEMPTS = 100
+START_SECONDS = 10.0
 START_POLL_SECONDS = 0.05
 # What redis-server names its RDB snapshot in ``--dir`` unless told otherwise.
 SNAPSHOT_FILE = "dump.rdb"
@@ -82,15 +83,15 @@ class PrivateRedis:
         )
         client = Redis(host="127.0.0.1", port=self.port)
         try:
-            for _ in range(START_ATTEMPTS):
-                try:
-                    if await client.ping():
-                        return
-                except RedisConnectionError:
-                    await asyncio.sleep(START_POLL_SECONDS)
+            await eventually(
+                client.ping,
+                within=START_SECONDS,
+                every=START_POLL_SECONDS,
+                what=f"redis-server on port {self.port} answering PING",
+                ignoring=(RedisConnectionError,),
+            )
         finally:
             await client.aclose()
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     async def stop(self, *, snapshot: bool = False) -> None:
         """Kill the server (no clean shutdown, as a crash would) and wait for it to exit.

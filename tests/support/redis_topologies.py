@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +32,7 @@ from typing import Any, Self
 import pytest
 import redis
 
+from tests.support.polling import until
 from tests.support.services import REQUIRE_SERVICES
 
 __all__ = ["REDIS_TOPOLOGIES", "RedisClusterNodes", "RedisSentinelGroup", "redis_binary"]
@@ -48,6 +50,13 @@ DOWN_AFTER_MS = 1000
 READY_SECONDS = 30.0
 POLL_SECONDS = 0.05
 SERVICE = "mymaster"
+# A node that is starting, or restarting its replication, refuses or drops connections meanwhile.
+_NOT_YET = (redis.RedisError, OSError)
+# A master waits 5 s (Redis' default) for more replicas before a diskless full sync: every replica
+# here joins alone, so the wait only delays each topology's start and every failover's resync.
+# CLUSTER SLOTS lists a replica once its replication offset is above zero, which on an idle master
+# happens at the master's first ping to its replicas (every 10 s by default).
+DATA_NODE = ("--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1")
 
 
 def redis_binary() -> str:
@@ -90,17 +99,8 @@ def _free_port(*, bus: bool = False) -> int:
         return port
 
 
-def _until(what: str, check: object, seconds: float = READY_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        time.sleep(POLL_SECONDS)
-    raise RuntimeError(f"timed out waiting for {what} (last error: {last})")
+def _until(what: str, check: Callable[[], object]) -> None:
+    until(check, within=READY_SECONDS, every=POLL_SECONDS, what=what, ignoring=_NOT_YET)
 
 
 def _command(client: redis.Redis, *arguments: str) -> Any:
@@ -193,8 +193,8 @@ class RedisSentinelGroup(_Servers):
 
     def start(self) -> None:
         master, replica = self.data_ports
-        self._start(master)
-        self._start(replica, "--replicaof", "127.0.0.1", str(master))
+        self._start(master, *DATA_NODE)
+        self._start(replica, *DATA_NODE, "--replicaof", "127.0.0.1", str(master))
         for port in self.sentinel_ports:
             config = "\n".join(
                 [
@@ -284,6 +284,7 @@ class RedisClusterNodes(_Servers):
         for port in self.ports:
             self._start(
                 port,
+                *DATA_NODE,
                 *("--cluster-enabled", "yes", "--cluster-node-timeout", str(DOWN_AFTER_MS)),
                 *("--cluster-config-file", str(self._folder / f"nodes-{port}.conf")),
             )
