@@ -136,9 +136,9 @@ async def test_a_host_and_another_strategy_must_name_the_same_tenant() -> None:
 
     assert agreeing is not None
     assert disagreeing is not None
-    assert (await lookup.resolve_request(agreeing)).identifier == "acme"
+    assert (await lookup.get_active_for(agreeing)).identifier == "acme"
     with pytest.raises(TenantNotFound):
-        await lookup.resolve_request(disagreeing)
+        await lookup.get_active_for(disagreeing)
 
 
 # Hosts a client may send: registered domains mangled every way, and anything at all.
@@ -188,7 +188,7 @@ async def test_generated_hosts_never_map_to_the_wrong_tenant(host: str) -> None:
     resolver = SubdomainResolver("example.com", custom_domains=True)
     try:
         resolution = resolver.resolve(host_scope(host))
-        tenant = None if resolution is None else await lookup.resolve_request(resolution)
+        tenant = None if resolution is None else await lookup.get_active_for(resolution)
     except TenantNotFound:
         tenant = None
     if tenant is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastapi_tenancy import Tenancy, TenancyConfig, TenantStatus
-from fastapi_tenancy.events import Event, Hooks, TenantChanged
+from fastapi_tenancy.observe import Event, Hooks, TenancyObserver, TenantChanged
 from tests.support.models import Base
 
 
@@ -59,23 +59,45 @@ async def test_async_hooks_are_awaited(tenancy: Tenancy) -> None:
     assert seen == ["acme", "acme", "acme"]
 
 
-async def test_a_failing_hook_never_undoes_or_blocks_a_change(
-    tenancy: Tenancy, caplog: pytest.LogCaptureFixture
+class HookFailures(TenancyObserver):
+    def __init__(self) -> None:
+        self.actions: list[str] = []
+
+    def hook_failed(self, event: Event) -> None:
+        assert isinstance(event, TenantChanged)
+        self.actions.append(event.action)
+
+
+async def test_a_failing_hook_never_undoes_or_blocks_a_change_and_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(event: TenantChanged) -> None:
         raise RuntimeError("hook bug")
 
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'events.db'}",
+        tenant_metadata=Base.metadata,
+        enable_metrics=True,
+    )
+    failures = HookFailures()
     later: list[str] = []
-    tenancy.hooks.subscribe(TenantChanged, broken)
-    tenancy.hooks.subscribe(TenantChanged, lambda e: later.append(e.action))
-    await tenancy.create_tenant("acme")
-    suspended = await tenancy.suspend_tenant("acme")
-    assert suspended.status is TenantStatus.SUSPENDED
-    stored = await tenancy.get_tenant("acme")
-    assert stored is not None
-    assert stored.status is TenantStatus.SUSPENDED
-    assert later[-1] == "suspend"
-    assert tenancy.hooks.failures == 4
+    async with Tenancy(config, observers=[failures]) as tenancy:
+        tenancy.hooks.subscribe(TenantChanged, broken)
+        tenancy.hooks.subscribe(TenantChanged, lambda e: later.append(e.action))
+        await tenancy.create_tenant("acme")
+        suspended = await tenancy.suspend_tenant("acme")
+        assert suspended.status is TenantStatus.SUSPENDED
+        stored = await tenancy.get_tenant("acme")
+        assert stored is not None
+        assert stored.status is TenantStatus.SUSPENDED
+        assert later[-1] == "suspend"
+        assert failures.actions == ["create", "start_provisioning", "provision", "suspend"]
+        assert tenancy.metrics is not None
+        assert tenancy.metrics.registry is not None
+        counted = tenancy.metrics.registry.get_sample_value("fastapi_tenancy_hook_failures_total")
+        assert counted == 4
+        with pytest.warns(DeprecationWarning, match="Hooks.failures"):
+            assert tenancy.hooks.failures == 4
     assert "hook bug" in caplog.text
 
 

@@ -328,13 +328,13 @@ async def test_update_replaces_name_and_metadata_and_emits_one_event(tmp_path: P
     config = isolation_config(("row", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"))
     async with Tenancy(config) as tenancy:
         heard: list[tuple[str, str, object]] = []
-        from fastapi_tenancy.events import TenantChanged
+        from fastapi_tenancy.observe import TenantChanged
 
         tenancy.hooks.subscribe(
             TenantChanged, lambda e: heard.append((e.action, e.tenant.name, e.tenant.metadata))
         )
         await tenancy.create_tenant("acme", metadata={"plan": "free"})
-        assert (await tenancy.lookup.resolve("acme")).metadata == {"plan": "free"}
+        assert (await tenancy.lookup.get_active("acme")).metadata == {"plan": "free"}
 
         updated = await tenancy.update_tenant("acme", name="Acme Inc.", metadata={"plan": "pro"})
 
@@ -343,7 +343,7 @@ async def test_update_replaces_name_and_metadata_and_emits_one_event(tmp_path: P
             {"plan": "pro"},
             TenantStatus.ACTIVE,
         )
-        assert await tenancy.lookup.resolve("acme") == updated  # the cache forgot the old one
+        assert await tenancy.lookup.get_active("acme") == updated  # the cache forgot the old one
         assert heard[-1] == ("update", "Acme Inc.", {"plan": "pro"})
         assert json.dumps(updated.metadata) == '{"plan": "pro"}'
 

@@ -50,8 +50,8 @@ def make_lookup(store: CountingStore, *, cached: bool = True) -> TenantLookup:
 
 async def test_warm_lookup_does_not_query_the_store(store: CountingStore) -> None:
     lookup = make_lookup(store)
-    assert (await lookup.resolve("acme")).identifier == "acme"
-    assert (await lookup.resolve("acme")).identifier == "acme"
+    assert (await lookup.get_active("acme")).identifier == "acme"
+    assert (await lookup.get_active("acme")).identifier == "acme"
     assert store.lookups == 1
 
 
@@ -59,31 +59,31 @@ async def test_unknown_identifiers_are_negatively_cached(store: CountingStore) -
     lookup = make_lookup(store)
     for _ in range(3):
         with pytest.raises(TenantNotFound):
-            await lookup.resolve("nobody")
+            await lookup.get_active("nobody")
     assert store.lookups == 1
 
 
 async def test_without_cache_every_lookup_queries_the_store(store: CountingStore) -> None:
     lookup = make_lookup(store, cached=False)
-    await lookup.resolve("acme")
-    await lookup.resolve("acme")
+    await lookup.get_active("acme")
+    await lookup.get_active("acme")
     assert store.lookups == 2
 
 
 async def test_status_gate(store: CountingStore) -> None:
     lookup = make_lookup(store)
     with pytest.raises(TenantSuspended):
-        await lookup.resolve("paused")
+        await lookup.get_active("paused")
     for identifier in ("gone", "new", "building"):
         with pytest.raises(TenantNotFound) as refused:
-            await lookup.resolve(identifier)
+            await lookup.get_active(identifier)
         assert type(refused.value) is TenantNotFound
 
 
 async def test_concurrent_misses_share_one_store_query(store: CountingStore) -> None:
     lookup = make_lookup(store)
     store.release.clear()
-    waiters = [asyncio.ensure_future(lookup.resolve("acme")) for _ in range(50)]
+    waiters = [asyncio.ensure_future(lookup.get_active("acme")) for _ in range(50)]
     await asyncio.sleep(0.01)
     store.release.set()
     tenants = await asyncio.gather(*waiters)
@@ -94,8 +94,8 @@ async def test_concurrent_misses_share_one_store_query(store: CountingStore) -> 
 async def test_cancelled_waiter_does_not_cancel_the_shared_load(store: CountingStore) -> None:
     lookup = make_lookup(store)
     store.release.clear()
-    first = asyncio.ensure_future(lookup.resolve("acme"))
-    second = asyncio.ensure_future(lookup.resolve("acme"))
+    first = asyncio.ensure_future(lookup.get_active("acme"))
+    second = asyncio.ensure_future(lookup.get_active("acme"))
     await asyncio.sleep(0.01)
     first.cancel()
     store.release.set()
@@ -115,7 +115,7 @@ async def test_invalidate_discards_a_load_already_in_flight(store: CountingStore
     store.release.set()
     await stale
     with pytest.raises(TenantSuspended):
-        await lookup.resolve("acme")
+        await lookup.get_active("acme")
 
 
 # Several processes: each has its own lookup and memory, and they share Redis.

@@ -12,6 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from fastapi_tenancy import Tenancy, TenancyConfig
+from fastapi_tenancy.observe import TenancyObserver
 from tests.support import apps
 from tests.support.models import Base
 from tests.support.redis_topologies import REDIS_TOPOLOGIES
@@ -29,9 +30,9 @@ def config(tmp_path: Path, **overrides: Any) -> TenancyConfig:
 
 @asynccontextmanager
 async def client_for(
-    settings: TenancyConfig, tenants: dict[str, dict[str, Any]]
+    settings: TenancyConfig, tenants: dict[str, dict[str, Any]], runtime: Tenancy | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = apps.create_app(settings)
+    app = apps.create_app(settings, tenancy=runtime)
     async with LifespanManager(app):
         tenancy: Tenancy = app.state.tenancy
         for identifier, metadata in tenants.items():
@@ -96,5 +97,19 @@ async def test_unreachable_redis_follows_the_configured_policy(
     settings = config(
         tmp_path, redis_url="redis://127.0.0.1:1/0", rate_limit_fail_closed=fail_closed
     )
-    async with client_for(settings, {"acme": {}}) as client:
+    tenancy = Tenancy(settings, observers=[failures := StorageFailures()])
+    async with client_for(settings, {"acme": {}}, tenancy) as client:
         assert await statuses(client, "acme", 2) == [expected, expected]
+    # Each failure is reported to the observers, whichever way the policy answered.
+    assert failures.count == 2
+    assert tenancy.limiter is not None
+    with pytest.warns(DeprecationWarning, match="storage_failures"):
+        assert tenancy.limiter.storage_failures == 2
+
+
+class StorageFailures(TenancyObserver):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def rate_limit_storage_failed(self) -> None:
+        self.count += 1

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from fastapi_tenancy.slowquery import SlowQueryLog
+from fastapi_tenancy.observe.slowquery import SlowQueryLog
 from tests.support.backends import isolation_config
 from tests.support.models import Base
 

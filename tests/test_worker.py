@@ -36,7 +36,7 @@ async def test_pending_tenants_are_provisioned_and_then_served(tenancy: Tenancy)
     for tenant in await tenancy.list_tenants():
         assert tenant.status is TenantStatus.ACTIVE
         assert tenant.provisioning_attempts == 1
-        assert await tenancy.lookup.resolve(tenant.identifier) == tenant
+        assert await tenancy.lookup.get_active(tenant.identifier) == tenant
 
 
 async def test_provisioning_retries_then_gives_up(tmp_path: Path) -> None:

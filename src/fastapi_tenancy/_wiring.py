@@ -210,14 +210,18 @@ def lookup(config: TenancyConfig, store: TenantStore, cache: TenantCache | None)
 # ③ Rate limiting
 
 
-def limiter(config: TenancyConfig) -> TenantRateLimiter | None:
+def limiter(
+    config: TenancyConfig, observer: TenancyObserver | None = None
+) -> TenantRateLimiter | None:
     """The per-tenant rate limiter, when ``enable_rate_limiting`` is on."""
     if not config.enable_rate_limiting:
         return None
-    return rate_limiter(config)
+    return rate_limiter(config, observer)
 
 
-def rate_limiter(config: TenancyConfig) -> TenantRateLimiter:
+def rate_limiter(
+    config: TenancyConfig, observer: TenancyObserver | None = None
+) -> TenantRateLimiter:
     """The rate limiter the settings describe, whether or not ``enable_rate_limiting`` is on."""
     from fastapi_tenancy.ratelimit import TenantRateLimiter
 
@@ -230,6 +234,7 @@ def rate_limiter(config: TenancyConfig) -> TenantRateLimiter:
         plans=config.rate_limit_plans,
         fail_closed=config.rate_limit_fail_closed,
         timeout=config.redis_timeout,
+        observer=observer,
     )
 
 

@@ -88,7 +88,7 @@ class Admission:
                 resolution = await self._resolve_after_refresh(scope, unknown)
             if resolution is None:
                 raise TenantNotFound()
-            tenant = await self.lookup.resolve_request(resolution)
+            tenant = await self.lookup.get_active_for(resolution)
             if resolved is not None:
                 resolved(time.perf_counter() - started)
             if self.principal_check is not None:

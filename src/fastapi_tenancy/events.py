@@ -1,14 +1,16 @@
-"""Moved to `fastapi_tenancy.observe.events`; this module re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.events`; this module re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.events import (
-    Event,
-    Handler,
-    Hooks,
-    LifecycleAction,
-    RequestCompleted,
-    TenantChanged,
-)
+from typing import Any
 
-__all__ = ["Event", "Handler", "Hooks", "LifecycleAction", "RequestCompleted", "TenantChanged"]
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["Event", "Handler", "Hooks", "LifecycleAction", "RequestCompleted", "TenantChanged"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.events", name, _MOVED)

@@ -1,5 +1,16 @@
-"""Moved to `fastapi_tenancy.isolation.inflight`; this path re-exports it for one release."""
+"""Moved to `fastapi_tenancy.isolation.inflight`; this path re-exports it until the next release.
 
-from fastapi_tenancy.isolation.inflight import InFlight
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
-__all__ = ["InFlight"]
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["InFlight"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.isolation.inflight", name, _MOVED)

@@ -1,5 +1,16 @@
-"""Moved to `fastapi_tenancy.resolution.jwks`; this path re-exports it for one release."""
+"""Moved to `fastapi_tenancy.resolution.jwks`; this path re-exports it until the next release.
 
-from fastapi_tenancy.resolution.jwks import JWKSError, JWKSKeys, parse_jwks
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
-__all__ = ["JWKSError", "JWKSKeys", "parse_jwks"]
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["JWKSError", "JWKSKeys", "parse_jwks"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.resolution.jwks", name, _MOVED)

@@ -1,7 +1,16 @@
-"""Moved to `fastapi_tenancy.observe.logs`; this module re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.logs`; this module re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.logs import NO_TENANT_LOG_VALUE, TenantLogFilter
+from typing import Any
 
-__all__ = ["NO_TENANT_LOG_VALUE", "TenantLogFilter"]
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["NO_TENANT_LOG_VALUE", "TenantLogFilter"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.logs", name, _MOVED)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from fastapi_tenancy._deprecation import renamed
 from fastapi_tenancy.cache.base import TenantCache
 from fastapi_tenancy.exceptions import (
     AuthenticationFailed,
@@ -72,15 +73,15 @@ class TenantLookup:
         """The active tenant named ``identifier``; raises if it may not serve requests."""
         return check_status(await self.find(identifier))
 
-    # Deprecated alias of `get_active`, kept for one release: ``resolve`` names stage ① (the
-    # resolvers), and this is stage ②.
-    resolve = get_active
+    # ``resolve`` names stage ① (the resolvers), and this is stage ②: the old names warn.
+    resolve = renamed("get_active", "TenantLookup", "resolve")
+    resolve_request = renamed("get_active_for", "TenantLookup", "resolve_request")
 
     async def find(self, identifier: str) -> Tenant | None:
         """The tenant record (any status) or ``None``, from the cache when possible."""
         return await self._find(identifier, self._store.get_by_identifier)
 
-    async def resolve_request(self, resolution: Resolution) -> Tenant:
+    async def get_active_for(self, resolution: Resolution) -> Tenant:
         """② for a request: the active tenant ``resolution`` names, by identifier or by host.
 
         A custom domain (``resolution.host``) is mapped to its owner; when another strategy also

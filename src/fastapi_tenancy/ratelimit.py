@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
 
     from fastapi_tenancy.config import TenancyConfig
+    from fastapi_tenancy.observe.observer import TenancyObserver
 
 __all__ = ["RateDecision", "RedisMovingWindow", "TenantRateLimiter"]
 
@@ -73,8 +75,11 @@ class TenantRateLimiter:
         plans: dict[str, int] | None = None,
         fail_closed: bool = True,
         timeout: float = 1.0,
+        observer: TenancyObserver | None = None,
     ) -> None:
         self._uri = storage_uri
+        # Told of every storage failure (``rate_limit_storage_failed``); the metrics count them.
+        self.observer = observer
         self._client: Redis | RedisCluster | None = None
         storage: Storage | SyncStorage
         if storage_uri.removeprefix("async+").startswith(REDIS_SCHEMES):
@@ -101,7 +106,7 @@ class TenantRateLimiter:
         self._fail_closed = fail_closed
         # Anything but the in-process memory storage lives in a server that can go down.
         self.shared = "memory" not in storage_uri.split("://")[0]
-        self.storage_failures = 0
+        self._storage_failures = 0
 
     @classmethod
     def from_config(cls, config: TenancyConfig) -> TenantRateLimiter:
@@ -109,6 +114,22 @@ class TenantRateLimiter:
         from fastapi_tenancy import _wiring
 
         return _wiring.rate_limiter(config)
+
+    @property
+    def storage_failures(self) -> int:
+        """Deprecated (removed in the next release): storage failures, counted.
+
+        Failures are reported to the observer (``TenancyObserver.rate_limit_storage_failed``);
+        the metrics count them as ``fastapi_tenancy_rate_limit_storage_failures_total``.
+        """
+        warnings.warn(
+            "TenantRateLimiter.storage_failures is deprecated and goes away in the next release; "
+            "override TenancyObserver.rate_limit_storage_failed, or read "
+            "fastapi_tenancy_rate_limit_storage_failures_total",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._storage_failures
 
     @property
     def fail_closed(self) -> bool:
@@ -142,8 +163,10 @@ class TenantRateLimiter:
             admitted = await self._limiter.hit(item, "tenant", tenant.id)
             stats = await self._limiter.get_window_stats(item, "tenant", tenant.id)
         except StorageError as exc:
-            self.storage_failures += 1
+            self._storage_failures += 1
             logger.warning("rate limit storage %s failed: %s", redact_redis_url(self._uri), exc)
+            if self.observer is not None:
+                self.observer.rate_limit_storage_failed()
             if self._fail_closed:
                 raise ServiceUnavailable("rate limit storage unavailable") from exc
             return None

@@ -1,7 +1,16 @@
-"""Moved to `fastapi_tenancy.observe.slowquery`; this module re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.slowquery`; this module re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.slowquery import MAX_LOGGED_STATEMENT, SlowQueryLog
+from typing import Any
 
-__all__ = ["MAX_LOGGED_STATEMENT", "SlowQueryLog"]
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["MAX_LOGGED_STATEMENT", "SlowQueryLog"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.slowquery", name, _MOVED)

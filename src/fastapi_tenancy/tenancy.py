@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -101,7 +102,6 @@ class Tenancy:
         self.jwks: JWKSKeys | None = _wiring.signing_keys(self.config)
         self.resolver: TenantResolver = _wiring.resolver(self.config, self.jwks)
         self.principal_check = principal_check
-        self.limiter: TenantRateLimiter | None = _wiring.limiter(self.config)
         self.isolation: IsolationStrategy = _wiring.isolation(self.config, self.engine)
         # The database servers new tenants are placed on (`fastapi_tenancy.isolation.placement`).
         self.servers: ServerPool = _wiring.server_pool(self.config)
@@ -113,6 +113,8 @@ class Tenancy:
         self.observer: TenancyObserver = compose(
             self.metrics, self.slow_queries, self.hooks, *observers
         )
+        self.hooks.observer = self.observer
+        self.limiter: TenantRateLimiter | None = _wiring.limiter(self.config, self.observer)
         self._watch_engines()
         self._server_counts = self._count_servers()
         self.admission = Admission(
@@ -279,7 +281,13 @@ class Tenancy:
         await self.close()
 
     async def resolve(self, scope: Scope) -> Resolution | None:
-        """Deprecated (kept for one release): use ``tenancy.admission.resolve(scope)``."""
+        """Deprecated (removed in the next release): use ``tenancy.admission.resolve(scope)``."""
+        warnings.warn(
+            "Tenancy.resolve is deprecated and goes away in the next release; use "
+            "tenancy.admission.resolve(scope)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return await self.admission.resolve(scope)
 
     # Sessions and scopes for code outside a request. By identifier (looked up, refused unless

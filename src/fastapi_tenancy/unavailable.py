@@ -1,10 +1,16 @@
-"""Moved to `fastapi_tenancy.isolation.unavailable`; this path re-exports it for one release."""
+"""Moved to `fastapi_tenancy.isolation.unavailable`; this path re-exports it until the next release.
 
-from fastapi_tenancy.isolation.unavailable import (
-    describe,
-    is_statement_timeout,
-    is_unavailable,
-    unavailable_as_503,
-)
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
-__all__ = ["describe", "is_statement_timeout", "is_unavailable", "unavailable_as_503"]
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["describe", "is_statement_timeout", "is_unavailable", "unavailable_as_503"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.isolation.unavailable", name, _MOVED)

@@ -114,7 +114,7 @@ async def test_a_redis_restored_from_a_snapshot_never_serves_a_suspended_tenant(
         try:
             async with Tenancy(config) as running:
                 await running.create_tenant("acme")
-                assert (await running.lookup.resolve("acme")).status is TenantStatus.ACTIVE
+                assert (await running.lookup.get_active("acme")).status is TenantStatus.ACTIVE
                 key = f"{config.cache_key_prefix}:tenant:acme"
                 assert await admin.exists(key) == 1
                 await admin.save()  # the snapshot holds acme as active
@@ -136,11 +136,11 @@ async def test_a_redis_restored_from_a_snapshot_never_serves_a_suspended_tenant(
                 await eventually(resubscribed)
                 # The process that lived through the restart...
                 with pytest.raises(TenantSuspended):
-                    await running.lookup.resolve("acme")
+                    await running.lookup.get_active("acme")
                 # ...and a process started after it.
                 async with Tenancy(config) as fresh:
                     with pytest.raises(TenantSuspended):
-                        await fresh.lookup.resolve("acme")
+                        await fresh.lookup.get_active("acme")
         finally:
             await admin.aclose()
 
@@ -200,7 +200,7 @@ async def test_an_update_reaches_the_memory_of_another_process(tmp_path: Path) -
     )
     async with Tenancy(config) as admin, Tenancy(config) as app:
         await admin.create_tenant("acme", metadata={"plan": "free"})
-        assert (await app.lookup.resolve("acme")).metadata == {"plan": "free"}
+        assert (await app.lookup.get_active("acme")).metadata == {"plan": "free"}
         cache = app.cache
         assert isinstance(cache, LayeredTenantCache)
         assert await cache.memory.get("acme") is not None  # served from memory from now on
@@ -208,8 +208,8 @@ async def test_an_update_reaches_the_memory_of_another_process(tmp_path: Path) -
         await admin.update_tenant("acme", metadata={"plan": "pro", "rate_limit": 600})
 
         async def sees_the_new_plan() -> bool:
-            return bool((await app.lookup.resolve("acme")).metadata["plan"] == "pro")
+            return bool((await app.lookup.get_active("acme")).metadata["plan"] == "pro")
 
         await eventually(sees_the_new_plan)
-        assert (await app.lookup.resolve("acme")).metadata == {"plan": "pro", "rate_limit": 600}
+        assert (await app.lookup.get_active("acme")).metadata == {"plan": "pro", "rate_limit": 600}
         await cache.clear()

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from fastapi_tenancy.audit import AuditTrail, SpillFile, audit_table
-from fastapi_tenancy.audit.spill import decode_line
+from fastapi_tenancy.observe.audit import AuditTrail, SpillFile, audit_table
+from fastapi_tenancy.observe.audit.spill import decode_line
 from tests.support.backends import isolation_config
 from tests.support.fault_proxy import FaultProxy
 from tests.support.faults import running

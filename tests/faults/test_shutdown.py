@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from fastapi_tenancy.audit import SpillFile, audit_table
-from fastapi_tenancy.audit.spill import decode_line
+from fastapi_tenancy.observe.audit import SpillFile, audit_table
+from fastapi_tenancy.observe.audit.spill import decode_line
 from fastapi_tenancy.store.memory import MemoryTenantStore
 from tests.support.backends import isolation_config
 from tests.support.fault_proxy import FaultProxy

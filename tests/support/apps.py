@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_tenancy import (
+    Tenancy,
     TenancyConfig,
     TenancyMiddleware,
     Tenant,
@@ -23,9 +24,13 @@ from tests.support.models import Item
 background_seen: list[str] = []
 
 
-def create_app(config: TenancyConfig) -> FastAPI:
+def create_app(config: TenancyConfig | None = None, *, tenancy: Tenancy | None = None) -> FastAPI:
+    """The test app, on a runtime built from ``config`` or on ``tenancy`` itself."""
     app = FastAPI()
-    app.add_middleware(TenancyMiddleware, config=config)
+    if tenancy is not None:
+        app.add_middleware(TenancyMiddleware, tenancy=tenancy)
+    else:
+        app.add_middleware(TenancyMiddleware, config=config)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

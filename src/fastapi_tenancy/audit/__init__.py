@@ -1,20 +1,15 @@
-"""Moved to `fastapi_tenancy.observe.audit`; this package re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.audit`; this package re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.audit import (
-    DROP_REASONS,
-    AuditRecord,
-    AuditSink,
-    AuditTrail,
-    DatabaseAuditSink,
-    LoggingAuditSink,
-    SpillFile,
-    audit_table,
-    sanitised,
-)
+from typing import Any
 
-__all__ = [
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = [
     "DROP_REASONS",
     "AuditRecord",
     "AuditSink",
@@ -25,3 +20,7 @@ __all__ = [
     "audit_table",
     "sanitised",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.audit", name, _MOVED)

@@ -1,7 +1,16 @@
-"""Moved to `fastapi_tenancy.observe.audit.spill`; this module re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.audit.spill`; this module re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.audit.spill import SpillFile, decode_line, encode_line
+from typing import Any
 
-__all__ = ["SpillFile", "decode_line", "encode_line"]
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["SpillFile", "decode_line", "encode_line"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.audit.spill", name, _MOVED)

@@ -1,7 +1,16 @@
-"""Moved to `fastapi_tenancy.observe.metrics`; this module re-exports it for one release."""
+"""Moved to `fastapi_tenancy.observe.metrics`; this module re-exports it until the next release.
+
+Each name read here warns (`DeprecationWarning`); import it from the new path.
+"""
 
 from __future__ import annotations
 
-from fastapi_tenancy.observe.metrics import MULTIPROC_ENV, OUTCOMES, TenancyMetrics, outcome_of
+from typing import Any
 
-__all__ = ["MULTIPROC_ENV", "OUTCOMES", "TenancyMetrics", "outcome_of"]
+from fastapi_tenancy._deprecation import moved_attribute
+
+_MOVED = ["MULTIPROC_ENV", "OUTCOMES", "TenancyMetrics", "outcome_of"]
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "fastapi_tenancy.observe.metrics", name, _MOVED)

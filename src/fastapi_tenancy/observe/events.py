@@ -2,14 +2,16 @@
 
     tenancy.hooks.subscribe(TenantChanged, handler)   # handler(event), sync or async
 
-Hooks run after the change they describe is stored. A hook that raises is logged and counted,
-never propagated: it cannot undo, block or half-apply a lifecycle change.
+Hooks run after the change they describe is stored. A hook that raises is logged and reported
+to the runtime's observer (``hook_failed``; the metrics count it), never propagated: it cannot
+undo, block or half-apply a lifecycle change.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,11 +96,28 @@ class Hooks(TenancyObserver):
         unsubscribe = tenancy.hooks.subscribe(TenantChanged, audit)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, observer: TenancyObserver | None = None) -> None:
         self._handlers: list[tuple[type[Event], Callable[[Event], object]]] = []
         # wants() runs on every request: its answers are kept until the subscriptions change.
         self._wanted: dict[type[Event], bool] = {}
-        self.failures = 0
+        # Told of every hook that raises (`Tenancy` sets its one observer here).
+        self.observer = observer
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
+        """Deprecated (removed in the next release): hooks that raised, counted.
+
+        Failures are reported to the observer (``TenancyObserver.hook_failed``); the metrics
+        count them as ``fastapi_tenancy_hook_failures_total``.
+        """
+        warnings.warn(
+            "Hooks.failures is deprecated and goes away in the next release; override "
+            "TenancyObserver.hook_failed, or read fastapi_tenancy_hook_failures_total",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._failures
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Callable[[], None]:
         """Call ``handler`` for every ``event_type`` event; returns a function that unsubscribes."""
@@ -131,5 +150,7 @@ class Hooks(TenancyObserver):
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                self.failures += 1
+                self._failures += 1
                 logger.warning("hook %r failed on %r", handler, event, exc_info=True)
+                if self.observer is not None:
+                    self.observer.hook_failed(event)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from fastapi_tenancy.config import TenancyConfig
     from fastapi_tenancy.models import Tenant
+    from fastapi_tenancy.observe.events import Event
 
 __all__ = ["MULTIPROC_ENV", "OUTCOMES", "TenancyMetrics", "outcome_of"]
 
@@ -167,6 +168,17 @@ class _Families:
             "close cleanly); logged as warnings, the client already had its answer.",
             registry=registry,
         )
+        self.rate_limit_storage_failures = Counter(
+            PREFIX + "rate_limit_storage_failures",
+            "Rate limit storage failures (the request was refused with 503 or let through, as "
+            "rate_limit_fail_closed says).",
+            registry=registry,
+        )
+        self.hook_failures = Counter(
+            PREFIX + "hook_failures",
+            "Hooks (event subscribers) that raised; logged, the change they heard of stands.",
+            registry=registry,
+        )
         self.audit_dropped = Counter(
             PREFIX + "audit_dropped",
             "Audit records lost, by reason (queue_full, rejected, spill_failed, corrupt_spill).",
@@ -265,6 +277,8 @@ class TenancyMetrics(TenancyObserver):
             f.server_tenants,
             f.slow_queries,
             f.failures_after_response,
+            f.rate_limit_storage_failures,
+            f.hook_failures,
             f.audit_dropped,
         )
 
@@ -315,6 +329,14 @@ class TenancyMetrics(TenancyObserver):
     def failed_after_response(self) -> None:
         """Count a tenant storage failure that came after the response was complete."""
         self._families.failures_after_response.inc()
+
+    def rate_limit_storage_failed(self) -> None:
+        """Count a failure of the rate limit storage."""
+        self._families.rate_limit_storage_failures.inc()
+
+    def hook_failed(self, failed: Event) -> None:
+        """Count a hook that raised on ``failed``."""
+        self._families.hook_failures.inc()
 
     def _tenant_child(self, counter: str, family: Counter, tenant: Tenant | None) -> Any:
         families = self._families

@@ -3,8 +3,9 @@
 Every part that has something to report calls a method of one observer: the admission (①-③) each
 request's outcome, the middleware a storage failure after the response, the cache its lookups,
 the engine cache its engines, the slow-query log its statements, the audit trail its losses, the
-lifecycle and the middleware their typed events. Every method has a no-op default, so an observer
-overrides only what it cares about; `compose` fans out to several of them.
+rate limiter and the hooks their failures, the lifecycle and the middleware their typed events.
+Every method has a no-op default, so an observer overrides only what it cares about; `compose`
+fans out to several of them.
 
 What plugs in (each a `TenancyObserver`): ``TenancyMetrics`` (Prometheus), ``SlowQueryLog``
 (watches every engine created), ``Hooks`` (user subscriptions to typed events, through which the
@@ -91,6 +92,9 @@ class TenancyObserver:
     def refused(self, error: TenancyError, tenant: Tenant | None) -> None:
         """The request was answered with ``error`` (its ``outcome`` says why) before the app."""
 
+    def rate_limit_storage_failed(self) -> None:
+        """The rate limit storage failed (``rate_limit_fail_closed`` chose: 503 or let through)."""
+
     # ⑤ serving.
 
     def failed_after_response(self) -> None:
@@ -133,6 +137,9 @@ class TenancyObserver:
     async def emit(self, event: Event) -> None:
         """A typed event (``TenantChanged``, ``RequestCompleted``) after what it describes."""
 
+    def hook_failed(self, event: Event) -> None:
+        """A hook subscribed to ``event``'s type raised (logged; the change it heard of stands)."""
+
     def audit_dropped(self, reason: str, count: int) -> None:
         """``count`` audit records were lost for ``reason`` (see ``audit.DROP_REASONS``)."""
 
@@ -141,6 +148,7 @@ _METHODS = (
     "resolved",
     "admitted",
     "refused",
+    "rate_limit_storage_failed",
     "failed_after_response",
     "cache_lookup",
     "cache_backend_error",
@@ -150,6 +158,7 @@ _METHODS = (
     "engine_evicted",
     "slow_query",
     "servers_counted",
+    "hook_failed",
     "audit_dropped",
 )
 
