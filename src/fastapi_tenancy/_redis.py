@@ -163,7 +163,8 @@ def redis_client(url: str, *, timeout: float = 1.0) -> Redis | RedisCluster:
         from fastapi_tenancy.exceptions import ConfigurationError
 
         raise ConfigurationError(
-            "redis_url is set but redis-py is not installed: pip install 'fastapi-tenancy-kit[redis]'"
+            "redis_url is set but redis-py is not installed: "
+            "pip install 'fastapi-tenancy-kit[redis]'"
         ) from exc
     target = parse_redis_url(url)
     options: dict[str, Any] = {

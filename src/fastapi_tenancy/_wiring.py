@@ -13,12 +13,14 @@ that nothing reads shows up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.config import ResolutionStrategy, TenancyConfig
-from fastapi_tenancy.engines import EngineFamily, create_engine
+from fastapi_tenancy.engines import EngineFamily, create_engine, same_database
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.database import DatabaseIsolation
@@ -71,6 +73,51 @@ __all__ = [
 
 
 # The central engine
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """The plain values `Tenancy` and its middleware read themselves (the rest feed components)."""
+
+    shutdown_timeout: float
+    audit_flush_timeout: float
+    edge_sync_on_start: bool
+    soft_delete: bool
+    # How long a purge waits for the tenant's in-flight work (as long as a pool checkout may).
+    drain_timeout: float
+    domain_suffix: str | None
+    excluded_paths: tuple[str, ...]
+    isolation_strategy: Literal["row", "schema", "database"]
+
+
+def runtime_settings(config: TenancyConfig) -> RuntimeSettings:
+    """What the runtime reads of ``config`` itself: timeouts, policies, paths."""
+    return RuntimeSettings(
+        shutdown_timeout=config.shutdown_timeout,
+        audit_flush_timeout=config.audit_flush_timeout,
+        edge_sync_on_start=config.edge_sync_on_start,
+        soft_delete=config.enable_soft_delete,
+        drain_timeout=config.database_pool_timeout,
+        domain_suffix=config.domain_suffix,
+        excluded_paths=tuple(config.excluded_paths),
+        isolation_strategy=config.isolation_strategy,
+    )
+
+
+def central_database(config: TenancyConfig, engine: AsyncEngine) -> TenancyConfig:
+    """``config`` with ``database_url`` naming the app engine's database (refused if another)."""
+    if "database_url" not in config.model_fields_set:
+        url = engine.url.render_as_string(hide_password=False)
+        # No combination check is repeated: the default (SQLite) database_url already refused
+        # every setting that needs a server.
+        return config.model_copy(update={"database_url": url})
+    if not same_database(make_url(config.database_url), engine.url):
+        raise ConfigurationError(
+            "engine= reaches another database than database_url: the tenant records and the "
+            "shared tables live in one central database. Point TENANCY_DATABASE_URL at the "
+            "engine's database (the CLI uses it) or leave it unset"
+        )
+    return config
 
 
 def central_engine(

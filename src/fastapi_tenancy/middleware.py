@@ -69,7 +69,7 @@ class TenancyMiddleware:
         except ConfigurationError as exc:
             self._refusal = exc
             return
-        self._excluded = PathExclusions(self.tenancy.config.excluded_paths)
+        self._excluded = PathExclusions(self.tenancy.settings.excluded_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -153,16 +153,16 @@ class TenancyMiddleware:
             storage_mismatch,
         )
 
-        config = self.tenancy.config
-        problems = excluded_tenant_routes(app, config.excluded_paths)
+        settings = self.tenancy.settings
+        problems = excluded_tenant_routes(app, settings.excluded_paths)
         if problems:
             raise ConfigurationError("; ".join(problems))
-        for warning in narrow_exclusions(app, config.excluded_paths):
+        for warning in narrow_exclusions(app, settings.excluded_paths):
             logger.warning(warning)
         opened_here = await self.tenancy.start()
         try:
             tenants = await self.tenancy.store.list(include_deleted=True)
-            mismatch = storage_mismatch(config.isolation_strategy, tenants)
+            mismatch = storage_mismatch(settings.isolation_strategy, tenants)
             if mismatch is not None:
                 raise ConfigurationError(mismatch)
         except BaseException:

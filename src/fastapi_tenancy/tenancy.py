@@ -10,7 +10,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastapi_tenancy import _wiring
@@ -18,7 +17,7 @@ from fastapi_tenancy.admission import Admission
 from fastapi_tenancy.cache.base import SharedTenantCache, TenantCache
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.context import tenant_context
-from fastapi_tenancy.engines import app_engine, same_database
+from fastapi_tenancy.engines import app_engine
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation import DatabaseIsolation, IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
@@ -91,7 +90,9 @@ class Tenancy:
             self.engine: AsyncEngine = _wiring.central_engine(self.config)
         else:
             self.engine = app_engine(engine)
-            self.config = _central_database(self.config, self.engine)
+            self.config = _wiring.central_database(self.config, self.engine)
+        # What the runtime reads of the config itself; the components get theirs from _wiring.
+        self.settings = _wiring.runtime_settings(self.config)
         self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
         if cache is None:
             cache = _wiring.cache(self.config, self.metrics)
@@ -183,7 +184,7 @@ class Tenancy:
                     await self._server_counts.refresh()
                 if self.audit is not None:
                     await self.audit.start()
-                if self.edge is not None and self.config.edge_sync_on_start:
+                if self.edge is not None and self.settings.edge_sync_on_start:
                     await self._sync_edge()
             except BaseException:
                 await self._close_unlocked()
@@ -199,14 +200,14 @@ class Tenancy:
         with what is left. Queued audit records get ``audit_flush_timeout`` of it.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.shutdown_timeout
+        deadline = loop.time() + self.settings.shutdown_timeout
         try:
             async with asyncio.timeout_at(deadline):
                 await self._lock.acquire()
         except TimeoutError:
             logger.error(
                 "shutdown abandoned after %ss: a start or close of this runtime is still running",
-                self.config.shutdown_timeout,
+                self.settings.shutdown_timeout,
             )
             return
         try:
@@ -216,7 +217,7 @@ class Tenancy:
 
     async def _close_unlocked(self, deadline: float | None = None) -> None:
         if deadline is None:
-            deadline = asyncio.get_running_loop().time() + self.config.shutdown_timeout
+            deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.audit is not None:
             steps.append(("the audit trail", self._close_audit))
@@ -266,7 +267,7 @@ class Tenancy:
 
     async def _close_audit(self) -> None:
         if self.audit is not None:
-            await self.audit.close(flush_timeout=self.config.audit_flush_timeout)
+            await self.audit.close(flush_timeout=self.settings.audit_flush_timeout)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -330,8 +331,8 @@ class Tenancy:
                 self.lookup,
                 hooks=self.hooks,
                 inflight=self.inflight,
-                soft_delete=self.config.enable_soft_delete,
-                drain_timeout=self.config.database_pool_timeout,
+                soft_delete=self.settings.soft_delete,
+                drain_timeout=self.settings.drain_timeout,
                 servers=self.servers,
             )
         return self._lifecycle
@@ -444,7 +445,7 @@ class Tenancy:
         from fastapi_tenancy.domains import InvalidDomain, normalise_domain
 
         normalised = normalise_domain(host)
-        suffix = self.config.domain_suffix
+        suffix = self.settings.domain_suffix
         if suffix is not None and (normalised == suffix or normalised.endswith("." + suffix)):
             raise InvalidDomain(
                 f"{host!r} lies under domain_suffix {suffix!r}: "
@@ -467,22 +468,6 @@ class Tenancy:
         await self.start()
         tenant = None if identifier is None else await self.lifecycle.require(identifier)
         return await self.lifecycle.list_domains(tenant)
-
-
-def _central_database(config: TenancyConfig, engine: AsyncEngine) -> TenancyConfig:
-    """``config`` with ``database_url`` naming the app engine's database (refused if another)."""
-    if "database_url" not in config.model_fields_set:
-        url = engine.url.render_as_string(hide_password=False)
-        # No combination check is repeated: the default (SQLite) database_url already refused
-        # every setting that needs a server.
-        return config.model_copy(update={"database_url": url})
-    if not same_database(make_url(config.database_url), engine.url):
-        raise ConfigurationError(
-            "engine= reaches another database than database_url: the tenant records and the "
-            "shared tables live in one central database. Point TENANCY_DATABASE_URL at the "
-            "engine's database (the CLI uses it) or leave it unset"
-        )
-    return config
 
 
 async def _within(deadline: float, what: str, step: Callable[[], Awaitable[None]]) -> None:

@@ -51,7 +51,13 @@ async def served(service: Running, identifier: str) -> bool:
 async def test_fail_closed_rate_limiting_answers_503_while_redis_is_down_then_recovers(
     isolation_case: tuple[str, str], redis: PrivateRedis
 ) -> None:
-    settings = config(isolation_case, redis, enable_rate_limiting=True, rate_limit_fail_closed=True)
+    settings = config(
+        isolation_case,
+        redis,
+        enable_rate_limiting=True,
+        rate_limit_fail_closed=True,
+        enable_metrics=True,
+    )
     async with running(settings, TENANTS) as service:
         assert await service.statuses("redisalpha", 2) == [200, 200]
 
@@ -61,8 +67,14 @@ async def test_fail_closed_rate_limiting_answers_503_while_redis_is_down_then_re
             refused = await service.get(identifier)
             assert refused.status_code == 503
             assert refused.json() == GENERIC_503
-        assert service.tenancy.limiter is not None
-        assert service.tenancy.limiter.storage_failures >= len(TENANTS)
+        metrics = service.tenancy.metrics
+        assert metrics is not None
+        assert metrics.registry is not None
+        failed = metrics.registry.get_sample_value(
+            "fastapi_tenancy_rate_limit_storage_failures_total"
+        )
+        assert failed is not None
+        assert failed >= len(TENANTS)
 
         await redis.start()
 
