@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.support.services import (
     MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
+    drop_discarded_databases,
     require_server,
     reset_database,
 )
@@ -27,6 +29,14 @@ def pytest_report_header() -> list[str]:
         f"hypothesis profiles: {', '.join(hypothesis_profiles.PROFILES)}; a failure prints its "
         "@reproduce_failure blob, and --hypothesis-seed=N replays a whole run"
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_discarded_databases() -> Iterator[None]:
+    # Resets rename tenant databases out of the way (a rename needs no checkpoint); they are
+    # dropped here, together.
+    yield
+    asyncio.run(drop_discarded_databases())
 
 
 @pytest.fixture(autouse=True)
