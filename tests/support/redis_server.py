@@ -6,17 +6,15 @@ The shared Redis is never stopped; a test that needs Redis to die kills this one
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support.polling import eventually
-from tests.support.services import REQUIRE_SERVICES, free_port
+from tests.support.services import free_port, redis_binary
 
 __all__ = ["PrivateRedis"]
 
@@ -49,13 +47,7 @@ class PrivateRedis:
     """
 
     def __init__(self, *, snapshot_dir: Path | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed; the Redis fault tests start their own"
-            if REQUIRE_SERVICES:
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
-        self._binary = binary
+        self._binary = redis_binary()
         self.port = free_port()
         self._snapshot_dir = snapshot_dir
         self._process: asyncio.subprocess.Process | None = None

@@ -33,7 +33,7 @@ import pytest
 import redis
 
 from tests.support.polling import until
-from tests.support.services import REQUIRE_SERVICES
+from tests.support.services import redis_binary
 
 __all__ = ["REDIS_TOPOLOGIES", "RedisClusterNodes", "RedisSentinelGroup", "redis_binary"]
 
@@ -57,17 +57,6 @@ _NOT_YET = (redis.RedisError, OSError)
 # CLUSTER SLOTS lists a replica once its replication offset is above zero, which on an idle master
 # happens at the master's first ping to its replicas (every 10 s by default).
 DATA_NODE = ("--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1")
-
-
-def redis_binary() -> str:
-    """``redis-server``; a skip (a failure under TENANCY_TEST_REQUIRE_SERVICES=1) without it."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed; the Sentinel and Cluster tests start their own"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return binary
 
 
 # Ports handed out in this process, cluster bus ports included: servers start after all their

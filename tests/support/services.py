@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import uuid
 from functools import cache
@@ -64,6 +65,18 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def redis_binary() -> str:
+    """``redis-server``, for tests that run Redis servers of their own (to kill, or to make a
+    Sentinel group or a Cluster); a skip (a failure when services are required) without it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed; the tests that run their own Redis need it"
+        if REQUIRE_SERVICES:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return binary
 
 
 def require_server(name: str, url: str, default_port: int) -> None:
@@ -143,11 +156,7 @@ async def _drop_test_databases(url: str) -> None:
     stuck: list[str] = []
     try:
         async with admin.connect() as conn:
-            names = await conn.execute(
-                text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
-                {"prefix": _like_prefix(TEST_STORAGE_PREFIX)},
-            )
-            for (name,) in names.all():
+            for name in await _databases_named(conn, TEST_STORAGE_PREFIX):
                 if not await _rename_away(conn, name):
                     stuck.append(f'"{name}"')
     finally:
@@ -185,14 +194,19 @@ async def drop_discarded_databases() -> None:
     admin = create_async_engine(admin_url, poolclass=NullPool)
     try:
         async with admin.connect() as conn:
-            names = await conn.execute(
-                text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
-                {"prefix": _like_prefix(DISCARDED_PREFIX)},
-            )
-            doomed = [f'"{name}"' for (name,) in names.all()]
+            doomed = [f'"{name}"' for name in await _databases_named(conn, DISCARDED_PREFIX)]
     finally:
         await admin.dispose()
     await drop_databases(admin_url.render_as_string(hide_password=False), doomed, force=True)
+
+
+async def _databases_named(conn: AsyncConnection, prefix: str) -> list[str]:
+    """The PostgreSQL databases whose names start with ``prefix``."""
+    names = await conn.execute(
+        text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+        {"prefix": _like_prefix(prefix)},
+    )
+    return [name for (name,) in names.all()]
 
 
 def _like_prefix(prefix: str) -> str:
