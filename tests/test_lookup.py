@@ -150,13 +150,13 @@ async def test_a_tenant_loaded_by_one_process_is_served_to_another_from_redis(
 ) -> None:
     prefix = f"tt-{uuid.uuid4().hex[:12]}"
     async with process_lookup(store, prefix) as first, process_lookup(store, prefix) as second:
-        await first.resolve("acme")
+        await first.get_active("acme")
         with pytest.raises(TenantNotFound):
-            await first.resolve("nobody")
+            await first.get_active("nobody")
 
-        await second.resolve("acme")
+        await second.get_active("acme")
         with pytest.raises(TenantNotFound):
-            await second.resolve("nobody")
+            await second.get_active("nobody")
 
     assert store.lookups == 2  # one per identifier, for both processes
 
@@ -168,7 +168,7 @@ async def test_a_stampede_on_a_cold_tenant_across_processes_reads_the_store_once
     prefix = f"tt-{uuid.uuid4().hex[:12]}"
     async with process_lookup(store, prefix) as first:
         store.release.clear()
-        waiters = [asyncio.ensure_future(first.resolve("acme")) for _ in range(50)]
+        waiters = [asyncio.ensure_future(first.get_active("acme")) for _ in range(50)]
         await asyncio.sleep(0.01)
         store.release.set()
         assert {t.identifier for t in await asyncio.gather(*waiters)} == {"acme"}
@@ -197,6 +197,6 @@ async def test_an_invalidation_by_another_process_discards_a_load_in_flight_here
         await stale
 
         with pytest.raises(TenantSuspended):
-            await here.resolve("acme")
+            await here.get_active("acme")
         with pytest.raises(TenantSuspended):
-            await there.resolve("acme")
+            await there.get_active("acme")
