@@ -300,7 +300,7 @@ def isolation(config: TenancyConfig, engine: AsyncEngine) -> IsolationStrategy:
                 return central
             return _schema_over_servers(config, central, tables)
         case "database":
-            return database_isolation(config, tables)
+            return database_isolation(config, tables, engine)
 
 
 def _schema_isolation(
@@ -309,7 +309,13 @@ def _schema_isolation(
     binding = config.schema_binding
     if binding == "auto":
         binding = "search_path" if engine.dialect.name == "postgresql" else "translate_map"
-    return SchemaIsolation(engine, tables, prefix=config.schema_prefix, binding=binding)
+    return SchemaIsolation(
+        engine,
+        tables,
+        prefix=config.schema_prefix,
+        binding=binding,
+        shared_schema=config.shared_schema,
+    )
 
 
 def _schema_over_servers(
@@ -335,10 +341,17 @@ def server_pool(config: TenancyConfig) -> ServerPool:
     return ServerPool(config.database_servers)
 
 
-def database_isolation(config: TenancyConfig, tables: TenantTables) -> DatabaseIsolation:
-    """A database per tenant: URLs from ``database_url_template``, engines within the budget."""
+def database_isolation(
+    config: TenancyConfig, tables: TenantTables, engine: AsyncEngine | None = None
+) -> DatabaseIsolation:
+    """A database per tenant: URLs from ``database_url_template``, engines within the budget.
+
+    ``engine`` is the central one, where the shared tables live.
+    """
     return DatabaseIsolation(
         tables,
+        shared_engine=engine,
+        tenant_urls=config.tenant_database_urls,
         engine_factory=tenant_engine_factory(config),
         url_template=config.database_url_template,
         storage_prefix=config.schema_prefix,

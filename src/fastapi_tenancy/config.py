@@ -40,6 +40,8 @@ ENV_PREFIX = "TENANCY_"
 # TENANCY_* names that are not settings: the test suite's service URLs and knobs, the soak test's
 # and the benchmarks' (documented in docs/testing.md); they never count as typos.
 NON_SETTING_PREFIXES = ("TENANCY_TEST_", "TENANCY_SOAK_", "TENANCY_BENCH_")
+# TENANCY_DATABASE_URL_<TENANT>: one tenant's database URL (`tenant_database_urls`).
+TENANT_URL_PREFIX = "TENANCY_DATABASE_URL_"
 # The async driver this library runs on for each database; URLs must name it.
 ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -82,12 +84,39 @@ def unknown_environment(environ: Mapping[str, str], dotenv: Mapping[str, str | N
             upper = name.upper()
             if not upper.startswith(ENV_PREFIX) or upper.startswith(NON_SETTING_PREFIXES):
                 continue
-            if upper not in known:
+            if upper not in known and not _is_tenant_url_variable(upper, known):
                 problems.append(
                     f"{source} {name} is not a fastapi-tenancy setting and is ignored"
                     + _suggestion(upper, known)
                 )
     return problems
+
+
+def tenant_url_variable(identifier: str) -> str:
+    """The variable holding ``identifier``'s database URL: ``acme-eu`` -> ``..._URL_ACME_EU``.
+
+    Identifiers are lower-case letters, digits and hyphens, so upper case with ``_`` for ``-``
+    names each one by exactly one variable.
+    """
+    return TENANT_URL_PREFIX + identifier.upper().replace("-", "_")
+
+
+def _is_tenant_url_variable(upper: str, known: set[str]) -> bool:
+    # TENANCY_DATABASE_URL_TEMPLATE is a setting, not the URL of a tenant named "template".
+    return upper.startswith(TENANT_URL_PREFIX) and upper not in known
+
+
+def _tenant_urls(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
+    """``TENANCY_DATABASE_URL_<TENANT>`` entries as identifier -> URL (the environment wins)."""
+    known = {env_name(field) for field in TenancyConfig.model_fields}
+    found: dict[str, str] = {}
+    for source in (dotenv, environ):
+        for name, value in source.items():
+            upper = name.upper()
+            if value is None or not _is_tenant_url_variable(upper, known):
+                continue
+            found[upper.removeprefix(TENANT_URL_PREFIX).lower().replace("_", "-")] = value
+    return found
 
 
 def _env_file_entries(env_file: Any) -> dict[str, str | None]:
@@ -461,6 +490,29 @@ class TenancyConfig(BaseSettings):
             " measurements"
         ),
     )
+    shared_schema: str = Field(
+        default="public",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description=(
+            "`schema` isolation on PostgreSQL: the schema holding the shared tables (models "
+            "without `TenantScoped`), created once and searched after the tenant's own schema; "
+            "on MariaDB/MySQL the shared tables live in `database_url`'s database. See "
+            "[Shared tables](isolation.md#shared-tables)"
+        ),
+    )
+    tenant_database_urls: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        repr=False,
+        description=(
+            "`database` isolation: tenants' database URLs by identifier, read from "
+            "`TENANCY_DATABASE_URL_<TENANT>` variables (the identifier in upper case, `-` "
+            "written `_`: `TENANCY_DATABASE_URL_ACME_EU` for `acme-eu`; the identifier `template`"
+            " cannot be named so). They take precedence over the URL stored on the tenant and "
+            "`database_url_template`, and name databases the operator made: never created or "
+            "dropped. `fastapi-tenancy doctor` warns about a variable naming no tenant. Never "
+            "printed. See [Isolation](isolation.md#database-urls-from-the-environment)"
+        ),
+    )
     # Database per tenant: where each tenant's database is, and how many engines stay open.
     database_url_template: str | None = Field(
         default=None,
@@ -672,6 +724,11 @@ class TenancyConfig(BaseSettings):
                         for name in unknown
                     )
                 )
+            if "tenant_database_urls" not in values:
+                env_file = values.get("_env_file", self.model_config.get("env_file"))
+                urls = _tenant_urls(os.environ, _env_file_entries(env_file))
+                if urls:
+                    values = {**values, "tenant_database_urls": urls}
             try:
                 super().__init__(**values)
             except ValidationError as exc:
@@ -685,6 +742,23 @@ class TenancyConfig(BaseSettings):
     def unknown_settings(self) -> tuple[str, ...]:
         """``TENANCY_*`` variables (environment or ``.env``) that are no setting, so do nothing."""
         return self._unknown
+
+    @field_validator("tenant_database_urls")
+    @classmethod
+    def _check_tenant_urls(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from fastapi_tenancy.models import IDENTIFIER_PATTERN
+
+        for identifier, url in value.items():
+            variable = tenant_url_variable(identifier)
+            if IDENTIFIER_PATTERN.fullmatch(identifier) is None:
+                raise ValueError(
+                    f"{variable} names no valid tenant identifier (lower-case letters, digits "
+                    "and inner hyphens, written upper case with '_' for '-')"
+                )
+            problem = _url_problem(url.get_secret_value())
+            if problem is not None:
+                raise ValueError(f"{variable}: {problem}")
+        return value
 
     @field_validator("database_url", "database_url_template")
     @classmethod

@@ -140,7 +140,8 @@ async def test_the_search_path_rides_on_every_begin_after_a_commit_too(tenancy: 
     tenant = await tenancy.get_tenant("alpha")
     assert tenant is not None
     assert tenant.storage_name is not None
-    path = string_literal(f'"{tenant.storage_name}", pg_temp')
+    # The test models include a shared table (plans): the shared schema follows the tenant's.
+    path = string_literal(f'"{tenant.storage_name}", "public", pg_temp')
     with recording(tenancy.engine) as wire:
         async with tenancy.session("alpha") as session:
             first = (await session.execute(text("SELECT name FROM items"))).scalars().all()

@@ -233,6 +233,11 @@ async def test_a_database_copied_from_the_template_matches_create_all(tmp_path: 
             assert [allowed for _name, allowed in templates] == [False]
 
             # Tables added to the metadata make a new template; the tenant gets them.
-            Table("refunds", metadata, Column("id", Integer, primary_key=True))
+            Table(
+                "refunds",
+                metadata,
+                Column("id", Integer, primary_key=True),
+                Column("tenant_id", String(64), nullable=False),
+            )
             third = await tenancy.create_tenant("initech")
             assert "refunds" in (await database_described(url, third.storage_name))["tables"]

@@ -92,6 +92,8 @@ class ServerFacts:
     jwks: Connection | None = None
     # Row isolation: tenant tables with rows without a tenant or a nullable tenant_id.
     unowned: tuple[UnownedRows, ...] | None = None
+    # The identifiers of every recorded tenant (deleted ones too); None when not read.
+    tenant_identifiers: tuple[str, ...] | None = None
 
 
 def check_config(error: str | None) -> CheckResult:
@@ -122,6 +124,35 @@ def check_tenant_storage(config: TenancyConfig, mismatch: str | None) -> CheckRe
     return CheckResult(
         "storage", "fail", mismatch, "see docs/isolation.md#changing-the-isolation-strategy"
     )
+
+
+def check_tenant_urls(config: TenancyConfig, identifiers: tuple[str, ...] | None) -> CheckResult:
+    """Every ``TENANCY_DATABASE_URL_<TENANT>`` names a recorded tenant, under database isolation."""
+    from fastapi_tenancy.config import tenant_url_variable
+
+    urls = config.tenant_database_urls
+    if not urls:
+        return CheckResult("tenant-urls", "ok", "no TENANCY_DATABASE_URL_<TENANT> variable set")
+    variables = ", ".join(tenant_url_variable(identifier) for identifier in sorted(urls))
+    if config.isolation_strategy != "database":
+        return CheckResult(
+            "tenant-urls",
+            "warn",
+            f"{variables} set, but {config.isolation_strategy} isolation reads no tenant URL",
+            "unset them, or use TENANCY_ISOLATION_STRATEGY=database",
+        )
+    if identifiers is None:
+        return CheckResult("tenant-urls", "ok", f"{variables} set (tenants not read)")
+    unknown = sorted(set(urls) - set(identifiers))
+    if unknown:
+        names = ", ".join(tenant_url_variable(identifier) for identifier in unknown)
+        return CheckResult(
+            "tenant-urls",
+            "warn",
+            f"{names} name(s) no tenant: a misspelt identifier, or a tenant not created yet",
+            "the variable is the identifier in upper case with '_' for '-'",
+        )
+    return CheckResult("tenant-urls", "ok", f"{variables} each name a tenant")
 
 
 def check_redis_server(config: TenancyConfig, connection: Connection | None) -> CheckResult:
@@ -462,6 +493,7 @@ def run_checks(config: TenancyConfig, workers: int, facts: ServerFacts) -> list[
         check_unknown_settings(config),
         check_database(facts),
         check_tenant_storage(config, facts.storage_mismatch),
+        check_tenant_urls(config, facts.tenant_identifiers),
         check_redis_server(config, facts.redis),
         check_jwks_server(config, facts.jwks),
         check_jwt(config),

@@ -242,6 +242,7 @@ async def probe(config: TenancyConfig) -> ServerFacts:
         rls_problems=rls_problems,
         seconds=seconds,
         storage_mismatch=storage_mismatch(config.isolation_strategy, tenants),
+        tenant_identifiers=tuple(tenant.identifier for tenant in tenants),
         redis=redis,
         jwks=jwks,
         unowned=unowned,

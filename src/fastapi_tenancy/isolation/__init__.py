@@ -6,12 +6,12 @@ import warnings
 from typing import TYPE_CHECKING
 
 from fastapi_tenancy.isolation.base import IsolationStrategy
-from fastapi_tenancy.isolation.database import DatabaseIsolation
+from fastapi_tenancy.isolation.database import CrossDatabaseStatement, DatabaseIsolation
 from fastapi_tenancy.isolation.row import RowIsolation
 from fastapi_tenancy.isolation.schema import SchemaIsolation
 from fastapi_tenancy.isolation.scoped import TenantScoped
 from fastapi_tenancy.isolation.session import TenantSession
-from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.tables import TenantTables, shared_tables, tenant_tables
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fastapi_tenancy.config import TenancyConfig
 
 __all__ = [
+    "CrossDatabaseStatement",
     "DatabaseIsolation",
     "IsolationStrategy",
     "RowIsolation",
@@ -27,6 +28,8 @@ __all__ = [
     "TenantSession",
     "TenantTables",
     "build_isolation",
+    "shared_tables",
+    "tenant_tables",
 ]
 
 

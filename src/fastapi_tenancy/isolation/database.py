@@ -6,31 +6,103 @@ bounded `EngineLRU`: an engine in use is never disposed, evicted idle engines ar
 background, and a global budget caps the server connections of all tenant engines together (a
 tenant's pool opens connections on demand and the least recently used idle connection of any
 tenant is closed, in the background, to keep room).
+
+Shared tables (models without `TenantScoped`, `fastapi_tenancy.isolation.tables`) live once, in
+the central database: they are created there once per process, never in a tenant's database, and
+foreign keys from tenant tables to them are left out of a tenant database's DDL (a database
+cannot reference another's tables). A tenant session sends a statement that names only shared
+tables to the central engine and every other statement to the tenant's; one statement naming
+both (a join from a tenant row to ``plans``) cannot run on either and raises
+`CrossDatabaseStatement` before any SQL is sent. Writes to shared tables commit on their own
+connection, not atomically with the tenant's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
+from typing import Any
 
-from sqlalchemy import delete, inspect
+from pydantic import SecretStr
+from sqlalchemy import Table, delete, inspect
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import visitors
 
 from fastapi_tenancy._secrets import redact_url
+from fastapi_tenancy.exceptions import TenancyError
 from fastapi_tenancy.isolation.engine_lru import EngineLRU
 from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.placement import ServerPool
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
 from fastapi_tenancy.isolation.session import TENANT_INFO_KEY, TenantSession
-from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.tables import (
+    TenantTables,
+    create_tables,
+    omit_shared_references,
+    shared_tables_lock,
+)
 from fastapi_tenancy.isolation.templates import DatabaseTemplate
 from fastapi_tenancy.isolation.unavailable import unavailable_as_503
 from fastapi_tenancy.models import Tenant
 
-__all__ = ["DatabaseIsolation"]
+__all__ = ["CrossDatabaseStatement", "DatabaseIsolation"]
+
+_SHARED_INFO_KEY = "fastapi_tenancy.shared_tables"
+
+
+class CrossDatabaseStatement(TenancyError):
+    """A statement names both a shared table (central database) and a tenant table.
+
+    Under database isolation they live in different databases; query them one after the other
+    (load the ``plans`` rows by the ids the tenant rows hold).
+    """
+
+
+class _DatabaseTenantSession(TenantSession):
+    """A tenant session that sends statements on shared tables to the central database."""
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: Any = None,
+        bind: Any = None,
+        **kw: Any,
+    ) -> Engine | Connection:
+        shared: dict[Table, Engine] | None = self.info.get(_SHARED_INFO_KEY)
+        if bind is not None or not shared:
+            return super().get_bind(mapper, clause=clause, bind=bind, **kw)
+        tables: set[Table] = set()
+        if mapper is not None:
+            found = getattr(mapper, "tables", None)
+            if found is None and hasattr(mapper, "__table__"):
+                found = [mapper.__table__]
+            tables.update(t for t in found or () if isinstance(t, Table))
+        if clause is not None:
+            tables.update(obj for obj in visitors.iterate(clause) if isinstance(obj, Table))
+        on_shared = {table for table in tables if table in shared}
+        if not on_shared:
+            return self._tenant_bind()
+        if on_shared != tables:
+            raise CrossDatabaseStatement(
+                f"one statement names shared tables ({_names(on_shared)}) and tenant tables "
+                f"({_names(tables - on_shared)}): under database isolation they live in "
+                "different databases; query them separately"
+            )
+        return shared[next(iter(on_shared))]
+
+    def _tenant_bind(self) -> Engine | Connection:
+        assert self.bind is not None  # tenant sessions are always opened with their engine
+        return self.bind
+
+
+def _names(tables: set[Table]) -> str:
+    return ", ".join(sorted(table.name for table in tables))
 
 
 class DatabaseIsolation:
@@ -56,8 +128,18 @@ class DatabaseIsolation:
         connection_budget: int = 50,
         budget_timeout: float = 30.0,
         servers: ServerPool | None = None,
+        shared_engine: AsyncEngine | None = None,
+        tenant_urls: Mapping[str, SecretStr] | None = None,
     ) -> None:
         self._tables = tables
+        # URLs from TENANCY_DATABASE_URL_<TENANT>: before the stored URL and the template.
+        self._tenant_urls: Mapping[str, SecretStr] = dict(tenant_urls or {})
+        # The central database's engine, where shared tables live; without it (an isolation
+        # built on its own) a tenant's sessions reach only the tenant's database.
+        self._shared_engine = shared_engine
+        self._shared_ready = False
+        self._shared_lock = asyncio.Lock()
+        self._shared_binds: tuple[list[Table], dict[Table, Engine]] = ([], {})
         self._engine_factory = engine_factory
         self._url_template = url_template
         self._servers = servers if servers is not None else ServerPool()
@@ -76,6 +158,7 @@ class DatabaseIsolation:
 
     async def start(self) -> None:
         """Nothing to open: tenant engines are created on first use."""
+        self._tables.split()
 
     async def close(self) -> None:
         """Dispose every tenant engine; no tenant connection stays open."""
@@ -92,9 +175,9 @@ class DatabaseIsolation:
             self._engines.lease(_engine_key(tenant, url), url) as engine,
             AsyncSession(
                 bind=engine,
-                sync_session_class=TenantSession,
+                sync_session_class=_DatabaseTenantSession,
                 expire_on_commit=False,
-                info={TENANT_INFO_KEY: tenant.id},
+                info={TENANT_INFO_KEY: tenant.id, _SHARED_INFO_KEY: self._shared()},
             ) as session,
         ):
             yield session
@@ -109,8 +192,9 @@ class DatabaseIsolation:
         name = checked_storage_name(tenant.storage_name)
         url = self._url(tenant)
         created = copied = False
-        with _reachable(url):
-            if tenant.database_url is None:
+        await self.create_shared_tables()
+        with _reachable(url), omit_shared_references():
+            if not self._explicit(tenant):
                 found = await database_mark(url, name, expected=owner_mark(tenant))
                 if found is None:
                     copied = await self._template.create(
@@ -135,7 +219,7 @@ class DatabaseIsolation:
         url = self._url(tenant)
         await self._engines.discard(_engine_key(tenant, url))
         with _reachable(url):
-            if tenant.database_url is None:
+            if not self._explicit(tenant):
                 found = await database_mark(url, name, expected=owner_mark(tenant))
                 if found:
                     check_owner(f"database {name}", tenant, found, 0)
@@ -165,18 +249,52 @@ class DatabaseIsolation:
         """
         # A one-off connection: provisioning and purging never touch the engine cache.
         engine = create_async_engine(url, poolclass=NullPool)
+        tables = self._tables.tenant_tables()
         try:
             async with engine.begin() as conn:
-                for metadata in self._tables.metadatas():
-                    await conn.run_sync(metadata.create_all if create else metadata.drop_all)
+                if create:
+                    with omit_shared_references():
+                        await conn.run_sync(create_tables, tables)
+                else:
+                    await conn.run_sync(_drop_tables, tables)
                 if tenant_id is not None:
                     for table in await conn.run_sync(self._tables.existing_scoped_tables):
                         await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
         finally:
             await engine.dispose()
 
+    async def create_shared_tables(self) -> None:
+        """Create the missing shared tables in the central database, once per process."""
+        if self._shared_ready:
+            return
+        async with self._shared_lock:
+            if self._shared_ready:
+                return
+            shared = self._tables.shared_tables()
+            if shared and self._shared_engine is not None:
+                async with self._shared_engine.begin() as conn, shared_tables_lock(conn):
+                    await conn.run_sync(create_tables, shared)
+            self._shared_ready = True
+
+    def _shared(self) -> dict[Table, Engine] | None:
+        """Each shared table's engine (the central one) for a tenant session; cached."""
+        if self._shared_engine is None:
+            return None
+        shared = self._tables.shared_tables()
+        if shared is not self._shared_binds[0]:
+            central = self._shared_engine.sync_engine
+            self._shared_binds = (shared, dict.fromkeys(shared, central))
+        return self._shared_binds[1]
+
     def _url(self, tenant: Tenant) -> str:
+        override = self._tenant_urls.get(tenant.identifier)
+        if override is not None:
+            return override.get_secret_value()
         return self._servers.tenant_database_url(tenant, self._url_template)
+
+    def _explicit(self, tenant: Tenant) -> bool:
+        """Whether the tenant's database is the operator's (never created or dropped here)."""
+        return tenant.database_url is not None or tenant.identifier in self._tenant_urls
 
     def _new_engine(self, url: str) -> AsyncEngine:
         return self._engine_factory(url)
@@ -188,6 +306,13 @@ def _engine_key(tenant: Tenant, url: str) -> str:
     # instead of reusing the one cached for the old server under the same database name.
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]
     return f"{checked_storage_name(tenant.storage_name)}@{digest}"
+
+
+def _drop_tables(connection: Connection, tables: list[Table]) -> None:
+    metadatas = {id(table.metadata): table.metadata for table in tables}
+    for metadata in metadatas.values():
+        mine = [table for table in tables if table.metadata is metadata]
+        metadata.drop_all(connection, tables=mine, checkfirst=True)
 
 
 def _reachable(url: str) -> AbstractContextManager[None]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
+
+from pydantic import SecretStr
 
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.models import Tenant
@@ -59,8 +62,17 @@ def assign_storage_name(tenant: Tenant, prefix: str) -> Tenant:
     return tenant.model_copy(update={"storage_name": choose_storage_name(prefix, tenant)})
 
 
-def tenant_database_url(tenant: Tenant, template: str | None) -> str:
-    """The URL of ``tenant``'s own database: its explicit URL, or ``template`` with its name."""
+def tenant_database_url(
+    tenant: Tenant, template: str | None, overrides: Mapping[str, SecretStr] | None = None
+) -> str:
+    """The URL of ``tenant``'s own database.
+
+    In order: ``overrides[identifier]`` (``TENANCY_DATABASE_URL_<TENANT>``), the explicit URL
+    stored on the tenant, ``template`` with the tenant's database name.
+    """
+    override = None if overrides is None else overrides.get(tenant.identifier)
+    if override is not None:
+        return override.get_secret_value()
     if tenant.database_url is not None:
         return tenant.database_url.get_secret_value()
     if template is None:

@@ -18,6 +18,14 @@ The binding is per transaction and leaves nothing on the connection (``schema_bi
   No extra statement, but each tenant has its own SQL text (see ``benchmarks/isolation.py`` and
   docs/isolation.md for the measurements that chose the defaults).
 
+Shared tables (`fastapi_tenancy.isolation.tables`: models without `TenantScoped`) live once, in
+``shared_schema`` on PostgreSQL (``public`` by default) and in the central database on
+MariaDB/MySQL; they are created once per process, never in a tenant's schema, and reached from
+tenant sessions: the search path names the shared schema after the tenant's, and the translate
+map leaves shared tables unqualified. Foreign keys from tenant tables to shared ones are created
+on PostgreSQL; MariaDB/MySQL would look for the shared table in the tenant's database, so there
+they are left out.
+
 Sessions are `TenantSession`s (their listeners, the binding's included, live in
 `fastapi_tenancy.isolation.session`), so the row filter on ``tenant_id`` stays on as a second
 wall.
@@ -25,12 +33,15 @@ wall.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from cachetools import LRUCache
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.schema import CreateSchema, DropSchema
 
@@ -38,13 +49,21 @@ from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.session import SEARCH_PATH_INFO_KEY, TENANT_INFO_KEY, TenantSession
-from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.tables import (
+    TenantTables,
+    create_tables,
+    omit_shared_references,
+    shared_tables_lock,
+)
 from fastapi_tenancy.isolation.templates import SchemaTemplate, run_script
 from fastapi_tenancy.models import Tenant
 
 __all__ = ["SchemaIsolation"]
 
 Binding = Literal["translate_map", "search_path"]
+
+logger = logging.getLogger("fastapi_tenancy.lifecycle")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class SchemaIsolation:
@@ -66,7 +85,13 @@ class SchemaIsolation:
         *,
         prefix: str,
         binding: Binding,
+        shared_schema: str = "public",
     ) -> None:
+        if _SCHEMA_NAME.fullmatch(shared_schema) is None:
+            raise ConfigurationError(f"shared_schema {shared_schema!r} is not a valid schema name")
+        self._shared_schema = shared_schema
+        self._shared_ready = False
+        self._shared_lock = asyncio.Lock()
         self._engine = engine
         self._tables = tables
         self._prefix = prefix
@@ -79,7 +104,12 @@ class SchemaIsolation:
         self._template = SchemaTemplate(engine.dialect)
 
     async def start(self) -> None:
-        """Nothing to open: tenant schemas are reached through the central engine."""
+        """Nothing to open: tenant schemas are reached through the central engine.
+
+        The split between tenant and shared tables is made now (and again when models are added),
+        so the first session already keeps shared tables out of the tenant's schema.
+        """
+        self._tables.split()
 
     async def close(self) -> None:
         """Nothing to release: the central engine is disposed by its owner."""
@@ -94,10 +124,9 @@ class SchemaIsolation:
         info: dict[str, Any] = {TENANT_INFO_KEY: tenant.id}
         if self._binding == "search_path":
             bind = self._engine
-            # pg_temp named last: otherwise PostgreSQL searches it first, and a temporary table
-            # would shadow the tenant's table of the same name.
-            info[SEARCH_PATH_INFO_KEY] = f'"{schema}", pg_temp'
+            info[SEARCH_PATH_INFO_KEY] = self._search_path(schema)
         else:
+            self._tables.split()  # shared tables are left unqualified from here on
             bind = self._translated(schema)
         async with AsyncSession(
             bind=bind, sync_session_class=TenantSession, expire_on_commit=False, info=info
@@ -112,11 +141,13 @@ class SchemaIsolation:
         """
         schema = checked_storage_name(tenant.storage_name)
         mark = owner_mark(tenant)
+        await self.create_shared_tables()
         if self._postgres and await self._provision_from_template(schema, mark):
             return
         if self._postgres:
             # DDL is transactional on PostgreSQL: schema, mark and tables appear together or not.
             async with self._engine.begin() as conn:
+                await self._search_shared(conn)
                 found = await _schema_mark(conn, schema)
                 if found is None:
                     await conn.execute(CreateSchema(schema))
@@ -157,6 +188,10 @@ class SchemaIsolation:
         script = self._template.script(self._tables.metadatas(), schema, mark)
         if script is None:
             return False
+        if self._tables.shared_tables():
+            # Foreign keys to shared tables name them unqualified: found on this search path,
+            # local to the script's implicit transaction.
+            script = f"{self._set_shared_path()};\n{script}"
         try:
             async with self._engine.connect() as conn:
                 await run_script(conn, script)
@@ -176,10 +211,77 @@ class SchemaIsolation:
                 check_owner(f"schema {schema}", tenant, found, 0)
             await conn.execute(DropSchema(schema, cascade=self._postgres, if_exists=True))
 
+    async def create_shared_tables(self) -> None:
+        """Create the missing shared tables, once per process, in the shared schema.
+
+        Concurrent creators (processes, or tenants provisioned at once) wait for one server lock,
+        as row isolation's do. A tenant table that also exists in the shared schema (left by a
+        single-tenant past) is reported: a tenant schema missing it would find the shared one.
+        """
+        if self._shared_ready:
+            return
+        async with self._shared_lock:
+            if self._shared_ready:
+                return
+            tenant, shared = self._tables.split()
+            if shared:
+                async with self._engine.begin() as conn, shared_tables_lock(conn):
+                    if self._postgres:
+                        await conn.execute(
+                            text(f'CREATE SCHEMA IF NOT EXISTS "{self._shared_schema}"')
+                        )
+                        await self._search_shared(conn)
+                    await conn.run_sync(create_tables, shared)
+                    if self._postgres:
+                        await self._warn_shadowed(conn, tenant)
+            self._shared_ready = True
+
+    async def _warn_shadowed(self, conn: AsyncConnection, tenant: list[Table]) -> None:
+        names = [table.name for table in tenant]
+        if not names:
+            return
+        statement = text(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = :schema AND table_name = ANY(:names)"
+        )
+        rows = await conn.execute(statement, {"schema": self._shared_schema, "names": names})
+        found = sorted(str(row[0]) for row in rows)
+        if found:
+            logger.warning(
+                "tenant tables %s also exist in the shared schema %s: a tenant schema without "
+                "them would read those; drop or move them (see docs/isolation.md#shared-tables)",
+                ", ".join(found),
+                self._shared_schema,
+            )
+
+    def _search_path(self, schema: str) -> str:
+        # pg_temp named last: otherwise PostgreSQL searches it first, and a temporary table
+        # would shadow the tenant's table of the same name. The shared schema comes after the
+        # tenant's, and only when there are shared tables to find there.
+        if self._tables.shared_tables():
+            return f'"{schema}", "{self._shared_schema}", pg_temp'
+        return f'"{schema}", pg_temp'
+
+    def _set_shared_path(self) -> str:
+        return f"SELECT set_config('search_path', '\"{self._shared_schema}\"', true)"
+
+    async def _search_shared(self, conn: AsyncConnection) -> None:
+        """Let this transaction's DDL find the shared tables unqualified (PostgreSQL)."""
+        if self._postgres and self._tables.shared_tables():
+            await conn.execute(text(self._set_shared_path()))
+
     async def _create_tables(self, conn: AsyncConnection, schema: str) -> None:
+        tables = self._tables.tenant_tables()
+        if not tables:
+            return
         translated = await conn.execution_options(schema_translate_map={None: schema})
-        for metadata in self._tables.metadatas():
-            await translated.run_sync(metadata.create_all)
+        if self._postgres:
+            await translated.run_sync(create_tables, tables)
+            return
+        # MariaDB/MySQL resolve an unqualified REFERENCES in the created table's own database,
+        # where shared tables never are: foreign keys to them are left out there.
+        with omit_shared_references():
+            await translated.run_sync(create_tables, tables)
 
     def _translated(self, schema: str) -> AsyncEngine:
         bind = self._binds.get(schema)

@@ -33,6 +33,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 from fastapi_tenancy.isolation.naming import checked_storage_name
+from fastapi_tenancy.isolation.tables import tenant_tables
 
 __all__ = ["DatabaseTemplate", "SchemaTemplate", "is_template_database", "run_script"]
 
@@ -188,8 +189,12 @@ async def _build(conn: AsyncConnection, url: str, template: str, statements: lis
 def _render(
     metadatas: list[MetaData], dialect: Dialect, placeholder: str | None
 ) -> list[str] | None:
-    """What ``create_all`` sends for ``metadatas``, with no-schema tables in ``placeholder``."""
-    if any(table.schema is not None for m in metadatas for table in m.tables.values()):
+    """What ``create_all`` sends for ``metadatas``' tenant tables, in ``placeholder``.
+
+    Shared tables (`fastapi_tenancy.isolation.tables`) are not part of a tenant's DDL.
+    """
+    tables = {id(m): tenant_tables(m) for m in metadatas}
+    if any(table.schema is not None for found in tables.values() for table in found):
         return None
     statements: list[str] = []
     translate: dict[str, Any] = (
@@ -203,7 +208,7 @@ def _render(
 
     engine = create_mock_engine(f"{dialect.name}+{dialect.driver}://", record)
     for metadata in metadatas:
-        metadata.create_all(engine, checkfirst=False)
+        metadata.create_all(engine, checkfirst=False, tables=tables[id(metadata)])
     script = "\n".join(statements)
     if placeholder is not None and script.count(_PLACEHOLDER) != script.count(_QUOTED):
         return None  # the placeholder appears somewhere other than as the schema: do not guess

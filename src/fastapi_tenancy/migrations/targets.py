@@ -26,6 +26,7 @@ from fastapi_tenancy.migrations.locks import SHARED_LOCK_KEY
 from fastapi_tenancy.models import Tenant
 
 if TYPE_CHECKING:
+    from fastapi_tenancy.config import TenancyConfig
     from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["MigrationTarget", "connect", "target_for"]
@@ -74,11 +75,19 @@ def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
     if strategy == "database":
         return MigrationTarget(
             tenant=tenant,
-            url=tenancy.servers.tenant_database_url(tenant, config.database_url_template),
+            url=_tenant_url(tenancy, config, tenant),
             schema=None,
             lock_key=tenant.id,
         )
     raise ConfigurationError("row isolation migrates the shared tables once, not each tenant")
+
+
+def _tenant_url(tenancy: Tenancy, config: TenancyConfig, tenant: Tenant) -> str:
+    """Database isolation: ``TENANCY_DATABASE_URL_<TENANT>`` first, then its server's URL."""
+    override = config.tenant_database_urls.get(tenant.identifier)
+    if override is not None:
+        return override.get_secret_value()
+    return tenancy.servers.tenant_database_url(tenant, config.database_url_template)
 
 
 @asynccontextmanager
