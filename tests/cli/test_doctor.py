@@ -59,7 +59,7 @@ def test_text_report_has_one_line_per_check_with_a_fix(tmp_path: Path) -> None:
     echo = next(line for line in lines if line.split()[1] == "echo")
     assert echo.startswith("warn")
     assert "TENANCY_DATABASE_ECHO=false" in echo
-    assert lines[-1] == "14 ok, 3 warn, 0 fail"  # echo, sqlite with 2 workers, no shared cache
+    assert lines[-1] == "15 ok, 3 warn, 0 fail"  # echo, sqlite with 2 workers, no shared cache
 
 
 def test_echo_on_warns_without_failing(tmp_path: Path) -> None:

@@ -158,7 +158,6 @@ class DatabaseIsolation:
 
     async def start(self) -> None:
         """Nothing to open: tenant engines are created on first use."""
-        self._tables.split()
 
     async def close(self) -> None:
         """Dispose every tenant engine; no tenant connection stays open."""

@@ -104,12 +104,7 @@ class SchemaIsolation:
         self._template = SchemaTemplate(engine.dialect)
 
     async def start(self) -> None:
-        """Nothing to open: tenant schemas are reached through the central engine.
-
-        The split between tenant and shared tables is made now (and again when models are added),
-        so the first session already keeps shared tables out of the tenant's schema.
-        """
-        self._tables.split()
+        """Nothing to open: tenant schemas are reached through the central engine."""
 
     async def close(self) -> None:
         """Nothing to release: the central engine is disposed by its owner."""
