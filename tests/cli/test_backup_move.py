@@ -23,6 +23,11 @@ async def test_a_tenant_moves_to_its_own_schema_from_the_command_line(tmp_path: 
 
     try:
         assert cli("tenants", "create", "acme")[0] == 0
+        code, _, error = cli("tenants", "move", "acme", "--to", "pg9")
+        assert (code, error.strip()) == (
+            1,
+            "fastapi-tenancy: error: row isolation keeps every tenant in the central database",
+        )
         code, out, _ = cli("tenants", "move", "acme", "--to-strategy", "schema")
         assert code == 0
         assert out.splitlines() == [

@@ -47,6 +47,7 @@ async def test_a_tenant_moves_from_rows_to_a_schema_to_a_database(database_url: 
         assert moved.metadata[MOVED_FROM_KEY] == {
             "to": "schema isolation",
             "storage_name": None,
+            "server": None,
             "database_url": False,
         }
         assert await every_row(schema, "acme") == before

@@ -1,4 +1,4 @@
-"""``fastapi-tenancy tenants move``: one tenant to another server or isolation strategy."""
+"""``fastapi-tenancy tenants move``: one tenant to another server, database or strategy."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def register(
     move.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     where = move.add_mutually_exclusive_group(required=True)
     where.add_argument(
+        "--to",
+        metavar="SERVER",
+        help="schema or database isolation: a server of TENANCY_DATABASE_SERVERS ('default': "
+        "the central database or database_url_template), which must have room",
+    )
+    where.add_argument(
         "--to-url",
         metavar="URL",
         help="database isolation: the tenant's new database (on any server), created by the "
@@ -49,11 +55,19 @@ def register(
 
 
 def _move(args: argparse.Namespace) -> int:
-    from fastapi_tenancy.transfer.move import Target, move_tenant, rollback_move, url_target
+    from fastapi_tenancy.transfer.move import (
+        Target,
+        move_tenant,
+        rollback_move,
+        server_target,
+        url_target,
+    )
 
     async def move(tenancy: Tenancy) -> int:
         async with AsyncExitStack() as stack:
-            if args.to_url is not None:
+            if args.to is not None:
+                target = await server_target(tenancy, args.to)
+            elif args.to_url is not None:
                 target = url_target(tenancy, args.to_url)
             else:
                 config = load_config(

@@ -37,9 +37,15 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from fastapi_tenancy._secrets import redact_url
+from fastapi_tenancy._wiring import server_pool
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTransition
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.ownership import owner_mark
+from fastapi_tenancy.isolation.placement import (
+    DEFAULT_SERVER,
+    ServerFull,
+    counts_by_server,
+)
 from fastapi_tenancy.isolation.servers import database_mark, drop_database
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.tenancy import Tenancy
@@ -57,6 +63,7 @@ __all__ = [
     "drop_old_copy",
     "move_tenant",
     "rollback_move",
+    "server_target",
     "url_target",
 ]
 
@@ -84,9 +91,29 @@ class Target:
     changes: Mapping[str, Any] = field(default_factory=dict)
 
 
+async def server_target(tenancy: Tenancy, name: str) -> Target:
+    """A move to the server called ``name`` of ``database_servers`` (``default``: the central
+    database, or ``database_url_template``), which must have room for one more tenant."""
+    if tenancy.config.isolation_strategy == "row":
+        raise ConfigurationError("row isolation keeps every tenant in the central database")
+    pool = server_pool(tenancy.config)
+    server: str | None = None
+    if name != DEFAULT_SERVER:
+        found = pool.get(name)  # raises, naming the configured servers
+        tenants = await tenancy.list_tenants(include_deleted=True)
+        used = counts_by_server(tenants).get(found.name, 0)
+        if used >= found.capacity:
+            raise ServerFull(
+                f"database server {found.name!r} is full ({used} of {found.capacity} tenants)"
+            )
+        server = found.name
+    # A tenant's own database URL would win over its server: the move replaces it.
+    return Target(tenancy, f"server {name}", {"server": server, "database_url": None})
+
+
 def url_target(tenancy: Tenancy, url: str) -> Target:
-    """Database isolation: move to the database ``url`` names (on any server), created by the
-    move; the tenant's record keeps it as its own database URL afterwards."""
+    """Database isolation: move to the database ``url`` names (on any server, in the pool or
+    not), created by the move; the tenant's record keeps it as its own database URL afterwards."""
     if tenancy.config.isolation_strategy != "database":
         raise ConfigurationError(
             "a target URL is for database isolation; schema isolation moves to a server of "
@@ -245,17 +272,17 @@ def _destination(target: Target, moved: Tenant) -> Storage:
 
 def _location(moved: Tenant) -> dict[str, Any]:
     fields = {"storage_name": moved.storage_name, "database_url": moved.database_url}
-    if "server" in type(moved).model_fields:
-        fields["server"] = getattr(moved, "server", None)
+    fields["server"] = moved.server
     return fields
 
 
 def _jsonable(tenant: Tenant) -> dict[str, Any]:
     """The old record's location fields, as metadata can hold them (never a URL)."""
-    old = {"storage_name": tenant.storage_name, "database_url": tenant.database_url is not None}
-    if "server" in type(tenant).model_fields:
-        old["server"] = getattr(tenant, "server", None)
-    return old
+    return {
+        "storage_name": tenant.storage_name,
+        "server": tenant.server,
+        "database_url": tenant.database_url is not None,
+    }
 
 
 async def _record(source: Tenancy, tenant: Tenant, action: Any, move: dict[str, str]) -> Tenant:

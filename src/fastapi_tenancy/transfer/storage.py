@@ -14,7 +14,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_tenancy.isolation.naming import checked_storage_name, tenant_database_url
+from fastapi_tenancy._wiring import server_pool
+from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -70,19 +71,22 @@ class Storage:
 
 
 def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
-    """Where ``tenant``'s data is under ``tenancy``'s isolation strategy."""
+    """Where ``tenant``'s data is under ``tenancy``'s isolation strategy and server pool."""
     strategy: Strategy = tenancy.config.isolation_strategy
     central = tenancy.engine.url
     if strategy == "row":
         return Storage("row", central, tenant_id=tenant.id)
     name = checked_storage_name(tenant.storage_name)
+    servers = server_pool(tenancy.config)
     if strategy == "schema":
-        if central.get_backend_name() == "postgresql":
-            return Storage("schema", central, schema=name)
-        # On MariaDB/MySQL a tenant schema is a database on the central server.
-        return Storage("schema", central.set(database=name))
-    url = make_url(tenant_database_url(tenant, tenancy.config.database_url_template))
-    return Storage("database", url)
+        server = servers.server_of(tenant)
+        home = central if server is None else make_url(server.url.get_secret_value())
+        if home.get_backend_name() == "postgresql":
+            return Storage("schema", home, schema=name)
+        # On MariaDB/MySQL a tenant schema is a database on its server.
+        return Storage("schema", home.set(database=name))
+    url = servers.tenant_database_url(tenant, tenancy.config.database_url_template)
+    return Storage("database", make_url(url))
 
 
 async def schema_exists(conn: AsyncConnection, schema: str) -> bool:
