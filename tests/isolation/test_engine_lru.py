@@ -27,7 +27,13 @@ from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.isolation.engine_lru import ConnectionBudgetExhausted, EngineLRU
 from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
 from tests.support.polling import eventually
-from tests.support.services import MYSQL_URL, POSTGRES_URL, TEST_STORAGE_PREFIX, require_server
+from tests.support.services import (
+    MYSQL_URL,
+    POSTGRES_URL,
+    TEST_STORAGE_PREFIX,
+    discard_test_databases,
+    require_server,
+)
 
 LRU_PREFIX = f"{TEST_STORAGE_PREFIX}lru_"
 FEW = [f"{LRU_PREFIX}s{i}" for i in range(4)]
@@ -65,27 +71,13 @@ def factory(
 
 
 async def create_databases(names: list[str], workers: int = 4) -> None:
+    await discard_test_databases(POSTGRES_URL)  # any left by an interrupted run
     admin = pg_admin()
 
     async def run(chunk: list[str]) -> None:
         async with admin.connect() as conn:
             for name in chunk:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 await conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    try:
-        await asyncio.gather(*(run(names[i::workers]) for i in range(workers)))
-    finally:
-        await admin.dispose()
-
-
-async def drop_databases(names: list[str], workers: int = 4) -> None:
-    admin = pg_admin()
-
-    async def run(chunk: list[str]) -> None:
-        async with admin.connect() as conn:
-            for name in chunk:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
     try:
         await asyncio.gather(*(run(names[i::workers]) for i in range(workers)))
@@ -98,7 +90,7 @@ async def few_databases() -> AsyncIterator[list[str]]:
     require_server("postgres", POSTGRES_URL, 5432)
     await create_databases(FEW)
     yield FEW
-    await drop_databases(FEW)
+    await discard_test_databases(POSTGRES_URL)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -141,16 +141,19 @@ async def reset_database(url: str) -> None:
     finally:
         await engine.dispose()
     if backend == "postgresql":
-        await _drop_test_databases(url)
+        await discard_test_databases(url)
     elif doomed:
         await drop_databases(url, [f"`{database}`" for database in doomed])
 
 
-async def _drop_test_databases(url: str) -> None:
-    # Database-per-tenant tests create whole databases; they live beside the test database. A
-    # DROP DATABASE waits for a checkpoint (seconds on a busy machine, the largest single cost of
-    # those tests), a rename does not: each is renamed out of the way here and the discarded ones
-    # are dropped together, sharing checkpoints, when the session ends.
+async def discard_test_databases(url: str) -> None:
+    """Move every tenant database next to the PostgreSQL test database ``url`` out of the way.
+
+    Database-per-tenant tests create whole databases beside the test database. A DROP DATABASE
+    waits for a checkpoint (seconds on a busy machine, the largest single cost of those tests), a
+    rename does not: each is renamed out of the way here, and the discarded ones are dropped
+    together, sharing checkpoints, when the session ends (`drop_discarded_databases`).
+    """
     admin_url = make_url(url).set(database="postgres")
     admin = create_async_engine(admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     stuck: list[str] = []
