@@ -400,6 +400,9 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
     dialect = engine.dialect
 
     def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE_KEY, None)
+        if idle_since is None:
+            return  # opened for this checkout (never checked in): nothing to test yet
         driver = dbapi_connection.driver_connection
         is_closed = getattr(driver, "is_closed", None)
         if is_closed is not None:
@@ -409,8 +412,7 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
         state = "closed" if is_closed is not None and is_closed() else _socket_state(driver)
         if state == "closed":
             raise DisconnectionError("the server closed this connection")
-        idle_since = record.info.pop(_IDLE_SINCE_KEY, None)
-        idle = idle_since is not None and time.monotonic() - idle_since > PRE_PING_IDLE_SECONDS
+        idle = time.monotonic() - idle_since > PRE_PING_IDLE_SECONDS
         if not (idle or state == "unread"):
             return
         try:
