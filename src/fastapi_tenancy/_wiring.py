@@ -35,6 +35,7 @@ from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.resolution.jwt import JWTResolver, SigningKeys
 from fastapi_tenancy.resolution.path import PathResolver
 from fastapi_tenancy.resolution.subdomain import SubdomainResolver
+from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 
 if TYPE_CHECKING:
     from fastapi_tenancy.cache.base import CacheObserver, TenantCache
@@ -66,6 +67,7 @@ __all__ = [
     "server_pool",
     "signing_keys",
     "slow_queries",
+    "store",
     "tenancy_metrics",
     "tenant_engine_factory",
     "traefik_edge",
@@ -160,6 +162,11 @@ def engine_options(
         "statement_timeout": config.statement_timeout,
         "null_pool": null_pool,
     }
+
+
+def store(config: TenancyConfig, engine: AsyncEngine) -> SQLAlchemyTenantStore:
+    """The tenant store on the central engine, migrating its tables at start or only checking."""
+    return SQLAlchemyTenantStore(engine, central_migrations=config.central_migrations)
 
 
 # ① Resolution

@@ -459,6 +459,16 @@ class TenancyConfig(BaseSettings):
             "`tenant_metadata` empty) or the app keeps none"
         ),
     )
+    central_migrations: Literal["auto", "check"] = Field(
+        default="auto",
+        description=(
+            "The library's own tables in the central database (tenants, domains, audit) have an "
+            "Alembic history of their own. `auto`: start brings them to this release's revision "
+            "under a lock (one process upgrades, the others wait and find it done). `check`: "
+            "start changes nothing and fails if they are behind; run `fastapi-tenancy migrate "
+            "central` as a release step (for database roles without DDL rights)"
+        ),
+    )
     # Row isolation on PostgreSQL: policies enforce the tenant on raw SQL too.
     row_level_security: bool = Field(
         default=False,

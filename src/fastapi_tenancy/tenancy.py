@@ -34,7 +34,6 @@ from fastapi_tenancy.ratelimit import TenantRateLimiter
 from fastapi_tenancy.resolution.base import Resolution, TenantResolver
 from fastapi_tenancy.resolution.jwks import JWKSKeys
 from fastapi_tenancy.store.base import TenantStore
-from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 from fastapi_tenancy.types import Scope
 
 if TYPE_CHECKING:
@@ -93,7 +92,9 @@ class Tenancy:
             self.config = _wiring.central_database(self.config, self.engine)
         # What the runtime reads of the config itself; the components get theirs from _wiring.
         self.settings = _wiring.runtime_settings(self.config)
-        self.store: TenantStore = store if store is not None else SQLAlchemyTenantStore(self.engine)
+        self.store: TenantStore = (
+            store if store is not None else _wiring.store(self.config, self.engine)
+        )
         if cache is None:
             cache = _wiring.cache(self.config, self.metrics)
         self.cache: TenantCache | None = cache

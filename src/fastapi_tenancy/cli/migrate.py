@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Literal
 
+from fastapi_tenancy import _wiring
 from fastapi_tenancy.cli.output import print_error, print_json, render_table
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
@@ -13,9 +14,11 @@ from fastapi_tenancy.cli.runtime import (
     alembic_config,
     positive_int,
     print_usage,
+    run_with_config,
     run_with_tenancy,
 )
 from fastapi_tenancy.cli.tenants import identifier
+from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -94,6 +97,28 @@ def register(
     _config_option(status)
     status.add_argument("--json", action="store_true", help="print the list as JSON")
     status.set_defaults(handler=_status)
+
+    central = sub.add_parser(
+        "central",
+        help="upgrade the library's own tables in the central database",
+        description="Bring the central tables (tenants, domains, audit) to this release's "
+        "revision of their own Alembic history, under a lock; safe to run at any time and from "
+        "several hosts at once. Start does the same unless TENANCY_CENTRAL_MIGRATIONS=check.",
+        parents=[common],
+    )
+    action = central.add_mutually_exclusive_group()
+    action.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if the tables are not at this release's revision",
+    )
+    action.add_argument(
+        "--downgrade",
+        metavar="REV",
+        help="take the tables back to REV (an id, or -1), to run an older release",
+    )
+    central.add_argument("--json", action="store_true", help="print the result as JSON")
+    central.set_defaults(handler=_central)
 
 
 def _tenant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -263,6 +288,52 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE if args.pending and pending else EXIT_OK
 
     return run_with_tenancy(args, run)
+
+
+def _central(args: argparse.Namespace) -> int:
+    async def run(config: TenancyConfig) -> int:
+        from fastapi_tenancy.migrations.central import (
+            central_head,
+            central_revision,
+            downgrade_central,
+            upgrade_central,
+        )
+
+        engine = _wiring.central_engine(config, pool_size=1, max_overflow=0, echo=False)
+        try:
+            if args.check:
+                found = await central_revision(engine)
+                current = found == central_head()
+                result = {"revision": found, "head": central_head(), "current": current}
+                if args.json:
+                    print_json(result)
+                else:
+                    state = "at head" if current else f"behind (head is {central_head()})"
+                    print(f"central tables: revision {found or 'none'}, {state}")
+                return EXIT_OK if current else EXIT_FAILURE
+            if args.downgrade is not None:
+                done = await downgrade_central(engine, args.downgrade)
+            else:
+                done = await upgrade_central(engine)
+        finally:
+            await engine.dispose()
+        if args.json:
+            print_json(
+                {
+                    "outcome": done.outcome,
+                    "from": done.from_revision,
+                    "to": done.to_revision,
+                    "seconds": round(done.seconds, 3),
+                }
+            )
+        else:
+            print(
+                f"central tables {done.outcome}: {done.from_revision or 'none'} -> "
+                f"{done.to_revision or 'none'} in {done.seconds:.2f}s"
+            )
+        return EXIT_OK
+
+    return run_with_config(args, run)
 
 
 _HEADERS = ("tenant", "outcome", "from", "to", "time", "error")

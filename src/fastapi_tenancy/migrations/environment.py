@@ -11,6 +11,7 @@ and begins the transaction; it hands them to env.py in ``context.config.attribut
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from alembic import context
@@ -18,6 +19,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
 from fastapi_tenancy.isolation.naming import checked_storage_name
+from fastapi_tenancy.isolation.tables import LIBRARY_TABLE_PREFIX
 from fastapi_tenancy.migrations.errors import MigrationError
 
 __all__ = ["CONNECTION_KEY", "SCHEMA_KEY", "TENANT_KEY", "run_migrations"]
@@ -44,10 +46,20 @@ def run_migrations(
         )
     attributes = context.config.attributes
     connection = attributes.get(CONNECTION_KEY)
+    configure_options = {
+        **configure_options,
+        "include_name": _without_library_tables(configure_options.get("include_name")),
+    }
     if not isinstance(connection, Connection):
+        from fastapi_tenancy.migrations.autogenerate import autogenerate_revision, autogenerating
+
+        if autogenerating():
+            autogenerate_revision(target_metadata, configure_options)
+            return
         raise MigrationError(
             "env.py found no connection from fastapi-tenancy: run migrations with "
-            "fastapi_tenancy.migrations.upgrade(tenancy, alembic_config)"
+            "fastapi_tenancy.migrations.upgrade(tenancy, alembic_config) or `fastapi-tenancy "
+            "migrate upgrade` (`alembic revision --autogenerate` works on its own)"
         )
     schema = attributes.get(SCHEMA_KEY)
     options: dict[str, Any] = {"target_metadata": target_metadata, **configure_options}
@@ -59,6 +71,25 @@ def run_migrations(
     context.configure(**options)
     with context.begin_transaction():
         context.run_migrations()
+
+
+IncludeName = Callable[[str | None, str, Any], bool]
+
+
+def _without_library_tables(include_name: IncludeName | None) -> IncludeName:
+    """An ``include_name`` hook that also leaves out the library's ``tenancy_*`` tables.
+
+    Under row isolation the app's tables share the central database with the library's, which
+    have a history of their own (`fastapi_tenancy.migrations.central`): autogenerate must never
+    offer to drop them.
+    """
+
+    def include(name: str | None, type_: str, parent_names: Any) -> bool:
+        if type_ == "table" and name is not None and name.startswith(LIBRARY_TABLE_PREFIX):
+            return False
+        return include_name(name, type_, parent_names) if include_name is not None else True
+
+    return include
 
 
 def _search_tenant_schema(connection: Connection, schema: str) -> None:

@@ -13,16 +13,18 @@ __all__ = ["VERSION_TABLE", "format_revisions", "read_revisions", "target_revisi
 VERSION_TABLE = "alembic_version"
 
 
-async def read_revisions(conn: AsyncConnection, schema: str | None) -> frozenset[str]:
+async def read_revisions(
+    conn: AsyncConnection, schema: str | None, *, table: str = VERSION_TABLE
+) -> frozenset[str]:
     """The revisions recorded in ``schema``'s version table; empty when there is no table."""
-    return await conn.run_sync(_read, schema)
+    return await conn.run_sync(_read, schema, table)
 
 
-def _read(conn: Connection, schema: str | None) -> frozenset[str]:
+def _read(conn: Connection, schema: str | None, name: str) -> frozenset[str]:
     # Looking the table up first keeps a PostgreSQL transaction usable when it is missing.
-    if not inspect(conn).has_table(VERSION_TABLE, schema=schema):
+    if not inspect(conn).has_table(name, schema=schema):
         return frozenset()
-    table = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32)), schema=schema)
+    table = Table(name, MetaData(), Column("version_num", String(32)), schema=schema)
     return frozenset(conn.execute(select(table.c.version_num)).scalars())
 
 

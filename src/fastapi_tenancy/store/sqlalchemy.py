@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -150,27 +150,34 @@ class SQLAlchemyTenantStore:
         assert await store.get_by_identifier("acme") == tenant
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, central_migrations: Literal["auto", "check"] = "auto"
+    ) -> None:
         self._engine = engine
+        self._central_migrations = central_migrations
 
     async def initialize(self) -> None:
-        """Create the tenants table if it is missing; safe to call repeatedly and concurrently."""
+        """Bring the central tables to this release's revision; safe to call repeatedly and
+        concurrently (`fastapi_tenancy.migrations.central`).
+
+        With ``central_migrations="check"`` nothing is changed: a database that is not at the
+        revision raises `ConfigurationError`, saying to run ``fastapi-tenancy migrate central``.
+        """
         with self._translate_errors():
             for attempt in range(CREATE_ATTEMPTS):
                 try:
-                    await self._create_table()
+                    await self._create_tables()
                     return
                 except DBAPIError as exc:
                     if (is_unavailable(exc) and not _sqlite_busy(exc)) or (
                         attempt == CREATE_ATTEMPTS - 1
                     ):
                         raise
-                    # Another process created the table between the existence check and CREATE
-                    # TABLE; a later check sees it once that process has committed. A real
-                    # failure repeats and propagates. On SQLite the loser of that race gets
-                    # SQLITE_BUSY at once (its read lock cannot become a write lock while the
-                    # other writes; the busy timeout does not apply): the same race, not an
-                    # outage.
+                    # Another process was creating or upgrading the tables at the same moment
+                    # (the central migration lock serialises them; a later check sees its
+                    # commit). A real failure repeats and propagates. On SQLite the loser of
+                    # that race may get SQLITE_BUSY at once (its read lock cannot become a
+                    # write lock while the other writes): the same race, not an outage.
                     await asyncio.sleep(0.05 * (attempt + 1))
 
     async def close(self) -> None:
@@ -376,9 +383,14 @@ class SQLAlchemyTenantStore:
         # every store must return the same order.
         return sorted((_to_tenant(row) for row in rows), key=lambda tenant: tenant.identifier)
 
-    async def _create_table(self) -> None:
-        async with self._engine.begin() as conn:
-            await conn.run_sync(tenants_metadata.create_all, checkfirst=True)
+    async def _create_tables(self) -> None:
+        # Imported here: Alembic loads only when a store starts, not when the package is imported.
+        from fastapi_tenancy.migrations.central import check_central, upgrade_central
+
+        if self._central_migrations == "check":
+            await check_central(self._engine)
+        else:
+            await upgrade_central(self._engine)
 
     async def _select_one(self, statement: Any, params: dict[str, str]) -> Tenant | None:
         with self._translate_errors():
