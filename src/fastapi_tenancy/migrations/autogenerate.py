@@ -30,8 +30,8 @@ from fastapi_tenancy import _wiring
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import checked_storage_name
-from fastapi_tenancy.isolation.scoped import tenant_scoped_classes
 from fastapi_tenancy.isolation.servers import create_database, drop_database
+from fastapi_tenancy.isolation.tables import shared_tables
 from fastapi_tenancy.migrations.errors import MigrationError
 from fastapi_tenancy.migrations.invoke import run_alembic
 from fastapi_tenancy.migrations.targets import MigrationTarget
@@ -82,19 +82,13 @@ def _tenant_tables_only(
     """``options`` with an ``include_object`` hook that leaves shared tables out.
 
     Under schema and database isolation a tenant revision runs in every tenant's schema or
-    database; a model that is not `TenantScoped` is shared (it lives once, in the central
-    database) and belongs to no tenant revision, neither to create nor to drop.
+    database; a shared table (`fastapi_tenancy.isolation.tables.shared_tables`, the rule
+    provisioning uses) lives once, in the central database, and belongs to no tenant revision,
+    neither to create nor to drop.
     """
     if target_metadata is None:
         return options
-    metadatas = target_metadata if isinstance(target_metadata, list) else [target_metadata]
-    scoped = {id(cls.__table__) for cls in tenant_scoped_classes()}
-    shared = {
-        table.name
-        for metadata in metadatas
-        for table in metadata.tables.values()
-        if id(table) not in scoped
-    }
+    shared = {table.name for table in shared_tables(target_metadata)}
     user_hook = options.get("include_object")
 
     def include_object(
