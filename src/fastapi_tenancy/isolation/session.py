@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import bindparam, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
@@ -182,7 +182,8 @@ def _confine_statement(state: ORMExecuteState) -> None:
     if state.is_select:
         tenant_id = session_tenant_id(state.session)
         refuse_leaky_bases(statement)
-        statement = statement.options(_tenant_criteria(tenant_id))
+        statement = statement.options(_SELECT_CRITERIA)
+        state.parameters = _with_tenant_parameter(state.parameters, tenant_id)
         # Loader criteria skip refreshes and expired-attribute loads, which select by primary
         # key alone: an object forged with another tenant's key must load nothing. (A dict
         # lookup, not ``state.is_column_load``, which costs more on every plain select.)
@@ -227,6 +228,31 @@ def _confine_statement(state: ORMExecuteState) -> None:
             state.statement = statement.execution_options(synchronize_session=None)
         return
     state.statement = statement.options(_tenant_criteria(tenant_id))
+
+
+# The SELECT path's criteria name the tenant through a bound parameter that every execution
+# supplies (`_with_tenant_parameter`): one option for all tenants, whose lambda closes over
+# nothing. A lambda closing over the tenant's id has its closure read again at every execution
+# to extract the value, which costs more than the rest of the confinement together. A statement
+# that reached the database without the parameter would fail ("a value is required"), never
+# match another tenant.
+TENANT_PARAMETER = "fastapi_tenancy_tenant_id"
+_SELECT_CRITERIA = with_loader_criteria(
+    TenantScoped,
+    # The name written out: SQLAlchemy's lambda analysis would track a global as a variable.
+    lambda cls: cls.tenant_id == bindparam("fastapi_tenancy_tenant_id"),
+    include_aliases=True,
+)
+
+
+def _with_tenant_parameter(parameters: Any, tenant_id: str) -> Any:
+    """The execution's parameters with the tenant's id for `_SELECT_CRITERIA`, overriding any."""
+    if isinstance(parameters, list):
+        # A SELECT runs once; a list here is SQLAlchemy's to refuse. Each entry gets the tenant.
+        return [{**row, TENANT_PARAMETER: tenant_id} for row in parameters]
+    if parameters:
+        return {**parameters, TENANT_PARAMETER: tenant_id}
+    return {TENANT_PARAMETER: tenant_id}
 
 
 @lru_cache(maxsize=4096)
