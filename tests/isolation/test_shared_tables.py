@@ -291,28 +291,45 @@ async def test_under_database_isolation_shared_tables_stay_central(
 
 
 async def check_model_set(
-    database_url: str, binding: str, case: tuple[MetaData, set[str], set[str]]
+    database_url: str, binding: str | None, case: tuple[MetaData, set[str], set[str]]
 ) -> None:
-    """Shared tables exist once; each tenant reads and writes only its own scoped rows."""
+    """Shared tables exist once; each tenant reads and writes only its own scoped rows.
+
+    ``binding`` None: database isolation.
+    """
     metadata, expected_tenant, expected_shared = case
     n = next(_examples)
-    config = isolation_config(
-        ("schema", database_url), tenant_metadata=metadata, schema_binding=binding
-    )
+    if binding is None:
+        config = isolation_config(("database", database_url), tenant_metadata=metadata)
+    else:
+        config = isolation_config(
+            ("schema", database_url), tenant_metadata=metadata, schema_binding=binding
+        )
     tenants = (f"a{n}", f"b{n}")
     names = sorted(expected_tenant | expected_shared)
     async with Tenancy(config) as tenancy:
         created = [await tenancy.create_tenant(identifier) for identifier in tenants]
         async with tenancy.engine.begin() as conn:
-            found = await table_locations(conn, names)
             for name in expected_shared:
                 await conn.execute(insert(metadata.tables[name]), {"id": 1})
-        central = central_schema(database_url)
-        storage = {str(t.storage_name) for t in created}
-        for name in expected_shared:
-            assert found[name] == [central]
-        for name in expected_tenant:
-            assert sorted(found[name]) == sorted(storage)
+            if binding is not None:
+                found = await table_locations(conn, names)
+            else:
+                central_tables = set(
+                    await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+                )
+        if binding is not None:
+            central = central_schema(database_url)
+            storage = {str(t.storage_name) for t in created}
+            for name in expected_shared:
+                assert found[name] == [central]
+            for name in expected_tenant:
+                assert sorted(found[name]) == sorted(storage)
+        else:
+            assert central_tables & set(names) == expected_shared
+            for identifier in tenants:
+                own = set(await tenant_table_names(tenancy, identifier))
+                assert own & set(names) == expected_tenant
 
         scoped = [metadata.tables[name] for name in sorted(expected_tenant)]
         scoped = [table for table in scoped if "tenant_id" in table.c]
@@ -344,6 +361,19 @@ async def test_generated_model_sets_keep_shared_tables_once_and_tenants_apart(
     database_url: str, binding: str, case: tuple[MetaData, set[str], set[str]]
 ) -> None:
     await check_model_set(database_url, binding, case)
+
+
+@settings(
+    max_examples=2,  # two databases per example: creating and dropping them is the cost
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=model_sets(fresh_names=True))
+@pytest.mark.parametrize("database_url", DATABASE_CASES, indirect=True)
+async def test_generated_model_sets_under_database_isolation(
+    database_url: str, case: tuple[MetaData, set[str], set[str]]
+) -> None:
+    await check_model_set(database_url, None, case)
 
 
 @pytest.mark.deep
