@@ -322,6 +322,21 @@ async def test_polymorphic_selects_of_a_scoped_base_see_only_own_rows(
         ]
 
 
+async def test_a_parameter_named_like_the_tenant_parameter_cannot_widen_a_select(
+    isolation: RowIsolation,
+) -> None:
+    # SELECTs name the tenant through the execution parameter fastapi_tenancy_tenant_id: one
+    # supplied by the caller, or bound in the statement, is overridden by the session's tenant.
+    name = "fastapi_tenancy_tenant_id"
+    async with isolation.session(A) as session:
+        names = select(Gadget.name).order_by(Gadget.name)
+        assert (await session.scalars(names, {name: B.id})).all() == ["a-gadget"]
+        assert (await session.scalars(names, [{name: B.id}])).all() == ["a-gadget"]
+        own = select(Gadget.name).where(Gadget.tenant_id == bindparam(name, value=B.id))
+        assert (await session.scalars(own)).all() == ["a-gadget"]
+        assert await session.get(Gadget, B_GADGET) is None
+
+
 async def test_statements_on_an_unscoped_base_of_a_scoped_subclass_raise(
     isolation: RowIsolation,
 ) -> None:
