@@ -227,6 +227,10 @@ class DatabaseIsolation:
             else:
                 await self._on_tables(url, create=False, tenant_id=tenant.id)
 
+    def tenant_url(self, tenant: Tenant) -> str:
+        """The URL of ``tenant``'s database, as its sessions reach it (for backups and moves)."""
+        return self._url(tenant)
+
     async def forget(self, tenant: Tenant) -> None:
         """Drop this process's engine for ``tenant``'s database (e.g. once it has moved away)."""
         await self._engines.discard(_engine_key(tenant, self._url(tenant)))

@@ -9,9 +9,13 @@ and holds new writers back until it commits, so once the fence is up every write
 acknowledged is in it: a copy taken afterwards loses nothing. Under row isolation the triggers
 fire only for the tenant's own rows, so its neighbours in the shared tables keep writing.
 
+On MariaDB the triggers ``SIGNAL`` error 1053 (server shutdown, also answered with 503), and
+``lock_wait_timeout`` bounds the wait for running writers the way ``lock_timeout`` does on
+PostgreSQL. MySQL allows one trigger per table and event, and a table of the app's may have one
+already: there the fence is not built.
+
 The fence stays on the source after the move (nothing can write to the stale copy) until
-``--drop-source`` drops it; a rolled-back move takes it down. PostgreSQL only: the fence of a
-MariaDB move is the same idea with ``SIGNAL`` and is not built.
+``--drop-source`` drops it; a rolled-back move takes it down.
 """
 
 from __future__ import annotations
@@ -44,17 +48,20 @@ def _function(storage: Storage, name: str) -> str:
     return f'"{storage.schema or "public"}"."{name}"'
 
 
-def _require_postgres(storage: Storage) -> None:
-    if storage.backend != "postgresql":
+def _require_server(storage: Storage) -> None:
+    if storage.backend not in ("postgresql", "mysql"):
         raise ConfigurationError(
-            f"moving a tenant needs PostgreSQL storage (this one is {storage.backend}): back it "
-            "up and restore it instead"
+            f"moving a tenant needs PostgreSQL or MariaDB storage (this one is "
+            f"{storage.backend}): back it up and restore it instead"
         )
 
 
 async def raise_fence(storage: Storage, tenant_id: str) -> None:
     """Refuse every write to the tenant's data in ``storage``; safe to repeat."""
-    _require_postgres(storage)
+    _require_server(storage)
+    if storage.backend == "mysql":
+        await _raise_mariadb_fence(storage, tenant_id)
+        return
     name = fence_name(tenant_id)
     function = _function(storage, name)
     for attempt in range(_ATTEMPTS):
@@ -121,8 +128,20 @@ async def raise_fence(storage: Storage, tenant_id: str) -> None:
 
 async def lower_fence(storage: Storage, tenant_id: str) -> None:
     """Take the fence down (a rolled-back move, or the new copy a dump brought it into)."""
-    _require_postgres(storage)
+    _require_server(storage)
     name = fence_name(tenant_id)
+    if storage.backend == "mysql":
+        async with storage.connect(begin=False) as conn:
+            found = await conn.execute(
+                text(
+                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                    "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE :name"
+                ),
+                {"name": name + "\\_%"},
+            )
+            for (trigger,) in found.all():
+                await conn.execute(text(f"DROP TRIGGER IF EXISTS `{trigger}`"))
+        return
     async with storage.connect() as conn:
         tables = await conn.run_sync(
             storage_tables, schema=storage.schema, scoped_only=storage.tenant_id is not None
@@ -132,6 +151,50 @@ async def lower_fence(storage: Storage, tenant_id: str) -> None:
             for suffix in ("", "_old", "_all"):
                 await conn.execute(text(f'DROP TRIGGER IF EXISTS "{name}{suffix}" ON {qualified}'))
         await conn.execute(text(f"DROP FUNCTION IF EXISTS {_function(storage, name)}()"))
+
+
+_MARIADB_EVENTS = ("INSERT", "UPDATE", "DELETE")
+
+
+async def _raise_mariadb_fence(storage: Storage, tenant_id: str) -> None:
+    if storage.tenant_id is not None:
+        raise ConfigurationError("row isolation moves need PostgreSQL")
+    name = fence_name(tenant_id)
+    for attempt in range(_ATTEMPTS):
+        try:
+            async with storage.connect(begin=False) as conn:
+                if not getattr(conn.dialect, "is_mariadb", False):
+                    raise ConfigurationError(
+                        "moving a tenant on MySQL is not supported (one trigger per table and "
+                        "event): back it up and restore it instead"
+                    )
+                await conn.execute(text("SET SESSION lock_wait_timeout = 3"))
+                tables = await conn.run_sync(storage_tables, schema=None)
+                for table in tables:
+                    for event in _MARIADB_EVENTS:
+                        # Trigger names are per database: one per table and event, within 64.
+                        digest = hashlib.sha256(table.name.encode()).hexdigest()[:8]
+                        trigger = f"`{name}_{event[0].lower()}_{digest}`"
+                        await conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger}"))
+                        # ER_SERVER_SHUTDOWN (1053): answered with 503, like the freeze.
+                        await conn.execute(
+                            text(
+                                f"CREATE TRIGGER {trigger} BEFORE {event} ON `{table.name}` "
+                                "FOR EACH ROW SIGNAL SQLSTATE '08S01' SET MYSQL_ERRNO = 1053, "
+                                "MESSAGE_TEXT = 'this tenant is being moved: its writes are "
+                                "refused until the move finishes'"
+                            )
+                        )
+            return
+        except DBAPIError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code not in (1205, 1213):  # lock wait timeout, deadlock
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise ServiceUnavailable(
+        f"could not fence the tenant's tables in {_ATTEMPTS} attempts: long transactions keep "
+        "writing to them; try again"
+    )
 
 
 def _qualified(storage: Storage, table: str) -> str:

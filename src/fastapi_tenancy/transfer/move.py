@@ -37,7 +37,6 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from fastapi_tenancy._secrets import redact_url
-from fastapi_tenancy._wiring import server_pool
 from fastapi_tenancy.exceptions import ConfigurationError, InvalidTransition
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.ownership import owner_mark
@@ -96,7 +95,7 @@ async def server_target(tenancy: Tenancy, name: str) -> Target:
     database, or ``database_url_template``), which must have room for one more tenant."""
     if tenancy.config.isolation_strategy == "row":
         raise ConfigurationError("row isolation keeps every tenant in the central database")
-    pool = server_pool(tenancy.config)
+    pool = tenancy.servers
     server: str | None = None
     if name != DEFAULT_SERVER:
         found = pool.get(name)  # raises, naming the configured servers
@@ -213,9 +212,8 @@ def _before(tenant: Tenant, old: Mapping[str, Any]) -> Tenant:
             "the old copy was in a database named by its own URL, which a move does not keep: "
             "drop it by hand, or move with --drop-source"
         )
-    return tenant.model_copy(
-        update={k: v for k, v in old.items() if k in ("storage_name", "server")}
-    )
+    fields = {k: v for k, v in old.items() if k in ("storage_name", "server")}
+    return tenant.model_copy(update={**fields, "database_url": None})
 
 
 async def drop_old_copy(serving: Tenancy, tenant: Tenant, *, src: Storage) -> Tenant:
@@ -294,7 +292,7 @@ async def _record(source: Tenancy, tenant: Tenant, action: Any, move: dict[str, 
 async def _copy(
     source: Tenancy, tenant: Tenant, src: Storage, target: Target, moved: Tenant, dst: Storage
 ) -> dict[str, int]:
-    same_form = src.strategy == dst.strategy and src.backend == dst.backend == "postgresql"
+    same_form = src.strategy == dst.strategy and src.backend == dst.backend != "sqlite"
     with tempfile.TemporaryDirectory(prefix="tenancy-move-") as tmp:
         folder = Path(tmp)
         kind, counts = await dump_storage(src, folder, rows=not same_form)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_tenancy._wiring import server_pool
+from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
@@ -77,7 +77,7 @@ def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
     if strategy == "row":
         return Storage("row", central, tenant_id=tenant.id)
     name = checked_storage_name(tenant.storage_name)
-    servers = server_pool(tenancy.config)
+    servers = tenancy.servers
     if strategy == "schema":
         server = servers.server_of(tenant)
         home = central if server is None else make_url(server.url.get_secret_value())
@@ -85,7 +85,11 @@ def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
             return Storage("schema", home, schema=name)
         # On MariaDB/MySQL a tenant schema is a database on its server.
         return Storage("schema", home.set(database=name))
-    url = servers.tenant_database_url(tenant, tenancy.config.database_url_template)
+    if isinstance(tenancy.isolation, DatabaseIsolation):
+        # The isolation's own answer: a TENANCY_DATABASE_URL_<TENANT> variable wins there.
+        url = tenancy.isolation.tenant_url(tenant)
+    else:
+        url = servers.tenant_database_url(tenant, tenancy.config.database_url_template)
     return Storage("database", make_url(url))
 
 
