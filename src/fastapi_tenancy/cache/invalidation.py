@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -34,6 +34,8 @@ logger = logging.getLogger("fastapi_tenancy.cache")
 
 # How long a get_message call waits before the loop checks that it should still run.
 POLL_SECONDS = 1.0
+# The first wait before subscribing again after a loss; it doubles up to ``retry_seconds``.
+FIRST_RETRY_SECONDS = 0.1
 
 
 class InvalidationListener:
@@ -63,6 +65,9 @@ class InvalidationListener:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._renew = False
+        # Set by `resubscribe`: ends the wait for the next message at once, so a subscription
+        # left on a demoted server is replaced within milliseconds, not a poll interval.
+        self._wake = asyncio.Event()
 
     async def start(self, *, wait: float) -> None:
         """Start listening; wait up to ``wait`` seconds for the first subscription."""
@@ -73,8 +78,9 @@ class InvalidationListener:
             await asyncio.wait_for(self._subscribed.wait(), wait)
 
     def resubscribe(self) -> None:
-        """Subscribe afresh within a poll interval (ignored while no subscription is up)."""
+        """Subscribe afresh at once (ignored while no subscription is up)."""
         self._renew = True
+        self._wake.set()
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -85,17 +91,24 @@ class InvalidationListener:
 
     async def _run(self) -> None:
         connected: bool | None = None
+        # After a loss the first attempts come quickly (a failover often completes within a
+        # fraction of a second of the first error), then every ``retry_seconds``: while the
+        # channel is down memory entries live at most the degraded TTL, and the sooner the
+        # subscription is back the sooner invalidations arrive at once again.
+        delay = FIRST_RETRY_SECONDS
         while True:
             self._renew = False
+            self._wake.clear()
             try:
                 async with pubsub(self._client) as subscription:
                     await subscription.subscribe(self._channel)
                     while not self._renew:
-                        message = await subscription.get_message(timeout=POLL_SECONDS)
+                        message = await self._next_message(subscription)
                         kind = None if message is None else message.get("type")
                         if kind == "subscribe":
                             await self._on_connected(True)
                             connected = True
+                            delay = FIRST_RETRY_SECONDS
                             self._subscribed.set()
                         elif kind == "message" and message is not None:
                             await self._on_message(str(message["data"]))
@@ -108,4 +121,26 @@ class InvalidationListener:
                     await self._on_connected(False)
             else:
                 continue  # asked to renew a working subscription: at once
-            await asyncio.sleep(self._retry_seconds)
+            await asyncio.sleep(min(delay, self._retry_seconds))
+            delay *= 2
+
+    async def _next_message(self, subscription: Any) -> dict[str, Any] | None:
+        """The next message within a poll interval, or ``None`` early when `resubscribe` asks."""
+        if self._wake.is_set():
+            return None
+        reading = asyncio.ensure_future(subscription.get_message(timeout=POLL_SECONDS))
+        waking = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({reading, waking}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waking.cancel()
+            if not reading.done():
+                # Woken, or the listener closed: the subscription is abandoned (the caller
+                # leaves it), so a read cut short is harmless; it ends before the connection.
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await reading
+        if reading.cancelled():
+            return None
+        message: dict[str, Any] | None = reading.result()
+        return message
