@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from fastapi_tenancy import Tenancy, TenancyConfig
-from fastapi_tenancy.exceptions import TenantAlreadyExists
+from fastapi_tenancy.exceptions import ConfigurationError, TenantAlreadyExists
 from fastapi_tenancy.models import TenantStatus
 from fastapi_tenancy.transfer.backup import backup_tenant
 from fastapi_tenancy.transfer.restore import restore_tenant
 from tests.support.backends import isolation_config
-from tests.support.models import Item
+from tests.support.models import Base, Item
 from tests.support.services import reset_database
 from tests.transfer.data import AWKWARD, every_row, fill
 
@@ -104,3 +105,65 @@ async def test_a_copy_restored_under_a_new_identifier_sits_beside_the_original(
                 session.add(Item(name="copy only"))
                 await session.commit()
             assert await every_row(tenancy, "acme") == before
+
+
+async def test_a_tenant_of_a_server_pool_restores_where_the_new_configuration_places_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "old" / "s1").mkdir(parents=True)
+    (tmp_path / "new").mkdir()
+    pooled = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'old' / 'central.db'}",
+        isolation_strategy="database",
+        tenant_metadata=Base.metadata,
+        database_url_template=f"sqlite+aiosqlite:///{tmp_path / 'old'}/{{database}}.db",
+        database_servers=[
+            {
+                "name": "s1",
+                "url": f"sqlite+aiosqlite:///{tmp_path / 'old' / 's1'}/{{database}}.db",
+                "capacity": 5,
+            }
+        ],
+    )
+    async with Tenancy(pooled) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        assert tenant.server == "s1"
+        await fill(tenancy, "acme", "a-")
+        before = await every_row(tenancy, "acme")
+        await backup_tenant(tenancy, "acme", tmp_path / "acme.tar.gz")
+    # Another deployment, with no server called s1 (no pool at all): the default server.
+    plain = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'new' / 'central.db'}",
+        isolation_strategy="database",
+        tenant_metadata=Base.metadata,
+        database_url_template=f"sqlite+aiosqlite:///{tmp_path / 'new'}/{{database}}.db",
+    )
+    async with Tenancy(plain) as tenancy:
+        restored = await restore_tenant(tenancy, tmp_path / "acme.tar.gz", "acme")
+        assert restored.server is None
+        assert await every_row(tenancy, "acme") == before
+        assert (tmp_path / "new" / f"{restored.storage_name}.db").exists()
+
+
+@pytest.mark.parametrize(
+    "isolation_case",
+    [pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres")],
+    indirect=True,
+)
+async def test_a_failed_restore_leaves_no_record_and_touches_no_foreign_schema(
+    tenancy_case: TenancyConfig, tmp_path: Path
+) -> None:
+    async with Tenancy(tenancy_case) as tenancy:
+        tenant = await tenancy.create_tenant("acme")
+        await backup_tenant(tenancy, "acme", tmp_path / "acme.tar.gz")
+        await tenancy.delete_tenant("acme")
+        await tenancy.purge_tenant("acme")
+        async with tenancy.engine.begin() as conn:  # someone else's schema, by that name
+            await conn.execute(text(f'CREATE SCHEMA "{tenant.storage_name}"'))
+            await conn.execute(text(f'CREATE TABLE "{tenant.storage_name}".theirs (id int)'))
+        with pytest.raises(ConfigurationError, match="exists already: left untouched"):
+            await restore_tenant(tenancy, tmp_path / "acme.tar.gz", "acme")
+        assert await tenancy.get_tenant("acme") is None  # run it again once the name is free
+        async with tenancy.engine.connect() as conn:
+            theirs = await conn.scalar(text(f'SELECT count(*) FROM "{tenant.storage_name}".theirs'))
+        assert theirs == 0

@@ -26,6 +26,7 @@ from sqlalchemy import text, update
 
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError, TenantAlreadyExists
 from fastapi_tenancy.isolation.ownership import owner_mark
+from fastapi_tenancy.isolation.placement import place
 from fastapi_tenancy.isolation.servers import create_database, database_mark, drop_database
 from fastapi_tenancy.isolation.tables import TENANT_COLUMN
 from fastapi_tenancy.models import Tenant, TenantStatus, new_tenant_id, validate_identifier
@@ -69,8 +70,12 @@ async def restore_tenant(
         changes: dict[str, Any] = {"status": TenantStatus.MOVING, "deleted_at": None}
         if as_identifier is not None:
             changes |= {"id": new_tenant_id(), "identifier": target, "storage_name": None}
+        # Placed like a new tenant: on its old server if this configuration's pool has one of
+        # that name (and room), otherwise where the pool's policy puts it (or the default server).
+        changes["server"] = None
         tenant = tenancy.isolation.assign_storage(original.model_copy(update=changes))
-        stored = await tenancy.store.add(tenant)
+        requested = original.server if original.server in tenancy.servers.names else None
+        stored = await place(tenancy.store, tenant, tenancy.servers, requested)
         await tenancy.lookup.invalidate(target)
         try:
             storage = locate(tenancy, stored)
@@ -197,7 +202,19 @@ async def _retag(storage: Storage, old: str, new: str) -> None:
 
 
 async def _undo(tenancy: Tenancy, tenant: Tenant, manifest: Manifest) -> None:
-    """Remove what a failed restore made: the storage (only if it is this tenant's), the record."""
+    """Remove what a failed restore made: the storage (only if it is this tenant's), the record.
+
+    The record goes even when the storage cannot be reached or named, so the restore can be run
+    again; the storage left then is marked as the tenant's and reused or refused by that run.
+    """
+    try:
+        await _drop_restored_storage(tenancy, tenant, manifest)
+    finally:
+        await tenancy.store.delete(tenant.id)
+        await tenancy.lookup.invalidate(tenant.identifier)
+
+
+async def _drop_restored_storage(tenancy: Tenancy, tenant: Tenant, manifest: Manifest) -> None:
     storage = locate(tenancy, tenant)
     if storage.strategy == "row" or manifest.kind == "rows":
         await tenancy.isolation.purge(tenant)
@@ -219,5 +236,3 @@ async def _undo(tenancy: Tenancy, tenant: Tenant, manifest: Manifest) -> None:
             tenant
         ):
             await drop_database(url, storage.name)
-    await tenancy.store.delete(tenant.id)
-    await tenancy.lookup.invalidate(tenant.identifier)
