@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,65 @@ async def test_creators_racing_in_two_runtimes_never_overfill_a_server(
     assert {name: servers.count(name) for name in capacities} == capacities
     if central != "sqlite":
         await reset_database(url)
+
+
+CREATOR = """
+import asyncio, json, sys
+from fastapi_tenancy import Tenancy, TenancyConfig
+from fastapi_tenancy.isolation.placement import ServerFull
+
+async def main() -> None:
+    placed = refused = 0
+    async with Tenancy(TenancyConfig(**json.loads(sys.argv[1]))) as tenancy:
+        for name in sys.argv[2:]:
+            try:
+                await tenancy.create_tenant(name, provision=False)
+                placed += 1
+            except ServerFull:
+                refused += 1
+    print(json.dumps([placed, refused]))
+
+asyncio.run(main())
+"""
+
+
+# Two interpreters start and import the library (about 10 s on a loaded 2-core machine), so this
+# runs outside the default suite; the two-runtime test above covers the same lock by default.
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_two_processes_creating_at_once_never_overfill_a_server() -> None:
+    require_server("postgres", POSTGRES_URL, 5432)
+    await reset_database(POSTGRES_URL)
+    settings = {
+        "database_url": POSTGRES_URL,
+        "isolation_strategy": "database",
+        "schema_prefix": TEST_STORAGE_PREFIX,
+        "database_servers": [
+            {"name": "a", "url": database_url_template(POSTGRES_URL), "capacity": 4},
+            {"name": "b", "url": database_url_template(POSTGRES_URL), "capacity": 3},
+        ],
+    }
+    async with Tenancy(TenancyConfig(**settings)):  # the tables exist before the race
+        pass
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CREATOR,
+            json.dumps(settings),
+            *(f"p{which}-{i}" for i in range(6)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for which in (1, 2)
+    ]
+    outputs = [json.loads((await p.communicate())[0]) for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    assert sum(placed for placed, _ in outputs) == 7
+    assert sum(refused for _, refused in outputs) == 5
+    async with Tenancy(TenancyConfig(**settings)) as tenancy:
+        servers = [t.server for t in await tenancy.list_tenants(include_deleted=True)]
+    assert (servers.count("a"), servers.count("b")) == (4, 3)
+    await reset_database(POSTGRES_URL)
 
 
 # -- two real PostgreSQL servers ----------------------------------------------------------------
