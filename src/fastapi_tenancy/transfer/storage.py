@@ -16,6 +16,8 @@ from sqlalchemy.pool import NullPool
 
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 from fastapi_tenancy.isolation.naming import checked_storage_name
+from fastapi_tenancy.isolation.rls import BIND_TENANT
+from fastapi_tenancy.isolation.row import RowIsolation
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.tenancy import Tenancy
 
@@ -34,6 +36,9 @@ class Storage:
     url: URL
     schema: str | None = None
     tenant_id: str | None = None  # row isolation: the rows are this tenant's among others
+    # Row isolation with PostgreSQL row-level security: each transaction binds the tenant, or
+    # the policies would hide its rows (an empty backup) from a role they apply to.
+    rls: bool = False
 
     @property
     def backend(self) -> str:
@@ -63,6 +68,8 @@ class Storage:
             async with engine.connect() as conn:
                 if begin:
                     async with conn.begin():
+                        if self.rls and self.tenant_id is not None:
+                            await conn.execute(BIND_TENANT, {"tenant_id": self.tenant_id})
                         yield conn
                 else:
                     yield conn
@@ -75,7 +82,8 @@ def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
     strategy: Strategy = tenancy.config.isolation_strategy
     central = tenancy.engine.url
     if strategy == "row":
-        return Storage("row", central, tenant_id=tenant.id)
+        rls = isinstance(tenancy.isolation, RowIsolation) and tenancy.isolation.row_level_security
+        return Storage("row", central, tenant_id=tenant.id, rls=rls)
     name = checked_storage_name(tenant.storage_name)
     servers = tenancy.servers
     if strategy == "schema":
