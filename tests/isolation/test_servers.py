@@ -26,6 +26,7 @@ from fastapi_tenancy.cli import main
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.placement import DatabaseServer, ServerFull, ServerPool
 from fastapi_tenancy.migrations import upgrade
+from fastapi_tenancy.store.memory import MemoryTenantStore
 from tests.support.backends import TEST_STORAGE_PREFIX, database_url_template
 from tests.support.migration_scripts import SECOND, alembic_config
 from tests.support.models import Base, Item
@@ -184,6 +185,28 @@ async def test_creators_racing_in_two_runtimes_never_overfill_a_server(
         await reset_database(url)
 
 
+async def test_a_store_that_cannot_place_is_placed_under_the_pools_own_lock(
+    tmp_path: Path,
+) -> None:
+    template = f"sqlite+aiosqlite:///{tmp_path}/{{database}}.db"
+    config = TenancyConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'central.db'}",
+        isolation_strategy="database",
+        database_servers=[
+            {"name": "a", "url": template, "capacity": 2},
+            {"name": "b", "url": template, "capacity": 3},
+        ],
+    )
+    async with Tenancy(config, store=MemoryTenantStore()) as tenancy:
+        results = await asyncio.gather(
+            *(tenancy.create_tenant(f"m{i}", provision=False) for i in range(8)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, ServerFull) for r in results) == 3
+        servers = [t.server for t in await tenancy.list_tenants()]
+    assert (servers.count("a"), servers.count("b")) == (2, 3)
+
+
 CREATOR = """
 import asyncio, json, sys
 from fastapi_tenancy import Tenancy, TenancyConfig
@@ -211,7 +234,7 @@ asyncio.run(main())
 async def test_two_processes_creating_at_once_never_overfill_a_server() -> None:
     require_server("postgres", POSTGRES_URL, 5432)
     await reset_database(POSTGRES_URL)
-    settings = {
+    settings: dict[str, Any] = {
         "database_url": POSTGRES_URL,
         "isolation_strategy": "database",
         "schema_prefix": TEST_STORAGE_PREFIX,

@@ -105,6 +105,7 @@ class ServerPool:
                     f"database server name {server.name!r} is reserved or listed twice"
                 )
             self._servers[server.name] = server
+        self.local_lock = asyncio.Lock()
 
     def __bool__(self) -> bool:
         return bool(self._servers)
@@ -185,11 +186,6 @@ class PlacingStore(Protocol):
         ...
 
 
-# Stores without `add_placed` (the in-memory store, an app's own) are placed under this lock:
-# enough for one process, which is all such a store serves.
-_local_placement = asyncio.Lock()
-
-
 async def place(
     store: TenantStore, tenant: Tenant, pool: ServerPool, requested: str | None = None
 ) -> Tenant:
@@ -215,7 +211,9 @@ async def place(
 
     if isinstance(store, PlacingStore):
         return await store.add_placed(tenant, choose)
-    async with _local_placement:
+    # Stores without `add_placed` (the in-memory store, an app's own) are placed under the
+    # pool's own lock: enough for one process, which is all such a store serves.
+    async with pool.local_lock:
         counts: dict[str | None, int] = {}
         for other in await store.list(include_deleted=True):
             counts[other.server] = counts.get(other.server, 0) + 1
