@@ -177,7 +177,8 @@ async def test_a_server_that_declined_ssl_is_not_asked_again_for_a_while(
     engines = [family(url(name)) for name in databases]
     asked: list[object] = []
 
-    def connecting(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+    def connecting(_dialect: Any, record: Any, _args: Any, params: dict[str, Any]) -> None:
+        assert record is not None  # hooks get the pool's record, as create_engine's do
         asked.append(params.get("ssl", "prefer"))
 
     event.listen(engines[0].dialect, "do_connect", connecting)

@@ -280,10 +280,11 @@ class _Server:
 
         cargs, cparams = self._connect_args_for(database)
 
-        def connect(record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
+        # Named as create_engine's creator names it: the pool then passes the record.
+        def connect(connection_record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
             if not self._ready:
                 self._initialise(database)
-            return self._open(cargs, cparams, record)
+            return self._open(cargs, cparams, connection_record)
 
         # The prototype's pool settings and listeners (the dialect's on-connect setup, the
         # session reset, pre-ping), with a creator for this database.
@@ -361,7 +362,9 @@ class _Server:
             prototype = self._prototype
             # The database asked for: it exists, and the connection may use it.
             cargs, cparams = self._connect_args_for(database)
-            prototype.pool._creator = lambda record: self._open(cargs, cparams, record)
+            prototype.pool._creator = lambda connection_record: self._open(
+                cargs, cparams, connection_record
+            )
             # SQLAlchemy's first-connect hook initialises the dialect on this connection.
             with prototype.connect():
                 pass
