@@ -302,8 +302,6 @@ async def _copy(
         found = await load_storage(
             target.tenancy, moved, dst, manifest, folder, old_tenant_id=tenant.id
         )
-    if kind != "rows":
-        await lower_fence(dst, tenant.id)  # the dump carried the source's fence along
     if dst.strategy == "row":
         # Tables without tenant_id are shared under row isolation: not the tenant's to copy.
         counts = {name: count for name, count in counts.items() if name in found}

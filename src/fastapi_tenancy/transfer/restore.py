@@ -33,6 +33,7 @@ from fastapi_tenancy.models import Tenant, TenantStatus, new_tenant_id, validate
 from fastapi_tenancy.observe.events import TenantChanged
 from fastapi_tenancy.tenancy import Tenancy
 from fastapi_tenancy.transfer.archive import ROWS_FOLDER, SQL_MEMBER, Manifest, read_archive
+from fastapi_tenancy.transfer.fence import lower_fence
 from fastapi_tenancy.transfer.rows import count_rows, load_tables, storage_tables
 from fastapi_tenancy.transfer.storage import Storage, locate, rename_schema, schema_exists
 from fastapi_tenancy.transfer.tools import mariadb_command, postgres_command, run_tool
@@ -172,6 +173,8 @@ async def load_storage(
             await _psql(storage, script)
         else:
             await run_tool(mariadb_command("mariadb", storage.url), stdin=script)
+    # A dump taken while the tenant was being moved carries its write fence: never restore it.
+    await lower_fence(storage, old_tenant_id)
     if rename is not None:
         await _retag(storage, *rename)
     return await count_storage(storage)
