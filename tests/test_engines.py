@@ -5,7 +5,7 @@ queries (``BEGIN``, ``ROLLBACK``, the session reset), and SQLAlchemy's asyncpg a
 each statement it prepared on the connection (one prepared-statement round trip each). A
 dialect's first-connect queries (server version, default schema, isolation level,
 ``standard_conforming_strings``) are prepared statements in a transaction of their own. The
-databases here are named ``h5_family_*``; the module creates and drops them.
+databases here are named ``<test database>_family_*``; the module creates and drops them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from fastapi_tenancy.engines import POSTGRES_SESSION_RESET, EngineFamily, create
 from tests.support.services import POSTGRES_URL, require_server
 
 pytestmark = pytest.mark.postgres
-DATABASES = [f"h5_family_{i}" for i in range(3)]
+# Named after the test database, so suites run at once on one server (each on its own test
+# database) never drop each other's.
+RUN = make_url(POSTGRES_URL).database or "test"
+DATABASES = [f"{RUN}_family_{i}" for i in range(3)]
 # What one connection sends for `SELECT 1` in a transaction that rolls back at check-in.
 SESSION = ["BEGIN;", "ROLLBACK;", POSTGRES_SESSION_RESET]
 
@@ -140,8 +143,8 @@ async def test_a_failed_first_connection_leaves_the_dialect_to_the_next(
     databases: list[str],
 ) -> None:
     family = EngineFamily(pool_size=2, max_overflow=0)
-    missing = family(url("h5_family_missing"))
-    with pytest.raises(Exception, match="h5_family_missing"):
+    missing = family(url(f"{RUN}_family_missing"))
+    with pytest.raises(Exception, match=f"{RUN}_family_missing"):
         await select_one(missing)
     assert family.initialisations == 0
     engine = family(url(databases[0]))
