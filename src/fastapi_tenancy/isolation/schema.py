@@ -91,6 +91,9 @@ class SchemaIsolation:
             raise ConfigurationError(f"shared_schema {shared_schema!r} is not a valid schema name")
         self._shared_schema = shared_schema
         self._shared_ready = False
+        # Whether tenant sessions' search path names the shared schema: unknown until this
+        # process has looked for tenant table names there (`_decide_shared_path`).
+        self._shared_on_path: bool | None = None
         self._shared_lock = asyncio.Lock()
         self._engine = engine
         self._tables = tables
@@ -119,6 +122,8 @@ class SchemaIsolation:
         info: dict[str, Any] = {TENANT_INFO_KEY: tenant.id}
         if self._binding == "search_path":
             bind = self._engine
+            if self._shared_on_path is None and self._tables.shared_tables():
+                await self._decide_shared_path()
             info[SEARCH_PATH_INFO_KEY] = self._search_path(schema)
         else:
             self._tables.split()  # shared tables are left unqualified from here on
@@ -228,13 +233,30 @@ class SchemaIsolation:
                         await self._search_shared(conn)
                     await conn.run_sync(create_tables, shared)
                     if self._postgres:
-                        await self._warn_shadowed(conn, tenant)
+                        self._shared_on_path = not await self._shadowed(conn, tenant)
             self._shared_ready = True
 
-    async def _warn_shadowed(self, conn: AsyncConnection, tenant: list[Table]) -> None:
+    async def _decide_shared_path(self) -> None:
+        """Look once per process for tenant table names in the shared schema (one query)."""
+        async with self._shared_lock:
+            if self._shared_on_path is None:
+                async with self._engine.connect() as conn:
+                    self._shared_on_path = not await self._shadowed(
+                        conn, self._tables.tenant_tables()
+                    )
+
+    async def _shadowed(self, conn: AsyncConnection, tenant: list[Table]) -> bool:
+        """Whether a tenant table's name exists in the shared schema.
+
+        Such a table (a single-tenant past, a stray copy) would answer for a tenant whose own
+        table or schema is missing if the shared schema were on the search path: the
+        fall-through to ``public`` this library never allows. The shared schema then stays off
+        the path, and tenant sessions cannot reach shared tables until the stray tables are
+        dropped or moved and the process restarts.
+        """
         names = [table.name for table in tenant]
-        if not names:
-            return
+        if not names or self._binding != "search_path":
+            return False
         statement = text(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_schema = :schema AND table_name = ANY(:names)"
@@ -242,18 +264,22 @@ class SchemaIsolation:
         rows = await conn.execute(statement, {"schema": self._shared_schema, "names": names})
         found = sorted(str(row[0]) for row in rows)
         if found:
-            logger.warning(
-                "tenant tables %s also exist in the shared schema %s: a tenant schema without "
-                "them would read those; drop or move them (see docs/isolation.md#shared-tables)",
+            logger.error(
+                "tenant tables %s also exist in the shared schema %s: it is left off tenant "
+                "sessions' search path (a tenant schema missing them would read those), so "
+                "shared tables are unreachable from tenant sessions until they are dropped or "
+                "moved (see docs/isolation.md#shared-tables)",
                 ", ".join(found),
                 self._shared_schema,
             )
+        return bool(found)
 
     def _search_path(self, schema: str) -> str:
         # pg_temp named last: otherwise PostgreSQL searches it first, and a temporary table
         # would shadow the tenant's table of the same name. The shared schema comes after the
-        # tenant's, and only when there are shared tables to find there.
-        if self._tables.shared_tables():
+        # tenant's, only when there are shared tables to find there and no tenant table's name
+        # is found in it (`_shadowed`).
+        if self._shared_on_path and self._tables.shared_tables():
             return f'"{schema}", "{self._shared_schema}", pg_temp'
         return f'"{schema}", pg_temp'
 
