@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from fastapi_tenancy import ServiceUnavailable, Tenancy, TenancyConfig
 from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation.database import DatabaseIsolation
-from fastapi_tenancy.isolation.tables import TenantTables
+from fastapi_tenancy.isolation.tables import TABLE_KIND_KEY, TenantTables
 from fastapi_tenancy.isolation.unavailable import is_unavailable
 from fastapi_tenancy.models import Tenant
 from fastapi_tenancy.store import SQLAlchemyTenantStore
@@ -123,7 +123,13 @@ async def at_provisioning(kind: str, backend: str, url: str, tmp_path: Path) -> 
     # The tenant's own database, named by an explicit URL: provisioning creates its tables.
     target = refused_url(backend, tmp_path) if kind == "refused" else url
     metadata = MetaData()
-    table = Table("provisioned", metadata, Column("id", Integer, primary_key=True))
+    # A tenant table (a plain table is shared: it lives in the central database, not here).
+    table = Table(
+        "provisioned",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        info={TABLE_KIND_KEY: "tenant"},
+    )
     if kind == "missing_table":
         missing = "INSERT INTO no_such_table VALUES (1)"
         event.listen(table, "after_create", run_after_create(missing))
