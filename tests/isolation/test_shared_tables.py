@@ -31,6 +31,7 @@ from fastapi_tenancy.isolation import CrossDatabaseStatement, shared_tables, ten
 from fastapi_tenancy.isolation.tables import TABLE_KIND_KEY
 from tests.support.backends import isolation_config
 from tests.support.hypothesis_profiles import DEEP
+from tests.support.services import TEST_STORAGE_PREFIX
 
 # --- the rule, on generated model sets --------------------------------------------------------
 
@@ -163,13 +164,23 @@ def _in_list(names: list[str]) -> Any:
     return bindparam("names", value=names, expanding=True)
 
 
-async def table_locations(conn: AsyncConnection, names: list[str]) -> dict[str, list[str]]:
+async def table_locations(
+    conn: AsyncConnection, names: list[str], *, also: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """The schemas holding each table in ``names``, among those this test owns.
+
+    Those are the central schema, ``also``, and the tenant storage of this run
+    (``TEST_STORAGE_PREFIX``): on MariaDB information_schema spans the whole server, where other
+    suites keep tables of the same names in their own databases.
+    """
+    owned = {central_schema(conn.engine.url.render_as_string(hide_password=False)), *also}
     statement = text(
         "SELECT table_name, table_schema FROM information_schema.tables WHERE table_name IN :names"
     ).bindparams(_in_list(names))
     found: dict[str, list[str]] = {name: [] for name in names}
     for name, schema in await conn.execute(statement):
-        found[str(name)].append(str(schema))
+        if str(schema) in owned or str(schema).startswith(TEST_STORAGE_PREFIX):
+            found[str(name)].append(str(schema))
     return found
 
 
@@ -234,7 +245,7 @@ async def test_the_shared_schema_is_configurable(database_url: str, binding: str
         await tenancy.create_tenant("acme")
         async with tenancy.engine.begin() as conn:
             await conn.execute(text("INSERT INTO h2_shared.plans (id, name) VALUES (1, 'pro')"))
-            found = await table_locations(conn, ["plans"])
+            found = await table_locations(conn, ["plans"], also=("h2_shared",))
         assert found == {"plans": ["h2_shared"]}
         async with tenancy.session("acme") as session:
             session.add(Customer(name="c", plan_id=1))
