@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from alembic.config import Config
-from sqlalchemy import MetaData
 
-from fastapi_tenancy import Tenancy, TenancyConfig
-from fastapi_tenancy.migrations import MigrationReport, downgrade, status, upgrade
-from tests.support.backends import isolation_config
-from tests.support.migration_scripts import FIRST, SECOND, alembic_config
+from fastapi_tenancy import Tenancy
+from fastapi_tenancy.migrations import downgrade, status, upgrade
+from tests.support.migration_scripts import (
+    FIRST,
+    SECOND,
+    empty_config,
+    outcomes,
+    per_tenant,
+)
 from tests.support.migration_storage import item_columns, revision
 
-PER_TENANT = [
-    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
-    pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
-    pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
-]
-per_tenant = pytest.mark.parametrize("isolation_case", PER_TENANT, indirect=True)
 TENANTS = ["acme", "globex", "initech"]
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> Config:
-    return alembic_config(tmp_path / "alembic")
-
-
-def empty_config(case: tuple[str, str]) -> TenancyConfig:
-    return isolation_config(case, tenant_metadata=MetaData(), tenant_tables="none")
-
-
-def outcomes(report: MigrationReport) -> dict[str | None, str]:
-    return {migration.identifier: migration.outcome for migration in report.migrations}
 
 
 @per_tenant

@@ -22,9 +22,8 @@ from fastapi_tenancy.migrations.scan import SCAN_BATCH, scan_revisions
 from fastapi_tenancy.migrations.targets import connect, target_for
 from fastapi_tenancy.migrations.versions import read_revisions
 from tests.conftest import empty_database
-from tests.migrations.test_upgrade import empty_config
 from tests.support.hypothesis_profiles import DEEP, ROW_PROPERTY
-from tests.support.migration_scripts import FIRST, SECOND, alembic_config
+from tests.support.migration_scripts import FIRST, SECOND, alembic_config, empty_config
 
 BACKENDS = [
     pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),

@@ -3,41 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from alembic.config import Config
-from sqlalchemy import MetaData, text
+from sqlalchemy import text
 
-from fastapi_tenancy import Tenancy, TenancyConfig, Tenant, TenantStatus
-from fastapi_tenancy.migrations import MigrationReport, TenantMigration, migrate_tenant, upgrade
+from fastapi_tenancy import Tenancy, Tenant, TenantStatus
+from fastapi_tenancy.migrations import TenantMigration, migrate_tenant, upgrade
 from fastapi_tenancy.migrations.locks import advisory_key, named_lock
 from fastapi_tenancy.worker import ProvisioningWorker
-from tests.support.backends import isolation_config, schema_exists
-from tests.support.migration_scripts import FIRST, SECOND, alembic_config
+from tests.support.backends import schema_exists
+from tests.support.migration_scripts import (
+    FIRST,
+    SECOND,
+    empty_config,
+    outcomes,
+    per_tenant,
+)
 from tests.support.migration_storage import add_note_column, item_columns, revision, tenant_tables
 
-PER_TENANT = [
-    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
-    pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
-    pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
-]
-per_tenant = pytest.mark.parametrize("isolation_case", PER_TENANT, indirect=True)
 TENANTS = ["acme", "globex", "initech", "umbrella", "hooli"]
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> Config:
-    return alembic_config(tmp_path / "alembic")
-
-
-def empty_config(case: tuple[str, str]) -> TenancyConfig:
-    # Alembic owns the tables: provisioning creates the schema or database and nothing in it.
-    return isolation_config(case, tenant_metadata=MetaData(), tenant_tables="none")
-
-
-def outcomes(report: MigrationReport) -> dict[str | None, str]:
-    return {migration.identifier: migration.outcome for migration in report.migrations}
 
 
 @per_tenant

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
+from sqlalchemy import MetaData
+
+from fastapi_tenancy import TenancyConfig
+from fastapi_tenancy.migrations import MigrationReport
+from tests.support.backends import isolation_config
 
 FIRST = "a1000000001"
 SECOND = "a1000000002"
@@ -67,3 +73,21 @@ def alembic_config(folder: Path) -> Config:
     config = Config()
     config.set_main_option("script_location", str(folder))
     return config
+
+
+# The strategies that migrate tenant by tenant, on the servers that run them.
+PER_TENANT = [
+    pytest.param(("schema", "postgres"), marks=pytest.mark.postgres, id="schema-postgres"),
+    pytest.param(("schema", "mysql"), marks=pytest.mark.mysql, id="schema-mysql"),
+    pytest.param(("database", "postgres"), marks=pytest.mark.postgres, id="database-postgres"),
+]
+per_tenant = pytest.mark.parametrize("isolation_case", PER_TENANT, indirect=True)
+
+
+def empty_config(case: tuple[str, str]) -> TenancyConfig:
+    """Alembic owns the tables: provisioning creates the schema or database and nothing in it."""
+    return isolation_config(case, tenant_metadata=MetaData(), tenant_tables="none")
+
+
+def outcomes(report: MigrationReport) -> dict[str | None, str]:
+    return {migration.identifier: migration.outcome for migration in report.migrations}
