@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import argparse
 
-from fastapi_tenancy.cli.runtime import EXIT_OK, positive_int, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_OK,
+    Commands,
+    add_command,
+    positive_int,
+    run_with_tenancy,
+)
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(sub: Commands, common: argparse.ArgumentParser) -> None:
     from fastapi_tenancy.adoption import DEFAULT_BATCH_SIZE
     from fastapi_tenancy.cli.tenants import identifier
 
-    adopt = sub.add_parser(
+    adopt = add_command(
+        sub,
         "adopt",
         help="give every row without a tenant (tenant_id NULL) to a tenant, creating it if new",
         description="Row isolation: stamp every row whose tenant_id is NULL with this tenant's id, "
         "in batches, parents before children. Creates the tenant if it does not exist. Safe to "
         "run again: an interrupted run resumes, a finished one changes nothing. Refuses, "
         "changing nothing, when a table also holds another tenant's rows. See docs/adopting.md.",
-        parents=[common],
+        common=common,
+        handler=_adopt,
     )
     adopt.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     adopt.add_argument(
@@ -45,7 +51,6 @@ def register(
         metavar="N",
         help=f"rows per transaction (default {DEFAULT_BATCH_SIZE})",
     )
-    adopt.set_defaults(handler=_adopt)
 
 
 def _adopt(args: argparse.Namespace) -> int:

@@ -6,28 +6,33 @@ import argparse
 from pathlib import Path
 
 from fastapi_tenancy.cli.output import print_error
-from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    run_with_tenancy,
+)
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(sub: Commands, common: argparse.ArgumentParser) -> None:
     from fastapi_tenancy.cli.tenants import identifier
 
-    backup = sub.add_parser(
+    backup = add_command(
+        sub,
         "backup",
         help="write one tenant's record and data to a file",
         description="Back up one tenant: pg_dump of its schema or database on PostgreSQL, "
         "mariadb-dump of its database on MariaDB, its rows as JSON lines under row isolation "
         "(see docs/backup-and-move.md).",
-        parents=[common],
+        common=common,
+        handler=_backup,
     )
     backup.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     backup.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
-    backup.set_defaults(handler=_backup)
 
     # `tenants restore IDENTIFIER` brings back a soft-deleted tenant; with -i FILE it restores
     # one from a backup instead, so both kinds of "restore" share the one command.

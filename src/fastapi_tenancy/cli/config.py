@@ -6,35 +6,38 @@ import argparse
 from pathlib import Path
 
 from fastapi_tenancy.cli.output import print_error
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, print_usage
+from fastapi_tenancy.cli.runtime import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Commands,
+    add_command,
+    add_group,
+)
 from fastapi_tenancy.config_reference import config_reference, replace_reference
 
 __all__ = ["register"]
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    config = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    sub = add_group(
+        commands,
         "config",
         help="the configuration reference",
         description="Print the reference of every TENANCY_* setting of this version.",
-        parents=[common],
+        common=common,
     )
-    sub = config.add_subparsers(title="commands", metavar="COMMAND")
-    reference = sub.add_parser(
+    reference = add_command(
+        sub,
         "reference",
         help="print every setting as Markdown tables",
         description="Print every TENANCY_* setting (field, env var, default, effect) as Markdown. "
         "With --write, replace the generated part of a page (below its marker) instead.",
-        parents=[common],
+        common=common,
+        handler=_reference,
     )
     reference.add_argument(
         "--write", type=Path, metavar="PAGE", help="update the reference in this Markdown page"
     )
-    reference.set_defaults(handler=_reference)
-    config.set_defaults(handler=lambda _args: print_usage(config))
 
 
 def _reference(args: argparse.Namespace) -> int:

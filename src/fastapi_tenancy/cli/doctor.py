@@ -30,7 +30,7 @@ from fastapi_tenancy.cli.checks import (
     run_checks,
 )
 from fastapi_tenancy.cli.output import print_json
-from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, load_config
+from fastapi_tenancy.cli.runtime import EXIT_FAILURE, EXIT_OK, Commands, add_command, load_config
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import ConfigurationError, TenancyError
 from fastapi_tenancy.isolation.placement import ServerPool
@@ -56,16 +56,15 @@ def _workers(value: str) -> int:
     return workers
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    doctor = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    doctor = add_command(
+        commands,
         "doctor",
         help="check the configuration against a production checklist",
         description="Check the running configuration (TENANCY_* variables, .env) and the central "
         "database against a production checklist. Exits 1 if any check fails.",
-        parents=[common],
+        common=common,
+        handler=_doctor,
     )
     doctor.add_argument(
         "--workers",
@@ -75,7 +74,6 @@ def register(
         help="app processes that share the database (default: $WEB_CONCURRENCY or 1)",
     )
     doctor.add_argument("--json", action="store_true", help="print the results as JSON")
-    doctor.set_defaults(handler=_doctor)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -5,39 +5,38 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_OK,
+    Commands,
+    add_command,
+    add_group,
+    run_with_tenancy,
+)
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    group = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    sub = add_group(
+        commands,
         "edge",
         help="publish the tenants' routes to Traefik (Redis provider)",
         description="Keep Traefik's Redis provider in step with the tenants (edge_* settings).",
-        parents=[common],
+        common=common,
     )
-    group.set_defaults(handler=lambda _args: _group_help(group))
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
-    sync = sub.add_parser(
+    sync = add_command(
+        sub,
         "sync",
         help="reconcile every tenant router with the central database",
         description="Write a router for every active tenant and remove the routers of every "
         "other one, under edge_root_key and edge_router_prefix only.",
-        parents=[common],
+        common=common,
+        handler=_sync,
     )
     sync.add_argument(
         "--dry-run", action="store_true", help="print the keys that would change; change nothing"
     )
-    sync.set_defaults(handler=_sync)
-
-
-def _group_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _sync(args: argparse.Namespace) -> int:

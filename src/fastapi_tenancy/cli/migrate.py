@@ -11,9 +11,11 @@ from fastapi_tenancy.cli.output import print_error, print_json, render_table
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
+    Commands,
+    add_command,
+    add_group,
     alembic_config,
     positive_int,
-    print_usage,
     run_with_config,
     run_with_tenancy,
 )
@@ -35,24 +37,23 @@ def tenant_choice(value: str) -> str:
     return ALL if value == ALL else identifier(value)
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    migrate = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    sub = add_group(
+        commands,
         "migrate",
         help="database migrations (Alembic): tenants and central tables",
-        parents=[common],
+        description=None,
+        common=common,
     )
-    sub = migrate.add_subparsers(title="commands", metavar="COMMAND")
-    migrate.set_defaults(handler=lambda _args: print_usage(migrate))
-    upgrade = sub.add_parser(
+    upgrade = add_command(
+        sub,
         "upgrade",
         help="upgrade tenants to a revision",
         description="Upgrade tenants with Alembic, a bounded number at a time, each under a "
         "lock; tenants already at the revision are skipped, a failing tenant does not stop "
         "the others. Row isolation migrates the shared tables once.",
-        parents=[common],
+        common=common,
+        handler=_upgrade,
     )
     _tenant_options(upgrade, required=False)
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
@@ -63,27 +64,29 @@ def register(
         "skipped as always, and left out of the report)",
     )
     _run_options(upgrade)
-    upgrade.set_defaults(handler=_upgrade)
 
-    downgrade = sub.add_parser(
+    downgrade = add_command(
+        sub,
         "downgrade",
         help="downgrade tenants to a revision",
         description="Downgrade tenants with Alembic, as upgrade does: a bounded number at a time, "
         "each under a lock, tenants already at the revision skipped, a failing tenant recorded "
         "without stopping the others. Say which tenants: -t IDENTIFIER (repeatable) or -t all.",
-        parents=[common],
+        common=common,
+        handler=_downgrade,
     )
     downgrade.add_argument("revision", help="target revision: an id, base, or relative (-1)")
     _tenant_options(downgrade, required=True)
     _run_options(downgrade)
-    downgrade.set_defaults(handler=_downgrade)
 
-    status = sub.add_parser(
+    status = add_command(
+        sub,
         "status",
         help="each tenant's revision, and which are behind head",
         description="Read each tenant's Alembic revision (no lock, no migration) and compare it "
         "with the script's heads. Exit code 1 with --pending when some tenant is behind.",
-        parents=[common],
+        common=common,
+        handler=_status,
     )
     _tenant_options(status, required=False)
     status.add_argument("--pending", action="store_true", help="list only the tenants behind head")
@@ -96,15 +99,16 @@ def register(
     )
     _config_option(status)
     status.add_argument("--json", action="store_true", help="print the list as JSON")
-    status.set_defaults(handler=_status)
 
-    central = sub.add_parser(
+    central = add_command(
+        sub,
         "central",
         help="upgrade the library's own tables in the central database",
         description="Bring the central tables (tenants, domains, audit) to this release's "
         "revision of their own Alembic history, under a lock; safe to run at any time and from "
         "several hosts at once. Start does the same unless TENANCY_CENTRAL_MIGRATIONS=check.",
-        parents=[common],
+        common=common,
+        handler=_central,
     )
     action = central.add_mutually_exclusive_group()
     action.add_argument(
@@ -118,7 +122,6 @@ def register(
         help="take the tables back to REV (an id, or -1), to run an older release",
     )
     central.add_argument("--json", action="store_true", help="print the result as JSON")
-    central.set_defaults(handler=_central)
 
 
 def _tenant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:

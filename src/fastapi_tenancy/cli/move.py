@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 from contextlib import AsyncExitStack
 
-from fastapi_tenancy.cli.runtime import EXIT_OK, load_config, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_OK,
+    Commands,
+    add_command,
+    load_config,
+    run_with_tenancy,
+)
 from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["register"]
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(sub: Commands, common: argparse.ArgumentParser) -> None:
     from fastapi_tenancy.cli.tenants import identifier
 
-    move = sub.add_parser(
+    move = add_command(
+        sub,
         "move",
         help="move a tenant's data to another database or isolation strategy",
         description="Move one tenant while every other tenant is served: freeze it (503 with "
@@ -24,7 +29,8 @@ def register(
         "invalidate it everywhere. The old copy is kept (fenced) until --drop-source. Run the "
         "same command again to continue an interrupted move, or with --rollback to undo it "
         "(see docs/backup-and-move.md).",
-        parents=[common],
+        common=common,
+        handler=_move,
     )
     move.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     where = move.add_mutually_exclusive_group(required=True)
@@ -51,7 +57,6 @@ def register(
     move.add_argument(
         "--rollback", action="store_true", help="undo a move left unfinished by an interruption"
     )
-    move.set_defaults(handler=_move)
 
 
 def _move(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from fastapi_tenancy.cli.output import print_json
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
-    print_usage,
+    Commands,
+    add_command,
+    add_group,
     run_with_config,
 )
 from fastapi_tenancy.config import TenancyConfig
@@ -30,41 +32,39 @@ from fastapi_tenancy.migrations.rls import apply_policies, enable_statements
 __all__ = ["register", "rls_tables", "setting_problem"]
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    rls = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    sub = add_group(
+        commands,
         "rls",
         help="PostgreSQL row-level security for row isolation",
         description="Put the tenant tables under PostgreSQL row-level security, or check that "
         "the app's role is confined by it.",
-        parents=[common],
+        common=common,
     )
-    rls.set_defaults(handler=lambda _args: print_usage(rls))
-    sub = rls.add_subparsers(title="commands", metavar="COMMAND")
-    enable = sub.add_parser(
+    enable = add_command(
+        sub,
         "enable",
         help="enable and force RLS with the tenant policy on every tenant table",
         description="Enable and force row-level security, and (re)create the tenant policy, on "
         "every table of TENANCY_TENANT_METADATA with a tenant_id column, in one transaction. "
         "Run it as the tables' owner (--database-url); safe to repeat.",
-        parents=[common],
+        common=common,
+        handler=_enable,
     )
     enable.add_argument(
         "--sql", action="store_true", help="print the DDL instead of running it (no connection)"
     )
-    enable.set_defaults(handler=_enable)
-    check = sub.add_parser(
+    check = add_command(
+        sub,
         "check",
         help="check that PostgreSQL confines the app's role to one tenant",
         description="Connect as the app does and report every reason PostgreSQL would not "
         "enforce the tenant policies: a superuser or BYPASSRLS role, a role that owns a tenant "
         "table, a table without RLS or policy. Exits 1 if there is any. Reads only.",
-        parents=[common],
+        common=common,
+        handler=_check,
     )
     check.add_argument("--json", action="store_true", help="print the result as JSON")
-    check.set_defaults(handler=_check)
 
 
 def rls_tables(config: TenancyConfig) -> list[Table]:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -36,6 +36,10 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "Commands",
+    "Handler",
+    "add_command",
+    "add_group",
     "alembic_config",
     "load_config",
     "positive_float",
@@ -56,6 +60,43 @@ def print_usage(parser: argparse.ArgumentParser) -> int:
     """Print ``parser``'s help to stderr, for a command given without its subcommand."""
     parser.print_help(sys.stderr)
     return EXIT_USAGE
+
+
+# A quoted alias: `_SubParsersAction` is generic only to type checkers, not at runtime.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    commands: Commands,
+    name: str,
+    *,
+    help: str,
+    description: str | None,
+    common: argparse.ArgumentParser,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    """Add the command ``name`` that runs ``handler``; the caller adds its arguments."""
+    parser = commands.add_parser(name, help=help, description=description, parents=[common])
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_group(
+    commands: Commands,
+    name: str,
+    *,
+    help: str,
+    description: str | None,
+    common: argparse.ArgumentParser,
+) -> Commands:
+    """Add the command group ``name`` and return where its commands go.
+
+    Given without a command, the group prints its help and exits with a usage error.
+    """
+    group = commands.add_parser(name, help=help, description=description, parents=[common])
+    group.set_defaults(handler=lambda _args: print_usage(group))
+    return group.add_subparsers(title="commands", metavar="COMMAND")
 
 
 def positive_int(text: str) -> int:

@@ -16,7 +16,14 @@ from fastapi_tenancy.cli.output import (
     tenant_record,
     tenant_rows,
 )
-from fastapi_tenancy.cli.runtime import EXIT_OK, EXIT_USAGE, print_usage, run_with_tenancy
+from fastapi_tenancy.cli.runtime import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    add_group,
+    run_with_tenancy,
+)
 from fastapi_tenancy.cli.servers import server_rows, servers_summary
 from fastapi_tenancy.exceptions import (
     InvalidTenantIdentifier,
@@ -64,23 +71,22 @@ def metadata(value: str) -> dict[str, Any]:
     return parsed
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    group = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    sub = add_group(
+        commands,
         "tenants",
         help="create, list, show and change tenants",
         description="Manage the tenants in the central database.",
-        parents=[common],
+        common=common,
     )
-    group.set_defaults(handler=lambda _args: print_usage(group))
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
 
-    create = sub.add_parser(
+    create = add_command(
+        sub,
         "create",
         help="create an active tenant with its storage",
         description="Create a tenant: its record, its schema or database, and its tables.",
-        parents=[common],
+        common=common,
+        handler=_create,
     )
     create.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     create.add_argument("--name", help="display name (default: the identifier)")
@@ -99,38 +105,48 @@ def register(
         help="a server of TENANCY_DATABASE_SERVERS to place the tenant on (default: the one with "
         "the most room)",
     )
-    create.set_defaults(handler=_create)
 
-    listing = sub.add_parser(
+    listing = add_command(
+        sub,
         "list",
         help="list tenants",
         description="List tenants, ordered by identifier.",
-        parents=[common],
+        common=common,
+        handler=_list,
     )
     listing.add_argument("--all", action="store_true", help="include soft-deleted tenants")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(handler=_list)
 
-    show = sub.add_parser(
-        "show", help="show one tenant", description="Show one tenant's record.", parents=[common]
+    show = add_command(
+        sub,
+        "show",
+        help="show one tenant",
+        description="Show one tenant's record.",
+        common=common,
+        handler=_show,
     )
     show.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     show.add_argument("--json", action="store_true", help="print a JSON object")
-    show.set_defaults(handler=_show)
 
     for command, (method, done, text) in STATUS_COMMANDS.items():
-        parser = sub.add_parser(
-            command, help=text, description=text.capitalize() + ".", parents=[common]
+        parser = add_command(
+            sub,
+            command,
+            help=text,
+            description=text.capitalize() + ".",
+            common=common,
+            handler=_transition(method, done),
         )
         parser.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
-        parser.set_defaults(handler=_transition(method, done))
 
-    update = sub.add_parser(
+    update = add_command(
+        sub,
         "update",
         help="rename a tenant or replace its metadata",
         description="Change a tenant's name and/or replace its metadata (e.g. its plan). Every "
         "app process serves the new record at once, as after a status change.",
-        parents=[common],
+        common=common,
+        handler=_update,
     )
     update.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     update.add_argument("--name", help="new display name")
@@ -140,14 +156,15 @@ def register(
         metavar="JSON",
         help='a JSON object that replaces the whole metadata, e.g. \'{"plan": "pro"}\'',
     )
-    update.set_defaults(handler=_update)
 
-    retry = sub.add_parser(
+    retry = add_command(
+        sub,
         "retry",
         help="provision a failed (or stuck provisioning) tenant again",
         description="Provision a tenant whose provisioning failed, reusing the storage an "
         "earlier attempt made for it. With --no-provision it goes back to pending for a worker.",
-        parents=[common],
+        common=common,
+        handler=_retry,
     )
     retry.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     retry.add_argument(
@@ -160,17 +177,17 @@ def register(
         metavar="S",
         help="also retry a tenant left provisioning this long by a process that died",
     )
-    retry.set_defaults(handler=_retry)
 
-    purge = sub.add_parser(
+    purge = add_command(
+        sub,
         "purge",
         help="destroy a deleted tenant's data and record (needs --yes)",
         description="Destroy a soft-deleted tenant's data and record. This cannot be undone.",
-        parents=[common],
+        common=common,
+        handler=_purge,
     )
     purge.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     purge.add_argument("--yes", action="store_true", help="confirm that the data is destroyed")
-    purge.set_defaults(handler=_purge)
 
     _register_domains(sub, common)
     adopt.register(sub, common)
@@ -188,50 +205,50 @@ def domain(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _register_domains(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    group = sub.add_parser(
+def _register_domains(sub: Commands, common: argparse.ArgumentParser) -> None:
+    commands = add_group(
+        sub,
         "domains",
         help="add, remove and list a tenant's custom domains",
         description="Serve tenants at host names of their own (acme.com) besides "
         "<identifier>.<domain_suffix>. Each domain belongs to one tenant.",
-        parents=[common],
+        common=common,
     )
-    group.set_defaults(handler=lambda _args: print_usage(group))
-    commands = group.add_subparsers(title="commands", metavar="COMMAND")
 
-    add = commands.add_parser(
+    add = add_command(
+        commands,
         "add",
         help="serve a tenant at a host name too",
         description="Give a host name to a tenant; every app process serves it at once.",
-        parents=[common],
+        common=common,
+        handler=_add_domain,
     )
     add.add_argument("identifier", type=identifier, metavar="IDENTIFIER")
     add.add_argument("host", type=domain, metavar="HOST")
-    add.set_defaults(handler=_add_domain)
 
-    remove = commands.add_parser(
+    remove = add_command(
+        commands,
         "remove",
         help="stop serving a host name",
         description="Take a host name from its tenant; every app process stops serving it.",
-        parents=[common],
+        common=common,
+        handler=_remove_domain,
     )
     remove.add_argument("host", type=domain, metavar="HOST")
     remove.add_argument(
         "--tenant", type=identifier, metavar="IDENTIFIER", help="refuse unless it owns the host"
     )
-    remove.set_defaults(handler=_remove_domain)
 
-    listing = commands.add_parser(
+    listing = add_command(
+        commands,
         "list",
         help="list custom domains",
         description="List custom domains and their tenants, ordered by host.",
-        parents=[common],
+        common=common,
+        handler=_list_domains,
     )
     listing.add_argument("identifier", type=identifier, metavar="IDENTIFIER", nargs="?")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(handler=_list_domains)
 
 
 def _add_domain(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ from fastapi_tenancy.cli.output import print_error
 from fastapi_tenancy.cli.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
+    Commands,
+    add_command,
     alembic_config,
     positive_float,
     positive_int,
@@ -30,16 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def register(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    worker = commands.add_parser(
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    worker = add_command(
+        commands,
         "worker",
         help="provision pending tenants",
         description="Claim pending tenants in batches, create their storage and mark them "
         "active. Any number of workers may run at once; each tenant is provisioned by one.",
-        parents=[common],
+        common=common,
+        handler=_worker,
     )
     worker.add_argument("--batch-size", type=positive_int, default=10, metavar="N")
     worker.add_argument(
@@ -72,7 +73,6 @@ def register(
         help="migrate each tenant to head with this Alembic config before activating it "
         "(for tenant tables that Alembic owns)",
     )
-    worker.set_defaults(handler=_worker)
 
 
 def _worker(args: argparse.Namespace) -> int:
