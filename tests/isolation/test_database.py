@@ -114,15 +114,8 @@ async def eviction_under_load(
 
     async with LifespanManager(app):
         tenancy: Tenancy = app.state.tenancy
-        # Provisioned a few at once: each CREATE DATABASE waits for a checkpoint, and concurrent
-        # ones share it.
-        provisioning = asyncio.Semaphore(budget)
-
-        async def create(identifier: str) -> None:
-            async with provisioning:
-                await tenancy.create_tenant(identifier)
-
-        await asyncio.gather(*(create(identifier) for identifier in identifiers))
+        for identifier in identifiers:
+            await tenancy.create_tenant(identifier)
         sampler = asyncio.create_task(sample())
         rng = random.Random(3)
         gate = asyncio.Semaphore(budget * 2)
