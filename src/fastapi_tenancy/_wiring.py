@@ -12,10 +12,13 @@ that nothing reads shows up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import SecretStr
+from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
     from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = [
+    "OperationsSettings",
+    "RuntimeSettings",
     "audit_trail",
     "cache",
     "central_engine",
@@ -61,9 +66,11 @@ __all__ = [
     "limiter",
     "lookup",
     "metrics",
+    "operations_settings",
     "resolver",
     "rate_limiter",
     "readiness",
+    "runtime_settings",
     "server_pool",
     "signing_keys",
     "slow_queries",
@@ -74,12 +81,42 @@ __all__ = [
 ]
 
 
-# The central engine
+# Plain settings: what the runtime and the operations layer read themselves
+
+
+@dataclass(frozen=True, slots=True)
+class OperationsSettings:
+    """The plain values the operations layer reads: migrations, adoption, backup, restore, moves.
+
+    Those modules work on a built `Tenancy` (its store, engine, isolation and server pool) and
+    read the rest here, never the config: where each strategy keeps a tenant's tables, the URLs
+    that reach them, and how many tenants run at once.
+    """
+
+    isolation_strategy: Literal["row", "schema", "database"]
+    # The central database, password included: schema isolation's tenants live there (or on a
+    # server of the pool), and error messages are scrubbed of its password.
+    database_url: str = field(repr=False)
+    database_url_template: str | None = field(repr=False)
+    # Database isolation: TENANCY_DATABASE_URL_<TENANT>, which wins over the template.
+    tenant_database_urls: Mapping[str, SecretStr] = field(repr=False)
+    tenant_metadata: str | MetaData | None
+    # Tenants migrated (or read) at once on each database server: the central pool's size.
+    concurrency: int
+    # For a one-connection engine per tenant database: the central pool's timeouts and options.
+    engine_options: Mapping[str, Any] = field(repr=False)
+
+    def engine(self, url: str) -> AsyncEngine:
+        """A one-connection engine for ``url``; the caller disposes it."""
+        return create_engine(url, **self.engine_options)
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
-    """The plain values `Tenancy` and its middleware read themselves (the rest feed components)."""
+    """The plain values `Tenancy` and its middleware read themselves (the rest feed components).
+
+    ``operations`` is the part only the operations layer reads (`OperationsSettings`).
+    """
 
     shutdown_timeout: float
     audit_flush_timeout: float
@@ -90,6 +127,7 @@ class RuntimeSettings:
     domain_suffix: str | None
     excluded_paths: tuple[str, ...]
     isolation_strategy: Literal["row", "schema", "database"]
+    operations: OperationsSettings
 
 
 def runtime_settings(config: TenancyConfig) -> RuntimeSettings:
@@ -103,7 +141,24 @@ def runtime_settings(config: TenancyConfig) -> RuntimeSettings:
         domain_suffix=config.domain_suffix,
         excluded_paths=tuple(config.excluded_paths),
         isolation_strategy=config.isolation_strategy,
+        operations=operations_settings(config),
     )
+
+
+def operations_settings(config: TenancyConfig) -> OperationsSettings:
+    """What migrations, adoption and transfers read of ``config`` (see `OperationsSettings`)."""
+    return OperationsSettings(
+        isolation_strategy=config.isolation_strategy,
+        database_url=config.database_url,
+        database_url_template=config.database_url_template,
+        tenant_database_urls=MappingProxyType(dict(config.tenant_database_urls)),
+        tenant_metadata=config.tenant_metadata,
+        concurrency=config.database_pool_size,
+        engine_options=MappingProxyType(engine_options(config, pool_size=1, max_overflow=0)),
+    )
+
+
+# The central engine
 
 
 def central_database(config: TenancyConfig, engine: AsyncEngine) -> TenancyConfig:

@@ -104,10 +104,11 @@ async def adopt_rows(
     """
     if batch_size < 1:
         raise ConfigurationError("the batch size must be at least 1")
-    if tenancy.config.isolation_strategy != "row":
+    strategy = tenancy.settings.operations.isolation_strategy
+    if strategy != "row":
         raise ConfigurationError(
             "tenants adopt gives existing rows to a tenant under row isolation; "
-            f"TENANCY_ISOLATION_STRATEGY is {tenancy.config.isolation_strategy!r} (see "
+            f"TENANCY_ISOLATION_STRATEGY is {strategy!r} (see "
             "docs/adopting.md)"
         )
     # Reflected first: a mistyped --tables name fails before a tenant is created for it.
@@ -165,7 +166,7 @@ async def _row_security_active(conn: AsyncConnection, table: Table) -> bool:
 
 
 async def _tenant_tables(tenancy: Tenancy) -> list[Table]:
-    tables = TenantTables(tenancy.config.tenant_metadata)
+    tables = TenantTables(tenancy.settings.operations.tenant_metadata)
     async with tenancy.engine.connect() as conn:
         children_first: list[Table] = await conn.run_sync(tables.existing_scoped_tables)
     return list(reversed(children_first))

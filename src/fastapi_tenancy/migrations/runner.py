@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Sequence
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from fastapi_tenancy import _wiring
 from fastapi_tenancy.exceptions import ConfigurationError, TenantNotFound
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.errors import MigrationError, describe_error, url_passwords
@@ -107,7 +106,7 @@ async def _run_fleet(
     lock_timeout: float,
 ) -> MigrationReport:
     if concurrency is None:
-        concurrency = tenancy.config.database_pool_size
+        concurrency = tenancy.settings.operations.concurrency
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
     started = time.perf_counter()
@@ -168,7 +167,7 @@ async def _skip_current(
     isolation keeps every tenant's version table on the central server; elsewhere (and for
     targets that depend on the current revision) each tenant is read on its own.
     """
-    if wanted is None or tenancy.config.isolation_strategy != "schema":
+    if wanted is None or tenancy.settings.operations.isolation_strategy != "schema":
         return runs, {}
     started = time.perf_counter()
     scanned = await scan_tenant_revisions(tenancy, runs)
@@ -228,7 +227,7 @@ async def _scan_server(
     if server is None:
         return await scan_revisions(tenancy.engine, names)
     url = tenancy.servers.get(server).url.get_secret_value()
-    engine = _wiring.central_engine(tenancy.config, url, pool_size=1, max_overflow=0)
+    engine = tenancy.settings.operations.engine(url)
     try:
         return await scan_revisions(engine, names)
     finally:
@@ -249,7 +248,7 @@ async def migrate_tenant(
     result = await _migrate(
         tenancy,
         alembic_config,
-        tenant if tenancy.config.isolation_strategy != "row" else None,
+        tenant if tenancy.settings.operations.isolation_strategy != "row" else None,
         revision,
         target_revisions(script, revision),
         DEFAULT_LOCK_TIMEOUT,
@@ -262,17 +261,16 @@ async def migrate_tenant(
 
 def config_passwords(tenancy: Tenancy) -> set[str]:
     """Passwords in the configured URLs, to scrub from error messages."""
+    settings = tenancy.settings.operations
     servers = [server.url.get_secret_value() for server in tenancy.servers.servers]
-    return url_passwords(
-        [tenancy.config.database_url, tenancy.config.database_url_template, *servers]
-    )
+    return url_passwords([settings.database_url, settings.database_url_template, *servers])
 
 
 async def planned_tenants(
     tenancy: Tenancy, identifiers: Sequence[str] | None
 ) -> list[Tenant | TenantMigration | None]:
     """What to migrate: tenants, ``None`` for shared tables, or a ready-made failure."""
-    if tenancy.config.isolation_strategy == "row":
+    if tenancy.settings.operations.isolation_strategy == "row":
         if identifiers is not None:
             raise ConfigurationError(
                 "row isolation keeps every tenant in the shared tables: they are migrated once, "

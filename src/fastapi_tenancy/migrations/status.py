@@ -54,14 +54,15 @@ async def status(
     bulk scan on the central server; elsewhere each tenant's database is read, ``concurrency``
     at a time (by default ``database_pool_size``).
     """
+    settings = tenancy.settings.operations
     if concurrency is None:
-        concurrency = tenancy.config.database_pool_size
+        concurrency = settings.concurrency
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
     heads = frozenset(ScriptDirectory.from_config(alembic_config).get_heads())
     planned = await planned_tenants(tenancy, identifiers)
     scanned: dict[str, frozenset[str]] = {}
-    if tenancy.config.isolation_strategy == "schema":
+    if settings.isolation_strategy == "schema":
         scanned = await scan_tenant_revisions(tenancy, planned)
     secrets = config_passwords(tenancy)
     semaphore = asyncio.Semaphore(concurrency)

@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fastapi_tenancy import _wiring
 from fastapi_tenancy.exceptions import ConfigurationError
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.migrations.locks import SHARED_LOCK_KEY
 from fastapi_tenancy.models import Tenant
 
 if TYPE_CHECKING:
-    from fastapi_tenancy.config import TenancyConfig
+    from fastapi_tenancy._wiring import OperationsSettings
     from fastapi_tenancy.tenancy import Tenancy
 
 __all__ = ["MigrationTarget", "connect", "target_for"]
@@ -52,8 +51,8 @@ class MigrationTarget:
 
 def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
     """Where ``tenant``'s tables are under ``tenancy``'s isolation strategy."""
-    config = tenancy.config
-    strategy = config.isolation_strategy
+    settings = tenancy.settings.operations
+    strategy = settings.isolation_strategy
     if tenant is None:
         if strategy != "row":
             raise ConfigurationError(f"{strategy} isolation migrates tenants, not shared tables")
@@ -62,7 +61,7 @@ def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
     server = tenancy.servers.server_of(tenant)
     if strategy == "schema":
         # The tenant's server (`database_servers`), or the central database.
-        server_url = config.database_url if server is None else server.url.get_secret_value()
+        server_url = settings.database_url if server is None else server.url.get_secret_value()
         if make_url(server_url).get_backend_name() == "postgresql":
             url = None if server is None else server_url
             return MigrationTarget(tenant=tenant, url=url, schema=name, lock_key=tenant.id)
@@ -75,19 +74,19 @@ def target_for(tenancy: Tenancy, tenant: Tenant | None) -> MigrationTarget:
     if strategy == "database":
         return MigrationTarget(
             tenant=tenant,
-            url=_tenant_url(tenancy, config, tenant),
+            url=_tenant_url(tenancy, settings, tenant),
             schema=None,
             lock_key=tenant.id,
         )
     raise ConfigurationError("row isolation migrates the shared tables once, not each tenant")
 
 
-def _tenant_url(tenancy: Tenancy, config: TenancyConfig, tenant: Tenant) -> str:
+def _tenant_url(tenancy: Tenancy, settings: OperationsSettings, tenant: Tenant) -> str:
     """Database isolation: ``TENANCY_DATABASE_URL_<TENANT>`` first, then its server's URL."""
-    override = config.tenant_database_urls.get(tenant.identifier)
+    override = settings.tenant_database_urls.get(tenant.identifier)
     if override is not None:
         return override.get_secret_value()
-    return tenancy.servers.tenant_database_url(tenant, config.database_url_template)
+    return tenancy.servers.tenant_database_url(tenant, settings.database_url_template)
 
 
 @asynccontextmanager
@@ -98,7 +97,7 @@ async def connect(tenancy: Tenancy, target: MigrationTarget) -> AsyncIterator[As
             yield conn
         return
     # A one-connection engine per tenant: the app's engine cache and pools are left alone.
-    engine = _wiring.central_engine(tenancy.config, target.url, pool_size=1, max_overflow=0)
+    engine = tenancy.settings.operations.engine(target.url)
     try:
         async with engine.connect() as conn:
             yield conn

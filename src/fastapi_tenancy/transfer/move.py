@@ -93,7 +93,7 @@ class Target:
 async def server_target(tenancy: Tenancy, name: str) -> Target:
     """A move to the server called ``name`` of ``database_servers`` (``default``: the central
     database, or ``database_url_template``), which must have room for one more tenant."""
-    if tenancy.config.isolation_strategy == "row":
+    if tenancy.settings.operations.isolation_strategy == "row":
         raise ConfigurationError("row isolation keeps every tenant in the central database")
     pool = tenancy.servers
     server: str | None = None
@@ -113,7 +113,7 @@ async def server_target(tenancy: Tenancy, name: str) -> Target:
 def url_target(tenancy: Tenancy, url: str) -> Target:
     """Database isolation: move to the database ``url`` names (on any server, in the pool or
     not), created by the move; the tenant's record keeps it as its own database URL afterwards."""
-    if tenancy.config.isolation_strategy != "database":
+    if tenancy.settings.operations.isolation_strategy != "database":
         raise ConfigurationError(
             "a target URL is for database isolation; schema isolation moves to a server of "
             "database_servers"
@@ -259,7 +259,7 @@ def _same_store(one: Tenancy, other: Tenancy) -> bool:
 def _moved(tenant: Tenant, target: Target) -> Tenant:
     """The tenant's record as it will be after the move (status and metadata aside)."""
     moved = tenant.model_copy(update=dict(target.changes))
-    if target.tenancy.config.isolation_strategy == "row":
+    if target.tenancy.settings.operations.isolation_strategy == "row":
         return moved.model_copy(update={"storage_name": None})
     return target.tenancy.isolation.assign_storage(moved)
 

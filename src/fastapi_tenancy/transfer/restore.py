@@ -120,7 +120,7 @@ def verify_counts(expected: dict[str, int], found: dict[str, int], *, what: str)
 def _check_compatible(tenancy: Tenancy, manifest: Manifest) -> None:
     if manifest.kind == "rows":
         return  # rows load into any strategy on any backend
-    strategy = tenancy.config.isolation_strategy
+    strategy = tenancy.settings.operations.isolation_strategy
     backend = tenancy.engine.url.get_backend_name()
     if strategy != manifest.strategy or backend != manifest.backend:
         raise ConfigurationError(

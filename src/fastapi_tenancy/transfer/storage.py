@@ -79,7 +79,8 @@ class Storage:
 
 def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
     """Where ``tenant``'s data is under ``tenancy``'s isolation strategy and server pool."""
-    strategy: Strategy = tenancy.config.isolation_strategy
+    settings = tenancy.settings.operations
+    strategy: Strategy = settings.isolation_strategy
     central = tenancy.engine.url
     if strategy == "row":
         rls = isinstance(tenancy.isolation, RowIsolation) and tenancy.isolation.row_level_security
@@ -97,7 +98,7 @@ def locate(tenancy: Tenancy, tenant: Tenant) -> Storage:
         # The isolation's own answer: a TENANCY_DATABASE_URL_<TENANT> variable wins there.
         url = tenancy.isolation.tenant_url(tenant)
     else:
-        url = servers.tenant_database_url(tenant, tenancy.config.database_url_template)
+        url = servers.tenant_database_url(tenant, settings.database_url_template)
     return Storage("database", make_url(url))
 
 
