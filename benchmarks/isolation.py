@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import random
 import secrets
 import statistics
@@ -61,6 +62,7 @@ from fastapi_tenancy import (
 )
 from fastapi_tenancy.engines import note_reset_at_checkin, reset_postgres_session
 from fastapi_tenancy.isolation.rls import apply_policies
+from fastapi_tenancy.isolation.templates import is_template_database
 
 ROWS_PER_TENANT = 10
 DATABASE_MAX_TENANTS = 100  # CREATE DATABASE is slow; larger runs skip database isolation
@@ -142,25 +144,56 @@ def rls_role(url: str) -> str:
     return "".join(c for c in database.lower() if c.isalnum() or c == "_") + "_rls_app"
 
 
-async def reset(url: str) -> None:
-    await drop_schemas(url, "bench_")
+async def reset(url: str, strategy: str) -> None:
+    """Drop what an earlier run against ``url`` (``strategy``'s central database) left.
+
+    Its schemas, tables and role live in that database; under database isolation its tenant
+    databases are the ones its tenant records name, and only those are dropped: other databases
+    on the server belong to someone else, but for the template database kept under this run's
+    storage prefix (`storage_prefix`).
+    """
+    prefix = storage_prefix(url)
+    await drop_schemas(url, prefix)
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS bench_items, tenancy_tenants CASCADE"))
+        databases: list[str] = []
+        if strategy == "database" and await conn.scalar(
+            text("SELECT to_regclass('tenancy_tenants')")
+        ):
+            names = await conn.scalars(
+                text("SELECT storage_name FROM tenancy_tenants WHERE storage_name IS NOT NULL")
+            )
+            databases = list(names.all())
+        if strategy == "database":
+            templates = await conn.scalars(
+                text("SELECT datname FROM pg_database WHERE starts_with(datname, :prefix)"),
+                {"prefix": prefix},
+            )
+            databases += [name for name in templates if is_template_database(name, prefix)]
+        # The library's central tables, its migration version among them: a version left
+        # behind would tell the next run's start that the tables exist.
+        central = await conn.scalars(
+            text(
+                "SELECT quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname = current_schema() AND tablename LIKE 'tenancy\\_%'"
+            )
+        )
+        tables = ", ".join(["bench_items", *central.all()])
+        await conn.execute(text(f"DROP TABLE IF EXISTS {tables} CASCADE"))
         role = rls_role(url)
         if await conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
             await conn.execute(text(f"DROP OWNED BY {role}"))
             await conn.execute(text(f"DROP ROLE {role}"))
     await engine.dispose()
+    if not databases:
+        return
     admin = create_async_engine(
         make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
     )
     async with admin.connect() as conn:
-        names = await conn.execute(
-            text("SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%'")
-        )
-        for (name,) in names.all():
-            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        for name in databases:
+            quoted = name.replace('"', '""')
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{quoted}" WITH (FORCE)'))
     await admin.dispose()
 
 
@@ -182,6 +215,16 @@ async def rls_app_url(url: str) -> str:
     return make_url(url).set(username=role, password=password).render_as_string(False)
 
 
+def storage_prefix(url: str) -> str:
+    """The tenant schemas' and databases' prefix for a run with its records at ``url``.
+
+    Named after that database, so that runs against other databases of the server (whose tenant
+    databases share the server's namespace) never drop each other's.
+    """
+    database = make_url(url).database or ""
+    return f"b{hashlib.sha256(database.encode()).hexdigest()[:8]}_"
+
+
 def central_url(url: str, strategy: str) -> str:
     """The database holding ``strategy``'s tenant records (and, under row isolation, its rows).
 
@@ -201,7 +244,7 @@ def config(url: str, strategy: str, binding: str = "auto", rls: bool = False) ->
         database_url=url,
         isolation_strategy=strategy,
         tenant_metadata=Base.metadata,
-        schema_prefix="bench_",
+        schema_prefix=storage_prefix(url),
         database_pool_size=10,
         database_max_overflow=0,
         database_url_template=template.replace("/DB", "/{database}"),
@@ -278,13 +321,14 @@ async def run(
 ) -> None:
     strategies = {VARIANTS[key][1] for key in variant_keys}
     # Row first: its reset drops the row-level security role, granted in that database only.
-    centrals = [central_url(url, s) for s in sorted(strategies | {"row"}, key=lambda s: s != "row")]
-    for central in centrals:
+    ordered = sorted(strategies | {"row"}, key=lambda s: s != "row")
+    centrals = {strategy: central_url(url, strategy) for strategy in ordered}
+    for central in centrals.values():
         await ensure_database(central)
 
     async def reset_all() -> None:
-        for central in centrals:
-            await reset(central)
+        for strategy, central in centrals.items():
+            await reset(central, strategy)
 
     print(f"{'app':<34}{'tenants':>8}{'req/s':>10}{'x bare':>9}{'stmts/req':>11}{'trips/req':>11}")
     for count in tenant_counts:

@@ -49,10 +49,10 @@ def instructions(out_file: str, part: str) -> int:
 
 async def run(url: str, variants: list[str], requests: int, out_file: str) -> None:
     strategies = {bench.VARIANTS[key][1] for key in variants} | {"row"}
-    centrals = [bench.central_url(url, strategy) for strategy in sorted(strategies)]
-    for central in centrals:
+    centrals = {strategy: bench.central_url(url, strategy) for strategy in sorted(strategies)}
+    for strategy, central in centrals.items():
         await ensure_database(central)
-        await bench.reset(central)
+        await bench.reset(central, strategy)
     bare, engine = bench.bare_app(url)
     async with engine.begin() as conn:
         await conn.run_sync(bench.Base.metadata.create_all)
@@ -99,8 +99,8 @@ async def run(url: str, variants: list[str], requests: int, out_file: str) -> No
     for tenancy in runtimes:
         await tenancy.close()
     await engine.dispose()
-    for central in centrals:
-        await bench.reset(central)
+    for strategy, central in centrals.items():
+        await bench.reset(central, strategy)
 
 
 def main() -> None:

@@ -801,6 +801,8 @@ async def test_protected_connections_in_use_are_never_taken_and_waiters_get_503(
             async with cache.lease(c, pg_url(c)) as other:
                 await select_one(other)
         assert raised.value.headers["Retry-After"] == "1"
+        assert cache.budget.waits == 1
+        assert cache.budget.waited >= 0.2
         assert (await held_a.execute(text("SELECT 2"))).scalar_one() == 2
         assert (await held_b.execute(text("SELECT 3"))).scalar_one() == 3
     # Back in the pool, a protected connection does make room.

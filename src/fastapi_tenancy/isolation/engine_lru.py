@@ -120,6 +120,8 @@ class ConnectionBudget:
         self._protected: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
         self._connects = 0
         self._reuses = 0
+        self._waits = 0
+        self._waited = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._trims = 0
@@ -149,6 +151,16 @@ class ConnectionBudget:
     def connects(self) -> int:
         """Slots taken to open a connection (each a connect, unless it failed)."""
         return self._connects
+
+    @property
+    def waits(self) -> int:
+        """Slots that were not free at once: the request waited in line."""
+        return self._waits
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting in line, all waits together."""
+        return self._waited
 
     @property
     def reuses(self) -> int:
@@ -187,8 +199,11 @@ class ConnectionBudget:
         self._opening -= 1
 
     async def _wait_in_line(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        self._waits += 1
+        started = loop.time()
         self._make_room()
         try:
             async with asyncio.timeout(self.timeout):
@@ -204,6 +219,8 @@ class ConnectionBudget:
                     "connections of the budget are in use"
                 ) from None
             raise
+        finally:
+            self._waited += loop.time() - started
 
     def release(self) -> None:
         """A connection is closed, or was never opened: its slot goes to the first waiter."""
