@@ -43,6 +43,8 @@ from fastapi_tenancy.store.sqlalchemy import SQLAlchemyTenantStore
 if TYPE_CHECKING:
     from fastapi_tenancy.cache.base import CacheObserver, TenantCache
     from fastapi_tenancy.edge import EdgeSettings, TraefikEdge
+    from fastapi_tenancy.isolation.alembic_template import AlembicSchemas
+    from fastapi_tenancy.isolation.templates import DatabaseTemplate
     from fastapi_tenancy.lookup import TenantLookup
     from fastapi_tenancy.observe.audit import AuditTrail
     from fastapi_tenancy.observe.metrics import TenancyMetrics
@@ -377,6 +379,7 @@ def _schema_isolation(
         prefix=config.schema_prefix,
         binding=binding,
         shared_schema=config.shared_schema,
+        alembic=alembic_schemas(config),
     )
 
 
@@ -421,7 +424,30 @@ def database_isolation(
         connection_budget=config.database_connection_budget,
         budget_timeout=config.database_pool_timeout,
         servers=server_pool(config),
+        template=alembic_database_template(config),
     )
+
+
+def alembic_schemas(config: TenancyConfig) -> AlembicSchemas | None:
+    """``alembic_config`` under schema isolation: tenants made at the head, from a template."""
+    if config.alembic_config is None:
+        return None
+    from fastapi_tenancy.isolation.alembic_template import AlembicRevisions, AlembicSchemas
+
+    return AlembicSchemas(AlembicRevisions(config.alembic_config, config.schema_prefix))
+
+
+def alembic_database_template(config: TenancyConfig) -> DatabaseTemplate | None:
+    """``alembic_config`` under database isolation: tenant databases copied at the head."""
+    if config.alembic_config is None:
+        return None
+    from fastapi_tenancy.isolation.alembic_template import (
+        AlembicDatabaseTemplate,
+        AlembicRevisions,
+    )
+
+    revisions = AlembicRevisions(config.alembic_config, config.schema_prefix)
+    return AlembicDatabaseTemplate(revisions, config.schema_prefix)
 
 
 def tenant_engine_factory(config: TenancyConfig) -> Callable[[str], AsyncEngine]:

@@ -459,6 +459,18 @@ class TenancyConfig(BaseSettings):
             "`tenant_metadata` empty) or the app keeps none"
         ),
     )
+    alembic_config: str | None = Field(
+        default=None,
+        description=(
+            "Path of the app's `alembic.ini` (tenant revisions). Set: Alembic owns the tenant "
+            "tables and every new tenant is created already at head (`tenant_tables` becomes "
+            "`none`): under schema and database isolation from a template kept at the current "
+            "heads, copied per tenant (`CREATE DATABASE ... TEMPLATE` on PostgreSQL), or by "
+            "running the revisions in the new storage when the template cannot be copied "
+            "faithfully. Row isolation has nothing to template: run `migrate upgrade`. See "
+            "[Migrations](migrations.md#new-tenants)"
+        ),
+    )
     central_migrations: Literal["auto", "check"] = Field(
         default="auto",
         description=(
@@ -866,6 +878,13 @@ class TenancyConfig(BaseSettings):
     @model_validator(mode="after")
     def _check_combinations(self) -> TenancyConfig:
         strategies = set(self.resolution_strategy)
+        if self.alembic_config is not None:
+            if "tenant_tables" in self.model_fields_set and self.tenant_tables == "metadata":
+                raise ConfigurationError(
+                    "alembic_config makes Alembic create the tenant tables: "
+                    "TENANCY_TENANT_TABLES=metadata would create them a second time (unset it)"
+                )
+            self.tenant_tables = "none"
         if "subdomain" in strategies and self.domain_suffix is None:
             raise ConfigurationError(
                 "resolution_strategy 'subdomain' needs TENANCY_DOMAIN_SUFFIX "

@@ -96,6 +96,7 @@ GROUPS: list[tuple[str, str, list[str], str]] = [
             "isolation_strategy",
             "tenant_metadata",
             "tenant_tables",
+            "alembic_config",
             "central_migrations",
             "row_level_security",
             "database_url_template",

@@ -130,6 +130,7 @@ class DatabaseIsolation:
         servers: ServerPool | None = None,
         shared_engine: AsyncEngine | None = None,
         tenant_urls: Mapping[str, SecretStr] | None = None,
+        template: DatabaseTemplate | None = None,
     ) -> None:
         self._tables = tables
         # URLs from TENANCY_DATABASE_URL_<TENANT>: before the stored URL and the template.
@@ -144,7 +145,8 @@ class DatabaseIsolation:
         self._url_template = url_template
         self._servers = servers if servers is not None else ServerPool()
         self._storage_prefix = storage_prefix
-        self._template = DatabaseTemplate(storage_prefix)
+        # `alembic_config`: an `AlembicDatabaseTemplate`, tenants made at the Alembic head.
+        self._template = template if template is not None else DatabaseTemplate(storage_prefix)
         self._engines = EngineLRU(
             self._new_engine,
             max_engines=max_engines,
@@ -208,6 +210,7 @@ class DatabaseIsolation:
             try:
                 if not copied:  # a copy of the template has its tables already
                     await self._on_tables(url, create=True)
+                    await self._template.complete(url, tenant)
             except BaseException:
                 if created:
                     await drop_database(url, name)

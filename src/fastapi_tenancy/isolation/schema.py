@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from fastapi_tenancy.exceptions import ConfigurationError
+from fastapi_tenancy.isolation.alembic_template import AlembicSchemas
 from fastapi_tenancy.isolation.naming import assign_storage_name, checked_storage_name
 from fastapi_tenancy.isolation.ownership import check_owner, owner_mark
 from fastapi_tenancy.isolation.session import SEARCH_PATH_INFO_KEY, TENANT_INFO_KEY, TenantSession
@@ -86,6 +87,7 @@ class SchemaIsolation:
         prefix: str,
         binding: Binding,
         shared_schema: str = "public",
+        alembic: AlembicSchemas | None = None,
     ) -> None:
         if _SCHEMA_NAME.fullmatch(shared_schema) is None:
             raise ConfigurationError(f"shared_schema {shared_schema!r} is not a valid schema name")
@@ -105,6 +107,8 @@ class SchemaIsolation:
         # Engines carrying a translate map share the pool; keep recent ones instead of rebuilding.
         self._binds: LRUCache[str, AsyncEngine] = LRUCache(maxsize=4096)
         self._template = SchemaTemplate(engine.dialect)
+        # `alembic_config`: tenants are made at the Alembic head, from a template.
+        self._alembic = alembic
 
     async def start(self) -> None:
         """Nothing to open: tenant schemas are reached through the central engine."""
@@ -142,6 +146,9 @@ class SchemaIsolation:
         schema = checked_storage_name(tenant.storage_name)
         mark = owner_mark(tenant)
         await self.create_shared_tables()
+        if self._alembic is not None:
+            await self._alembic.provision(self._engine, tenant, schema, mark)
+            return
         if self._postgres and await self._provision_from_template(schema, mark):
             return
         if self._postgres:

@@ -24,9 +24,10 @@ import hashlib
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import MetaData, create_mock_engine, text
+from sqlalchemy import MetaData, Table, create_mock_engine, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -34,8 +35,16 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 from fastapi_tenancy.isolation.naming import checked_storage_name
 from fastapi_tenancy.isolation.tables import tenant_tables
+from fastapi_tenancy.models import Tenant
 
-__all__ = ["DatabaseTemplate", "SchemaTemplate", "is_template_database", "run_script"]
+__all__ = [
+    "DatabaseTemplate",
+    "SchemaTemplate",
+    "build_template_database",
+    "is_template_database",
+    "render_tables",
+    "run_script",
+]
 
 logger = logging.getLogger("fastapi_tenancy.lifecycle")
 
@@ -46,7 +55,9 @@ _QUOTED = f'"{_PLACEHOLDER}"'
 _TemplateKey = tuple[tuple[int, tuple[str, ...]], ...]
 
 
-_TEMPLATE_NAME = re.compile(r"tpl_[0-9a-f]{16}_tpl")
+# `DatabaseTemplate`'s (``tpl_``, named after the DDL) and the Alembic ones (``alembic_``, named
+# after the head revisions; `fastapi_tenancy.isolation.alembic_template`).
+_TEMPLATE_NAME = re.compile(r"(tpl|alembic)_[0-9a-f]{16}_tpl")
 
 
 def is_template_database(name: str, prefix: str) -> bool:
@@ -110,18 +121,18 @@ class DatabaseTemplate:
         )
         try:
             async with admin.connect() as conn:
-                statements = self._rendered(metadatas, conn.dialect)
-                if statements is None:
+                planned = self._template(url, metadatas, conn.dialect)
+                if planned is None:
                     return False
-                digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
-                template = checked_storage_name(f"{self._prefix}tpl_{digest}_tpl")
+                template, fill = planned
                 # Each server of a pool (`database_servers`) has a template of its own.
                 where = f"{parsed.host}:{parsed.port}/{template}"
                 if where in self._unbuildable:
                     return False
                 if where not in self._ready:
                     try:
-                        await _build(conn, url, template, statements)
+                        if await build_template_database(conn, url, template, fill):
+                            await self._built(conn, template)
                     except Exception:
                         logger.warning("building template %s failed", template, exc_info=True)
                         self._unbuildable.add(where)
@@ -148,6 +159,20 @@ class DatabaseTemplate:
             await admin.dispose()
         return True
 
+    def _template(
+        self, url: str, metadatas: list[MetaData], dialect: Dialect
+    ) -> tuple[str, Callable[[str], Awaitable[None]]] | None:
+        """The template to copy, and how to fill it; ``None`` when there is none to copy."""
+        statements = self._rendered(metadatas, dialect)
+        if statements is None:
+            return None
+        digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
+        template = checked_storage_name(f"{self._prefix}tpl_{digest}_tpl")
+        return template, _run_statements(statements)
+
+    async def _built(self, conn: AsyncConnection, template: str) -> None:
+        """Called once this process has built ``template`` (on ``conn``, AUTOCOMMIT)."""
+
     def _rendered(self, metadatas: list[MetaData], dialect: Dialect) -> list[str] | None:
         key = tuple((id(metadata), tuple(metadata.tables)) for metadata in metadatas)
         if key != self._key:
@@ -155,26 +180,44 @@ class DatabaseTemplate:
             self._key = key
         return self._statements
 
+    async def complete(self, url: str, tenant: Tenant) -> None:
+        """Finish a tenant database that was not copied from a template (nothing to do here).
 
-async def _build(conn: AsyncConnection, url: str, template: str, statements: list[str]) -> None:
-    """Make sure ``template`` exists: built under a name of its own, then renamed into place.
+        `fastapi_tenancy.isolation.alembic_template.AlembicDatabaseTemplate` runs the app's
+        revisions in it.
+        """
 
-    Two processes building at once each build their own copy; the rename makes one of them the
-    template, and the other drops its copy.
-    """
-    exists = text("SELECT 1 FROM pg_database WHERE datname = :name")
-    if await conn.scalar(exists, {"name": template}):
-        return
-    building = checked_storage_name(f"{template}_{secrets.token_hex(3)}")
-    await conn.execute(text(f'CREATE DATABASE "{building}"'))
-    try:
-        engine = create_async_engine(make_url(url).set(database=building), poolclass=NullPool)
+
+def _run_statements(statements: list[str]) -> Callable[[str], Awaitable[None]]:
+    async def fill(url: str) -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
         try:
             async with engine.begin() as tables:
                 for statement in statements:
                     await tables.exec_driver_sql(statement)
         finally:
             await engine.dispose()
+
+    return fill
+
+
+async def build_template_database(
+    conn: AsyncConnection, url: str, template: str, fill: Callable[[str], Awaitable[None]]
+) -> bool:
+    """Make sure ``template`` exists: built under a name of its own, then renamed into place.
+
+    ``conn`` is an AUTOCOMMIT connection to the server; ``fill`` gets the URL of the database
+    being built and puts its contents there. Two processes building at once each build their
+    own copy; the rename makes one of them the template, and the other drops its copy. Whether
+    this call built it (``False``: it was there).
+    """
+    exists = text("SELECT 1 FROM pg_database WHERE datname = :name")
+    if await conn.scalar(exists, {"name": template}):
+        return False
+    building = checked_storage_name(f"{template}_{secrets.token_hex(3)}")
+    await conn.execute(text(f'CREATE DATABASE "{building}"'))
+    try:
+        await fill(make_url(url).set(database=building).render_as_string(hide_password=False))
         await conn.execute(
             text(f"COMMENT ON DATABASE \"{building}\" IS 'fastapi-tenancy template'")
         )
@@ -184,6 +227,8 @@ async def _build(conn: AsyncConnection, url: str, template: str, statements: lis
         await conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
         if not await conn.scalar(exists, {"name": template}):
             raise
+        return False
+    return True
 
 
 def _render(
@@ -197,21 +242,37 @@ def _render(
     if any(table.schema is not None for found in tables.values() for table in found):
         return None
     statements: list[str] = []
-    translate: dict[str, Any] = (
-        {"schema_translate_map": {None: placeholder}, "render_schema_translate": True}
-        if placeholder is not None
+    for metadata in metadatas:
+        translate: dict[str | None, str | None] | None = (
+            {None: placeholder} if placeholder is not None else None
+        )
+        statements += render_tables(metadata, tables[id(metadata)], dialect, translate)
+    script = "\n".join(statements)
+    if placeholder is not None and script.count(_PLACEHOLDER) != script.count(_QUOTED):
+        return None  # the placeholder appears somewhere other than as the schema: do not guess
+    return statements
+
+
+def render_tables(
+    metadata: MetaData,
+    tables: list[Table],
+    dialect: Dialect,
+    translate: dict[str | None, str | None] | None,
+) -> list[str]:
+    """The statements ``create_all`` sends for ``tables`` of ``metadata`` (types, sequences,
+    indexes and comments included), with the schemas renamed by ``translate``."""
+    statements: list[str] = []
+    options: dict[str, Any] = (
+        {"schema_translate_map": translate, "render_schema_translate": True}
+        if translate is not None
         else {}
     )
 
     def record(element: ExecutableDDLElement, *_args: Any, **_kwargs: Any) -> None:
-        statements.append(str(element.compile(dialect=dialect, **translate)).strip())
+        statements.append(str(element.compile(dialect=dialect, **options)).strip())
 
     engine = create_mock_engine(f"{dialect.name}+{dialect.driver}://", record)
-    for metadata in metadatas:
-        metadata.create_all(engine, checkfirst=False, tables=tables[id(metadata)])
-    script = "\n".join(statements)
-    if placeholder is not None and script.count(_PLACEHOLDER) != script.count(_QUOTED):
-        return None  # the placeholder appears somewhere other than as the schema: do not guess
+    metadata.create_all(engine, checkfirst=False, tables=tables)
     return statements
 
 
