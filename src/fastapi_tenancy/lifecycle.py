@@ -17,10 +17,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy.domains import Domain, DomainChanged
 from fastapi_tenancy.exceptions import (
@@ -34,7 +35,7 @@ from fastapi_tenancy.isolation.base import IsolationStrategy
 from fastapi_tenancy.isolation.inflight import InFlight
 from fastapi_tenancy.isolation.placement import ServerPool, place
 from fastapi_tenancy.lookup import TenantLookup
-from fastapi_tenancy.models import Tenant, TenantStatus, validate_identifier
+from fastapi_tenancy.models import Tenant, TenantStatus, later_than, validate_identifier
 from fastapi_tenancy.observe.events import Hooks, LifecycleAction, TenantChanged
 from fastapi_tenancy.store.base import DomainStore, TenantStore
 
@@ -62,6 +63,23 @@ TRANSITIONS: dict[LifecycleAction, tuple[frozenset[TenantStatus], TenantStatus]]
     "start_move": (frozenset({TenantStatus.ACTIVE}), TenantStatus.MOVING),
     "finish_move": (frozenset({TenantStatus.MOVING}), TenantStatus.ACTIVE),
 }
+
+
+@runtime_checkable
+class OneTransactionStore(Protocol):
+    """A store that can insert a record and run its storage's DDL in one transaction."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    async def add_with_storage(self, tenant: Tenant, script: str) -> bool: ...
+
+
+@runtime_checkable
+class ScriptedStorage(Protocol):
+    """An isolation strategy whose storage is a DDL script in the central database."""
+
+    async def storage_script(self, tenant: Tenant, engine: AsyncEngine) -> str | None: ...
 
 
 class TenantLifecycle:
@@ -115,7 +133,11 @@ class TenantLifecycle:
             await self._lookup.invalidate(identifier)
             await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
             return pending  # a provisioning worker takes it from here
-        # Provisioned at once: the record is inserted already ``provisioning``, one transaction
+        if server is None and not self._servers and tenant.database_url is None:
+            created = await self._create_in_one_transaction(tenant)
+            if created is not None:
+                return created
+        # Step by step: the record is inserted already ``provisioning``, one transaction
         # (and one WAL flush) where pending-then-provisioning took two, and no worker can claim
         # it in between. A process that dies from here on leaves it provisioning, which a
         # worker or `retry` reclaims once stale, as for a worker's own claim. The events are
@@ -142,6 +164,51 @@ class TenantLifecycle:
             await self._lookup.invalidate(identifier)
             raise
         return await self._move(provisioning, "provision")
+
+    async def _create_in_one_transaction(self, tenant: Tenant) -> Tenant | None:
+        """Insert ``tenant`` already ``active`` together with its storage; ``None``: cannot.
+
+        When the isolation strategy's storage is DDL in the store's own database (schema
+        isolation on PostgreSQL), the record and the DDL commit in one transaction, one round
+        trip: a crash leaves both or neither, and the tenant is never ``active`` without its
+        storage. The events are those of the three steps it replaces (``create``,
+        ``start_provisioning``, ``provision``), in order, once it is stored. Any failure (a taken
+        identifier, a schema left by an interrupted attempt) changes nothing and returns
+        ``None``: the caller then takes the step-by-step path, which reports it or recovers.
+        """
+        if not isinstance(self._store, OneTransactionStore) or not isinstance(
+            self._isolation, ScriptedStorage
+        ):
+            return None
+        script = await self._isolation.storage_script(tenant, self._store.engine)
+        if script is None:
+            return None
+        pending = tenant
+        provisioning = pending.model_copy(update={"status": TenantStatus.PROVISIONING})
+        active = provisioning.model_copy(
+            update={"status": TenantStatus.ACTIVE, "updated_at": later_than(tenant.updated_at)}
+        )
+        try:
+            if not await self._store.add_with_storage(active, script):
+                return None
+        except Exception:
+            logger.debug(
+                "creating tenant %r in one transaction failed; creating it step by step",
+                tenant.identifier,
+                exc_info=True,
+            )
+            return None
+        await self._lookup.invalidate(tenant.identifier)
+        await self._hooks.emit(TenantChanged(action="create", tenant=pending, previous=None))
+        await self._hooks.emit(
+            TenantChanged(
+                action="start_provisioning", tenant=provisioning, previous=TenantStatus.PENDING
+            )
+        )
+        await self._hooks.emit(
+            TenantChanged(action="provision", tenant=active, previous=TenantStatus.PROVISIONING)
+        )
+        return active
 
     async def retry(
         self, identifier: str, *, provision: bool = True, stale_after: float = 600.0

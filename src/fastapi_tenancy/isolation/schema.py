@@ -190,21 +190,43 @@ class SchemaIsolation:
         server went away) hands over to the step-by-step path, which reuses or refuses what it
         finds and reports errors the usual way.
         """
-        if self._engine.dialect.driver != "asyncpg":
-            return False
-        script = self._template.script(self._tables.metadatas(), schema, mark)
+        script = self._script(schema, mark)
         if script is None:
             return False
-        if self._tables.shared_tables():
-            # Foreign keys to shared tables name them unqualified: found on this search path,
-            # local to the script's implicit transaction.
-            script = f"{self._set_shared_path()};\n{script}"
         try:
             async with self._engine.connect() as conn:
                 await run_script(conn, script)
         except Exception:
             return False
         return True
+
+    async def storage_script(self, tenant: Tenant, engine: AsyncEngine) -> str | None:
+        """The DDL making a new ``tenant``'s schema and tables, to run in a transaction on
+        ``engine`` together with the tenant's record; ``None`` when there is none.
+
+        There is one only when ``engine`` is this strategy's own (the record and the schema are
+        in one database), on PostgreSQL through asyncpg, with the tenant tables templated. The
+        script fails, changing nothing, if the schema exists: the caller then provisions step
+        by step (`provision`), which reuses or refuses what it finds.
+        """
+        if engine is not self._engine:
+            return None
+        schema = checked_storage_name(tenant.storage_name)
+        await self.create_shared_tables()
+        return self._script(schema, owner_mark(tenant))
+
+    def _script(self, schema: str, mark: str) -> str | None:
+        """``schema``, commented ``mark``, and its tables as one script (PostgreSQL, asyncpg)."""
+        if not self._postgres or self._engine.dialect.driver != "asyncpg":
+            return None
+        script = self._template.script(self._tables.metadatas(), schema, mark)
+        if script is None:
+            return None
+        if self._tables.shared_tables():
+            # Foreign keys to shared tables name them unqualified: found on this search path,
+            # local to the script's implicit transaction.
+            script = f"{self._set_shared_path()};\n{script}"
+        return script
 
     async def purge(self, tenant: Tenant) -> None:
         """Drop the tenant's schema with everything in it; refuses one marked as another's."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -198,6 +199,40 @@ class SQLAlchemyTenantStore:
             async with self._engine.begin() as conn:
                 await conn.execute(tenants_table.insert().values(_row_values(stored)))
         return stored
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine of the central database the records are kept in."""
+        return self._engine
+
+    async def add_with_storage(self, tenant: Tenant, script: str) -> bool:
+        """Insert ``tenant`` and run ``script`` (its storage's DDL, in this database) at once.
+
+        PostgreSQL on asyncpg: the insert (values written as literals) and the script go as one
+        simple-protocol message, which the server runs as one implicit transaction: one round
+        trip and one commit, and the record and the storage appear together or not at all.
+        ``False`` when this store cannot (another driver, a value a query text cannot carry):
+        nothing was sent. Any error of the server propagates with nothing changed.
+        """
+        from fastapi_tenancy.isolation.templates import run_script
+        from fastapi_tenancy.pgwire import string_literal
+
+        if self._engine.dialect.driver != "asyncpg":
+            return False
+        values = _row_values(_in_utc(tenant))
+        try:
+            literals = [_literal(value, string_literal) for value in values.values()]
+        except (TypeError, ValueError):  # a NUL character, a value JSON cannot hold
+            return False
+        insert = (
+            f"INSERT INTO {tenants_table.name} ({', '.join(values)}) VALUES ({', '.join(literals)})"
+        )
+        async with self._engine.connect() as conn:
+            # The insert comes first: the central table is found on the connection's own
+            # search path before the script sets any, and a taken identifier stops the message
+            # before any DDL runs.
+            await run_script(conn, f"{insert};\n{script}")
+        return True
 
     async def add_placed(
         self, tenant: Tenant, choose: Callable[[Mapping[str | None, int]], str]
@@ -471,6 +506,22 @@ def _row_values(tenant: Tenant) -> dict[str, Any]:
         ),
         "server": tenant.server,
     }
+
+
+def _literal(value: Any, string_literal: Callable[[str], str]) -> str:
+    """``value`` of a `_row_values` column as a PostgreSQL literal of the column's type."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):  # no boolean column: refuse rather than guess
+        raise TypeError(f"no literal for {value!r}")
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, datetime):
+        return f"{string_literal(value.isoformat())}::timestamptz"
+    if isinstance(value, str):
+        return string_literal(value)
+    # The metadata column: what SQLAlchemy's JSON type sends, as text.
+    return f"{string_literal(json.dumps(value))}::json"
 
 
 def _to_domain(row: Row[Any]) -> Domain:
