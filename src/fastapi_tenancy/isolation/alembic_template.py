@@ -257,6 +257,18 @@ class AlembicSchemas:
         else:
             await self._migrate_mysql(engine, tenant, name, mark)
 
+    async def script(self, engine: AsyncEngine, name: str, mark: str) -> str | None:
+        """The one script making schema ``name`` (commented ``mark``) a copy of the template.
+
+        PostgreSQL through asyncpg, when the template can be copied faithfully; ``None``
+        otherwise (`provision` then makes the tenant). Lets the caller run it in the same
+        transaction as the tenant's record.
+        """
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "asyncpg":
+            return None
+        copy = await self._copy(engine, self._revisions.template_name())
+        return None if copy is None else _postgres_script(copy, name, mark)
+
     async def _copy(self, engine: AsyncEngine, template: str) -> _Copy | None:
         if template in self._copies:
             return self._copies[template]
@@ -431,11 +443,8 @@ class AlembicSchemas:
     async def _run_copy(self, engine: AsyncEngine, copy: _Copy, name: str, mark: str) -> None:
         name = checked_storage_name(name)
         if engine.dialect.name == "postgresql":
-            quoted = f'"{name}"'
-            head = [f"CREATE SCHEMA {quoted}", f"COMMENT ON SCHEMA {quoted} IS '{mark}'"]
-            body = [s.replace(_QUOTED, quoted) for s in copy.statements]
             async with engine.connect() as conn:
-                await run_script(conn, ";\n".join(head + body))
+                await run_script(conn, _postgres_script(copy, name, mark))
             return
         comment = f" COMMENT '{mark}'" if getattr(engine.dialect, "is_mariadb", False) else ""
         async with engine.connect() as conn:
@@ -507,6 +516,12 @@ class AlembicSchemas:
             raise
         finally:
             await own.dispose()
+
+
+def _postgres_script(copy: _Copy, name: str, mark: str) -> str:
+    quoted = f'"{checked_storage_name(name)}"'
+    head = [f"CREATE SCHEMA {quoted}", f"COMMENT ON SCHEMA {quoted} IS '{mark}'"]
+    return ";\n".join(head + [s.replace(_QUOTED, quoted) for s in copy.statements])
 
 
 def _postgres_rows(table: Table, template: str) -> str:

@@ -215,6 +215,9 @@ class SchemaIsolation:
             return None
         schema = checked_storage_name(tenant.storage_name)
         await self.create_shared_tables()
+        if self._alembic is not None:
+            # A copy of the Alembic template, when it can be copied faithfully in one script.
+            return await self._alembic.script(self._engine, schema, owner_mark(tenant))
         return self._script(schema, owner_mark(tenant))
 
     def _script(self, schema: str, mark: str) -> str | None:
