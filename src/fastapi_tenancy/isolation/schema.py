@@ -205,13 +205,12 @@ class SchemaIsolation:
         ``engine`` together with the tenant's record; ``None`` when there is none.
 
         There is one only when ``engine`` is this strategy's own (the record and the schema are
-        in one database), on PostgreSQL through asyncpg, with the tenant tables templated from
-        the metadata (not with ``alembic_config``). The
-        script fails, changing nothing, if the schema exists: the caller then provisions step
-        by step (`provision`), which reuses or refuses what it finds.
+        in one database), on PostgreSQL through asyncpg, with the tenant tables templated: from
+        the metadata, or with ``alembic_config`` a copy of the Alembic template when it can be
+        copied faithfully. The script fails, changing nothing, if the schema exists: the caller
+        then provisions step by step (`provision`), which reuses or refuses what it finds.
         """
-        if engine is not self._engine or self._alembic is not None:
-            # Tenants made at the Alembic head are copied from their template step by step.
+        if engine is not self._engine:
             return None
         schema = checked_storage_name(tenant.storage_name)
         await self.create_shared_tables()
