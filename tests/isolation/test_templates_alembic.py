@@ -21,7 +21,7 @@ import pytest
 from alembic.config import Config
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -370,3 +370,32 @@ async def template_names(config: TenancyConfig) -> set[str]:
             return set((await conn.scalars(text(query), {"like": like})).all())
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "isolation_case", [p for p in TEMPLATED if p.id == "schema-postgres"], indirect=True
+)
+async def test_a_schema_tenant_copied_from_the_template_is_one_statement_with_its_record(
+    isolation_case: tuple[str, str], tmp_path: Path
+) -> None:
+    ini, revisions = write_history(tmp_path / "alembic", FIVE_TABLES, postgres=True)
+    config = isolation_config(isolation_case, tenant_metadata=MetaData(), alembic_config=ini)
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(statement)
+
+    async with Tenancy(config) as tenancy:
+        await tenancy.create_tenant("warmup")  # builds, reads and checks the template
+        event.listen(tenancy.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            acme = await tenancy.create_tenant("acme")
+        finally:
+            event.remove(tenancy.engine.sync_engine, "before_cursor_execute", record)
+        (found,) = await status(tenancy, Config(ini), identifiers=["acme"])
+    assert len(sent) == 1, sent
+    assert "tenancy_tenants" in sent[0]
+    assert f'CREATE SCHEMA "{acme.storage_name}"' in sent[0]
+    assert f'INSERT INTO "{acme.storage_name}"."alembic_version"' in sent[0]
+    assert found.revision == revisions[-1]
+    assert not found.pending
