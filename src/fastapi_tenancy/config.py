@@ -581,9 +581,9 @@ class TenancyConfig(BaseSettings):
         ge=1,
         description=(
             "`database` isolation: server connections all tenant engines of a process may hold "
-            "together; the least recently used idle one is closed in the background to make "
-            "room, and a request that finds none waits in line (up to `database_pool_timeout`, "
-            "then `503`)"
+            "together; an idle one is closed in the background to make room (the least recently "
+            "used of those that served one request, before any that served more), and a request "
+            "that finds none waits in line (up to `database_pool_timeout`, then `503`)"
         ),
     )
 
