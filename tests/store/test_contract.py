@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.config import TenancyConfig
 from fastapi_tenancy.exceptions import TenantAlreadyExists, TenantNotFound
 from fastapi_tenancy.models import Tenant, TenantStatus
 from fastapi_tenancy.store import MemoryTenantStore, SQLAlchemyTenantStore, TenantStore
+from fastapi_tenancy.store.sqlalchemy import domains_table, tenants_table
 from tests.conftest import empty_database
 from tests.support.backends import DATABASES
 
@@ -22,24 +24,45 @@ STORES = [pytest.param("memory", id="memory"), *DATABASES]
 PAST = datetime(2021, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
 
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TenantStore]:
-    """An initialized, empty store: in memory, or on a fresh database of each kind."""
+# The tests of a database share it, its central tables created once (a fresh database and
+# migration per test was most of the module's time); `store` empties the tables before each test.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=STORES)
+async def central(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine | None]:
+    """The module's database of one kind with the central tables, or ``None`` for the memory
+    store."""
     if request.param == "memory":
+        yield None
+        return
+    async with empty_database(request.param, tmp_path_factory.mktemp("store")) as url:
+        engine = central_engine(TenancyConfig(database_url=url))
+        try:
+            await SQLAlchemyTenantStore(engine).initialize()
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def store(central: AsyncEngine | None) -> AsyncIterator[TenantStore]:
+    """An initialized, empty store: in memory, or on the module's database of each kind."""
+    if central is None:
         memory = MemoryTenantStore()
         await memory.initialize()
         yield memory
         await memory.close()
         return
-    async with empty_database(request.param, tmp_path) as url:
-        engine = central_engine(TenancyConfig(database_url=url))
-        sql = SQLAlchemyTenantStore(engine)
-        try:
-            await sql.initialize()
-            yield sql
-            await sql.close()
-        finally:
-            await engine.dispose()
+    async with central.begin() as conn:
+        for table in (domains_table, tenants_table):
+            await conn.execute(table.delete())
+    sql = SQLAlchemyTenantStore(central)
+    await sql.initialize()
+    yield sql
+    await sql.close()
 
 
 def make_tenant(identifier: str = "acme", **fields: object) -> Tenant:
