@@ -135,7 +135,7 @@ async def cleanup(url: str, prefix: str) -> None:
             {"p": prefix.replace("_", "\\_") + "%"},
         )
         for name in names.all():
-            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     await admin.dispose()
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.begin() as conn:
