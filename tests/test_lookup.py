@@ -131,7 +131,7 @@ async def process_lookup(
     """
     from fastapi_tenancy.cache.layered import LayeredTenantCache
 
-    cache = LayeredTenantCache(MemoryTenantCache(), redis_cache(prefix=prefix))
+    cache = LayeredTenantCache(MemoryTenantCache(), redis_cache(prefix=prefix, timeout=10.0))
     lookup = TenantLookup(store, cache, ttl=60, negative_ttl=5)
     cache.listeners.append(lookup.forget)
     if heard is not None:

@@ -34,12 +34,13 @@ Example (also for components outside the cache, e.g. writing routing keys)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
+
+from fastapi_tenancy._tasks import cancelling, stop
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -248,16 +249,15 @@ def _sentinel_master_class() -> type[Redis]:
                         # Busy connections too: redis-py would return them to the pool still
                         # open to the old master. A command cut short is retried once.
                         await pool.disconnect(inuse_connections=True)
-                except redis_failures():
-                    pass  # no sentinel answers: commands fail on their own meanwhile
+                except redis_failures() as exc:
+                    if cancelling():  # a lost cancellation, not a failure: see _tasks
+                        raise asyncio.CancelledError from exc
+                    # no sentinel answers: commands fail on their own meanwhile
                 seen = pool.master_address
 
         async def aclose(self, close_connection_pool: bool | None = None) -> None:
             follower, self._follower = self._follower, None
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
+            await stop(follower, what="the Sentinel master follower")
             await super().aclose(close_connection_pool)
             for sentinel in self.sentinel_pool.sentinel_manager.sentinels:
                 await sentinel.aclose()

@@ -4,7 +4,11 @@ after a loss: while it is down or stale, other processes' invalidations do not r
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastapi_tenancy.cache import invalidation
 from fastapi_tenancy.cache.invalidation import InvalidationListener
@@ -74,4 +78,25 @@ async def test_after_a_loss_the_first_attempt_to_subscribe_again_comes_early(
         )
     finally:
         await listener.close()
+        await cache.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(ticks=st.integers(min_value=0, max_value=12))
+async def test_closing_right_after_a_resubscription_request_always_ends(ticks: int) -> None:
+    # A failed Redis read asks for a new subscription; a shutdown can come at any point of the
+    # renewal that follows. Closing cut the renewal short at one of its awaits and swallowed the
+    # cancellation there: the listener subscribed again and close() waited for ever.
+    cache = redis_cache()
+    seen = Recorder()
+    listener = InvalidationListener(
+        cache.client, cache.channel, on_message=seen.on_message, on_connected=seen.on_connected
+    )
+    try:
+        await listener.start(wait=10)
+        listener.resubscribe()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(listener.close(), 10)
+    finally:
         await cache.close()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from fastapi_tenancy._redis import pubsub, subscription_is_stale
+from fastapi_tenancy._tasks import cancelling, stop
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -84,10 +85,7 @@ class InvalidationListener:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(task, what="the tenant cache invalidation listener")
 
     async def _run(self) -> None:
         connected: bool | None = None
@@ -115,6 +113,10 @@ class InvalidationListener:
                         if subscription_is_stale(self._client, subscription):
                             break  # a failover named another master: subscribe there
             except (RedisError, OSError) as exc:
+                if cancelling():
+                    # redis-py can turn the cancellation that closes the listener into a
+                    # connection error or a timeout (an OSError): retrying would never end.
+                    raise asyncio.CancelledError from exc
                 if connected is not False:
                     connected = False
                     logger.warning("tenant cache invalidation channel lost: %s", exc)
@@ -137,9 +139,12 @@ class InvalidationListener:
             if not reading.done():
                 # Woken, or the listener closed: the subscription is abandoned (the caller
                 # leaves it), so a read cut short is harmless; it ends before the connection.
+                # asyncio.wait, not ``await reading``: the read's own outcome is not wanted, and
+                # a cancellation of this task arriving meanwhile must not be swallowed with it.
                 reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await reading
+                await asyncio.wait({reading})
+                if not reading.cancelled():
+                    reading.exception()  # consumed: the read was abandoned
         if reading.cancelled():
             return None
         message: dict[str, Any] | None = reading.result()

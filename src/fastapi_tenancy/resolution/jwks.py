@@ -10,13 +10,13 @@ how an issuer's key rotation reaches the app without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fastapi_tenancy._tasks import cancelling, stop
 from fastapi_tenancy.exceptions import ConfigurationError, ServiceUnavailable
 from fastapi_tenancy.resolution.jwt import check_algorithm
 
@@ -180,11 +180,8 @@ class JWKSKeys:
 
     async def close(self) -> None:
         """Stop refreshing and release the HTTP connections."""
-        for task in (self._refresher, self._fetching):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop(self._refresher, what="the JWKS refresher")
+        await stop(self._fetching, what="the JWKS fetch")
         self._refresher = self._fetching = None
         if self._client is not None:
             await self._client.aclose()
@@ -243,5 +240,7 @@ class JWKSKeys:
             try:
                 await self.refresh()
             except Exception as exc:
+                if cancelling():  # a lost cancellation, not a failure: see _tasks
+                    raise asyncio.CancelledError from exc
                 # The keys already fetched stay valid; the next round tries again.
                 logger.warning("refreshing the JWKS from %s failed: %s", self.url, exc)
