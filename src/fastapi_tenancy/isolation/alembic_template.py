@@ -6,8 +6,8 @@ insert, and ``alembic_version`` at head. Running the revisions for every new ten
 slowly (Alembic's machinery and dozens of round trips). So the revisions run once, through the
 library's migration runner (`fastapi_tenancy.migrations.invoke.run_alembic`, under its locks),
 in a template named after the head revisions (``<prefix>alembic_<digest>_tpl``: a new revision
-makes a new template, and the previous ones are dropped once it exists), and each tenant is a
-copy:
+makes a new template, and those of earlier heads of the same history are dropped once it
+exists), and each tenant is a copy:
 
 * database isolation on PostgreSQL: the template is a database (built under a name of its own
   and renamed into place, refusing connections); a tenant is ``CREATE DATABASE ... TEMPLATE``,
