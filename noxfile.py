@@ -67,4 +67,4 @@ def soak(session: nox.Session) -> None:
 def package(session: nox.Session) -> None:
     """Build the sdist and wheel, install each in a fresh venv and smoke-test it."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", "slow", "tests/packaging", *session.posargs)
+    session.run("pytest", "-m", "slow", "-n0", "tests/packaging", *session.posargs)

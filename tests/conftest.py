@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from tests.support.services import (
     MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
+    XDIST_WORKER,
+    create_worker_databases,
     drop_discarded_databases,
     require_server,
     reset_database,
@@ -23,11 +26,36 @@ from tests.support.services import (
 
 settings.load_profile("tenancy")  # --hypothesis-profile=NAME (Hypothesis' plugin) still wins
 
+# Workers of `-n auto`: the tests mostly wait on PostgreSQL, MariaDB and Redis, so more workers
+# than the machine's two cores still pay (docs/testing.md has the measurements).
+DEFAULT_WORKERS = 3
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is loaded
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many workers ``-n auto`` starts: PYTEST_XDIST_AUTO_NUM_WORKERS, else 0 (a serial run in
+    this process) when the command names test cases (``file.py::case``) or turns capturing off
+    (``-s``: a worker's output never reaches the terminal), else `DEFAULT_WORKERS`."""
+    chosen = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if chosen:
+        return int(chosen)
+    if any("::" in str(arg) for arg in config.args) or config.getoption("capture") == "no":
+        return 0
+    return DEFAULT_WORKERS
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A worker of a parallel run uses databases of its own (test -> test_gw0): create them before
+    # any test or fixture needs them.
+    asyncio.run(create_worker_databases())
+
 
 def pytest_report_header() -> list[str]:
     return [
         f"hypothesis profiles: {', '.join(hypothesis_profiles.PROFILES)}; a failure prints its "
-        "@reproduce_failure blob, and --hypothesis-seed=N replays a whole run"
+        "@reproduce_failure blob, and --hypothesis-seed=N replays a whole run",
+        f"services: {POSTGRES_URL}, {MYSQL_URL}, {REDIS_URL}"
+        + (f" (worker {XDIST_WORKER})" if XDIST_WORKER else ""),
     ]
 
 
@@ -42,8 +70,6 @@ def _drop_discarded_databases() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _clean_tenancy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # TenancyConfig reads TENANCY_* variables and a .env file; tests start from the defaults.
-    import os
-
     for name in list(os.environ):
         if name.startswith("TENANCY_") and not name.startswith("TENANCY_TEST_"):
             monkeypatch.delenv(name)

@@ -22,22 +22,71 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-POSTGRES_URL = os.environ.get(
+# "gw0", "gw1", ... in the processes of a parallel run (pytest-xdist), "" in a serial one.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+# Redis has databases 0..15 (its default `databases 16`).
+REDIS_DATABASES = 16
+
+
+def worker_database_url(url: str, worker: str = XDIST_WORKER) -> str:
+    """``url`` with the worker's own database: ``test`` -> ``test_gw0`` (unchanged when serial).
+
+    Workers of one parallel run never share a database, so each resets its own freely; the
+    worker database is created at worker start (`create_worker_databases`) and kept for the next
+    run. Already suffixed URLs stay as they are.
+    """
+    if not worker:
+        return url
+    parsed = make_url(url)
+    name = parsed.database or "test"
+    if name.endswith(f"_{worker}"):
+        return url
+    return parsed.set(database=f"{name}_{worker}").render_as_string(hide_password=False)
+
+
+def worker_redis_url(url: str, worker: str = XDIST_WORKER) -> str:
+    """``url`` with the worker's own Redis database: the configured one + worker index + 1.
+
+    A run on ``redis://host/12`` with three workers uses databases 13, 14 and 15 (the configured
+    one stays unused); one that would need a database above 15 stops with an error saying so.
+    """
+    if not worker:
+        return url
+    head, _, tail = url.partition("://")
+    authority, _, rest = tail.partition("/")
+    path, question, query = rest.partition("?")
+    base = int(path) if path.isdigit() else 0
+    database = base + int(worker.removeprefix("gw")) + 1
+    if database >= REDIS_DATABASES:
+        raise RuntimeError(
+            f"TENANCY_TEST_REDIS_URL {url!r}: worker {worker} needs Redis database {database}, "
+            f"above {REDIS_DATABASES - 1}; use a lower database or fewer workers (-n)"
+        )
+    return f"{head}://{authority}/{database}{question}{query}"
+
+
+BASE_POSTGRES_URL = os.environ.get(
     "TENANCY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
-MYSQL_URL = os.environ.get("TENANCY_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
-REDIS_URL = os.environ.get("TENANCY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BASE_MYSQL_URL = os.environ.get(
+    "TENANCY_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
+)
+POSTGRES_URL = worker_database_url(BASE_POSTGRES_URL)
+MYSQL_URL = worker_database_url(BASE_MYSQL_URL)
+REDIS_URL = worker_redis_url(os.environ.get("TENANCY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 REQUIRE_SERVICES = os.environ.get("TENANCY_TEST_REQUIRE_SERVICES") == "1"
 
 
 def _storage_prefix() -> str:
     # Tenant schemas and databases the tests create start with this, so resets find them; runs
-    # against differently named test databases (test, test_h8, ...) never drop each other's.
-    name = make_url(POSTGRES_URL).database or "test"
+    # against differently named test databases (test, test_h8, ...) never drop each other's, nor
+    # do the workers of one parallel run (test_h8_gw0 -> tt_h8gw0_).
+    name = make_url(BASE_POSTGRES_URL).database or "test"
     # The plain "test" database gets a suffix too: a bare "tt_" prefix would match, and drop, the
     # "tt_h7_..." names of a run against another database.
-    suffix = re.sub(r"[^a-z0-9]", "", name.lower().removeprefix("test"))[:8] or "0"
-    return f"tt_{suffix}_"
+    suffix = re.sub(r"[^a-z0-9]", "", name.lower().removeprefix("test"))[:8]
+    # The worker tag is never truncated: workers' prefixes differ even for long database names.
+    return f"tt_{suffix + XDIST_WORKER or '0'}_"
 
 
 TEST_STORAGE_PREFIX = _storage_prefix()
@@ -48,6 +97,40 @@ DISCARDED_PREFIX = f"discarded_{TEST_STORAGE_PREFIX}"
 # which the test in progress and the other runs sharing the server also need.
 _PARALLEL_DROPS = 8
 _RENAME_ATTEMPTS = 20
+
+
+async def create_worker_databases() -> None:
+    """Create this worker's PostgreSQL and MariaDB databases if missing (a no-op when serial)."""
+    if not XDIST_WORKER:
+        return
+    for url, default_port in ((POSTGRES_URL, 5432), (MYSQL_URL, 3306)):
+        parsed = make_url(url)
+        if not _reachable(parsed.host or "127.0.0.1", parsed.port or default_port):
+            continue  # its tests skip, or fail when services are required
+        name = parsed.database
+        if parsed.get_backend_name() == "postgresql":
+            admin = create_async_engine(
+                parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+            )
+            try:
+                async with admin.connect() as conn:
+                    exists = await conn.scalar(
+                        text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                    )
+                    if not exists:
+                        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            finally:
+                await admin.dispose()
+        else:
+            # information_schema: every account may connect to it.
+            admin = create_async_engine(
+                parsed.set(database="information_schema"), poolclass=NullPool
+            )
+            try:
+                async with admin.begin() as conn:
+                    await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}`"))
+            finally:
+                await admin.dispose()
 
 
 def free_port() -> int:
