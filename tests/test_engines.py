@@ -21,10 +21,10 @@ import pytest_asyncio
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from fastapi_tenancy import engines as engines_module
-from fastapi_tenancy.engines import POSTGRES_SESSION_RESET, EngineFamily, create_engine
+from fastapi_tenancy.engines import POSTGRES_SESSION_RESET, EngineFamily, PoolOptions, create_engine
 from tests.support.services import POSTGRES_URL, require_server
 
 pytestmark = pytest.mark.postgres
@@ -269,3 +269,30 @@ async def test_a_quiet_recent_connection_is_checked_out_without_a_ping(
     assert sent.connects == 1
     assert sent.simple == ["BEGIN;", "ROLLBACK;", *SESSION, *SESSION]
     await engine.dispose()
+
+
+async def test_pool_options_are_taken_as_a_dataclass_keywords_or_both(
+    databases: list[str],
+) -> None:
+    options = PoolOptions(pool_size=3, max_overflow=0, pool_timeout=7.0)
+    engines = [
+        create_engine(url(databases[0]), options),
+        create_engine(url(databases[0]), pool_size=3, max_overflow=0, pool_timeout=7.0),
+        create_engine(
+            url(databases[0]),
+            PoolOptions(pool_size=9),
+            max_overflow=0,
+            pool_size=3,
+            pool_timeout=7.0,
+        ),
+        EngineFamily(options)(url(databases[1])),
+        EngineFamily(pool_size=3, max_overflow=0, pool_timeout=7.0)(url(databases[1])),
+    ]
+    for engine in engines:
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, QueuePool)
+        assert (pool.size(), pool._max_overflow, pool.timeout()) == (3, 0, 7.0)
+        await select_one(engine)
+        await engine.dispose()
+    with pytest.raises(TypeError):
+        create_engine(url(databases[0]), pool_sise=3)
