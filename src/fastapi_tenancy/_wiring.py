@@ -129,6 +129,9 @@ class RuntimeSettings:
     domain_suffix: str | None
     excluded_paths: tuple[str, ...]
     isolation_strategy: Literal["row", "schema", "database"]
+    # What `create_tenant` checks before it writes: the tables a new tenant would get.
+    tenant_metadata: str | MetaData | None
+    tenant_tables: Literal["metadata", "none"]
     operations: OperationsSettings
 
 
@@ -143,6 +146,8 @@ def runtime_settings(config: TenancyConfig) -> RuntimeSettings:
         domain_suffix=config.domain_suffix,
         excluded_paths=tuple(config.excluded_paths),
         isolation_strategy=config.isolation_strategy,
+        tenant_metadata=config.tenant_metadata,
+        tenant_tables=config.tenant_tables,
         operations=operations_settings(config),
     )
 

@@ -10,11 +10,12 @@ The middleware runs them at lifespan startup and ``fastapi-tenancy doctor`` runs
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from sqlalchemy import MetaData
 from starlette.routing import Mount
 
 from fastapi_tenancy.config import TenancyConfig
@@ -28,6 +29,7 @@ __all__ = [
     "STORAGE_DOCS",
     "excluded_tenant_routes",
     "missing_tables",
+    "missing_tables_for",
     "narrow_exclusions",
     "storage_mismatch",
 ]
@@ -146,7 +148,13 @@ def missing_tables(config: TenancyConfig) -> str | None:
 
     A tenant without tables is served, and every request of its answers 500 ("no such table").
     """
-    spec = config.tenant_metadata
+    return missing_tables_for(config.tenant_metadata, config.tenant_tables)
+
+
+def missing_tables_for(
+    spec: str | MetaData | None, tenant_tables: Literal["metadata", "none"]
+) -> str | None:
+    """`missing_tables` from the two settings it reads: ``tenant_metadata``, ``tenant_tables``."""
     try:
         metadatas = TenantTables(spec).metadatas()
     except ConfigurationError as exc:
@@ -155,7 +163,7 @@ def missing_tables(config: TenancyConfig) -> str | None:
             f"{exc}; it is imported from the working directory and PYTHONPATH, so run from your "
             "project's root or add it to PYTHONPATH"
         )
-    if config.tenant_tables == "none" or any(m.tables for m in metadatas):
+    if tenant_tables == "none" or any(m.tables for m in metadatas):
         return None
     if spec is None:
         known = "TENANCY_TENANT_METADATA is not set and no TenantScoped model is imported"

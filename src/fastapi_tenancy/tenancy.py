@@ -360,9 +360,9 @@ class Tenancy:
         `ServerFull` when there is none (`fastapi_tenancy.isolation.placement`).
         """
         if provision:
-            from fastapi_tenancy.preflight import missing_tables
+            from fastapi_tenancy.preflight import missing_tables_for
 
-            problem = missing_tables(self.config)
+            problem = missing_tables_for(self.settings.tenant_metadata, self.settings.tenant_tables)
             if problem is not None:
                 raise ConfigurationError(f"cannot create tenant {identifier!r}: {problem}")
         await self.start()
