@@ -229,6 +229,101 @@ async def provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> 
     ]
 
 
+async def database_provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> list[str]:
+    """Database isolation: ``create_tenant`` against a hand-written ``CREATE DATABASE … TEMPLATE``.
+
+    The hand-written side copies the same template database the library built (the 5 tables)
+    on an open AUTOCOMMIT connection and inserts a tenant row, as an app with a template of its
+    own would; the bare copy alone is printed too, the floor.
+    """
+    parsed = make_url(url)
+    pattern = parsed.set(database="DATABASE").render_as_string(hide_password=False)
+    config = TenancyConfig(
+        database_url=url,
+        isolation_strategy="database",
+        database_url_template=pattern.replace("DATABASE", "{database}"),
+        schema_prefix=f"{prefix}db_",
+        tenant_metadata=APP,
+        database_pool_size=2,
+    )
+    engine = create_async_engine(url, pool_size=2)
+    admin = create_async_engine(
+        parsed.set(database="postgres"), pool_size=1, isolation_level="AUTOCOMMIT"
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"CREATE TABLE {prefix}hand_tenants (id SERIAL PRIMARY KEY, "
+                "identifier VARCHAR(255) UNIQUE NOT NULL, schema_name VARCHAR(63) NOT NULL)"
+            )
+        )
+    ours: list[float] = []
+    hand: list[float] = []
+    bare: list[float] = []
+    per_round = max(1, tenants // rounds)
+    async with Tenancy(config) as tenancy, admin.connect() as kept:
+        await tenancy.create_tenant("warmup")  # builds the template
+        template = await kept.scalar(
+            text("SELECT datname FROM pg_database WHERE starts_with(datname, :p)"),
+            {"p": f"{prefix}db_tpl_"},
+        )
+
+        async def copy(name: str) -> None:
+            await kept.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+
+        async def by_hand(name: str) -> None:
+            await copy(name)
+            async with engine.begin() as conn:
+                insert = (
+                    f"INSERT INTO {prefix}hand_tenants (identifier, schema_name) VALUES (:n, :n)"
+                )
+                await conn.execute(text(insert), {"n": name})
+
+        async with count_round_trips() as ours_trips:
+            await tenancy.create_tenant("counted")
+        for round_ in range(rounds):
+            started = time.perf_counter()
+            for n in range(per_round):
+                await tenancy.create_tenant(f"p{round_}-{n}")
+            ours.append((time.perf_counter() - started) / per_round)
+            started = time.perf_counter()
+            for n in range(per_round):
+                await by_hand(f"{prefix}hand_{round_}_{n}")
+            hand.append((time.perf_counter() - started) / per_round)
+            started = time.perf_counter()
+            for n in range(per_round):
+                await copy(f"{prefix}bare_{round_}_{n}")
+            bare.append((time.perf_counter() - started) / per_round)
+    await engine.dispose()
+    await admin.dispose()
+    ours_ms, hand_ms = statistics.median(ours) * 1000, statistics.median(hand) * 1000
+    bare_ms = statistics.median(bare) * 1000
+    return [
+        f"provisioning, database isolation, {per_round * rounds} tenants one at a time "
+        f"(median of {rounds} alternating rounds):",
+        f"  create_tenant      {ours_ms:7.1f} ms per tenant",
+        f"  hand-written SQL   {hand_ms:7.1f} ms per tenant (CREATE DATABASE … TEMPLATE, a row)",
+        f"  ... bare copy      {bare_ms:7.1f} ms per tenant (CREATE DATABASE … TEMPLATE alone)",
+        f"  ratio              {ours_ms / hand_ms:7.2f}x hand-written (target: <= 1.00)",
+        f"  round trips        {ours_trips.round_trips} create_tenant (connections: "
+        f"{ours_trips.connections}), commits {ours_trips.commits}",
+    ]
+
+
+async def drop_databases(url: str, prefix: str) -> None:
+    """Drop every database whose name starts with ``prefix`` (this run's, on this server)."""
+    admin = create_async_engine(
+        make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    async with admin.connect() as conn:
+        names = await conn.execute(
+            text("SELECT datname FROM pg_database WHERE starts_with(datname, :p)"), {"p": prefix}
+        )
+        for (name,) in names.all():
+            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
 async def hand_written_script(engine: AsyncEngine, prefix: str, schema: str) -> None:
     """The same SQL as one simple-protocol message: one round trip, one implicit transaction."""
     async with engine.connect() as conn:
@@ -248,6 +343,8 @@ class Wire:
 
     round_trips: int = 0
     commits: int = 0
+    # Connections checked out (a new one each for an engine without a pool).
+    connections: int = 0
     # Per connection: whether an explicit transaction (BEGIN) is open on it.
     open: dict[int, bool] = field(default_factory=dict)
     # SQLAlchemy statements already counted, which asyncpg may log once more.
@@ -287,6 +384,7 @@ async def count_round_trips() -> AsyncIterator[Wire]:
     loggers: dict[Any, Any] = {}
 
     def attach(dbapi_connection: Any, *_: Any) -> None:
+        wire.connections += 1
         driver = dbapi_connection.driver_connection
         loggers[driver] = functools.partial(logged, driver)
         driver.add_query_logger(loggers[driver])
@@ -308,12 +406,21 @@ async def count_round_trips() -> AsyncIterator[Wire]:
         event.remove(Pool, "checkin", detach)
 
 
-async def run(url: str, tenants: int, concurrency: int | None, prefix: str, provision: int) -> None:
+async def run(
+    url: str, tenants: int, concurrency: int | None, prefix: str, provision: int, databases: int
+) -> None:
     await ensure_database(url)
     await reset(url, prefix)
     if provision:
         print("\n".join(await provisioning(url, prefix, provision)), flush=True)
     await reset(url, prefix)
+    if databases:
+        await drop_databases(url, prefix)
+        try:
+            print("\n".join(await database_provisioning(url, prefix, databases)), flush=True)
+        finally:
+            await drop_databases(url, prefix)
+            await reset(url, prefix)
     if not tenants:
         return
     config = TenancyConfig(
@@ -363,9 +470,24 @@ def main() -> None:
         default=100,
         help="tenants for the provisioning comparison (0: skip)",
     )
+    parser.add_argument(
+        "--provision-databases",
+        type=int,
+        default=0,
+        help="tenants for the same comparison under database isolation (0: skip)",
+    )
     args = parser.parse_args()
     make_url(args.url)  # fail early on a malformed URL
-    asyncio.run(run(args.url, args.tenants, args.concurrency, args.prefix, args.provision))
+    asyncio.run(
+        run(
+            args.url,
+            args.tenants,
+            args.concurrency,
+            args.prefix,
+            args.provision,
+            args.provision_databases,
+        )
+    )
 
 
 if __name__ == "__main__":

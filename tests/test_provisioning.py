@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, Pool
 
 from fastapi_tenancy import Tenancy, TenancyConfig, TenantStatus
 from fastapi_tenancy.exceptions import TenantAlreadyExists
@@ -125,6 +125,31 @@ async def test_a_schema_tenant_on_postgres_is_one_message_and_one_commit(
             session.add(Item(name="first"))
             await session.commit()
             assert (await session.scalars(select(Item.name))).all() == ["first"]
+
+
+@on_postgres
+async def test_a_database_tenant_on_postgres_is_copied_over_one_new_connection(
+    database_url: str,
+) -> None:
+    # The copy of the template needs a connection to the server of its own (CREATE DATABASE
+    # runs outside any transaction); a new tenant's database is not looked for first.
+    opened: list[object] = []
+
+    def connected(dbapi_connection: object, _record: object) -> None:
+        opened.append(dbapi_connection)
+
+    async with Tenancy(isolation_config(("database", database_url))) as tenancy:
+        await tenancy.create_tenant("warmup")  # builds the template, fills the store's pool
+        event.listen(Pool, "connect", connected)
+        try:
+            acme = await tenancy.create_tenant("acme")
+        finally:
+            event.remove(Pool, "connect", connected)
+        assert acme.status is TenantStatus.ACTIVE
+        assert len(opened) == 1
+        async with tenancy.session("acme") as session:
+            session.add(Item(name="first"))
+            await session.commit()
 
 
 @on_postgres

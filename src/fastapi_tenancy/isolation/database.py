@@ -196,17 +196,23 @@ class DatabaseIsolation:
         await self.create_shared_tables()
         with _reachable(url), omit_shared_references():
             if not self._explicit(tenant):
-                found = await database_mark(url, name, expected=owner_mark(tenant))
-                if found is None:
-                    copied = await self._template.create(
-                        url, name, self._tables.metadatas(), owner_mark(tenant)
-                    )
-                    if not copied:
-                        await create_database(url, name, mark=owner_mark(tenant))
-                    created = True
-                else:
-                    tables = 0 if found else await self._count_tables(url)
-                    check_owner(f"database {name}", tenant, found, tables)
+                mark = owner_mark(tenant)
+                metadatas = self._tables.metadatas()
+                if tenant.provisioning_attempts == 0:
+                    # A first attempt (`create_tenant`) has a new storage name, so nothing can
+                    # be there: the copy is tried before looking (a connection and its queries
+                    # saved). Should it fail, the checks below decide, as on a retry.
+                    copied = created = await self._template.create(url, name, metadatas, mark)
+                if not copied:
+                    found = await database_mark(url, name, expected=mark)
+                    if found is None:
+                        copied = await self._template.create(url, name, metadatas, mark)
+                        if not copied:
+                            await create_database(url, name, mark=mark)
+                        created = True
+                    else:
+                        tables = 0 if found else await self._count_tables(url)
+                        check_owner(f"database {name}", tenant, found, tables)
             try:
                 if not copied:  # a copy of the template has its tables already
                     await self._on_tables(url, create=True)
