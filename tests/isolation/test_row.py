@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import aliased, selectinload
 
-from fastapi_tenancy import CrossTenantAccess, Tenant, TenantContextMissing
+from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantContextMissing
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation import RowIsolation, TenantSession, TenantTables
-from tests.support.backends import all_databases
+from tests.conftest import empty_database
+from tests.support.backends import DATABASES, all_databases
 from tests.support.models import Base, Item, Note, Plan
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")
 
-pytestmark = all_databases
+# The statement tests of a backend share one database, its tables created once; `isolation` puts
+# the seeded rows back before every test. The tests of table creation take a fresh database each
+# (`all_databases`, `own_loop`).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def isolation(engine: AsyncEngine) -> RowIsolation:
-    isolation = RowIsolation(engine, TenantTables(Base.metadata))
+# With `all_databases`: an empty database of every backend for the test alone, used in the test's
+# own event loop.
+own_loop = pytest.mark.asyncio(loop_scope="function")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=DATABASES)
+async def shared_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    """The module's database of one backend, with the test models' tables."""
+    async with empty_database(request.param, tmp_path_factory.mktemp("row")) as url:
+        engine = central_engine(TenancyConfig(database_url=url))
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def isolation(shared_engine: AsyncEngine) -> RowIsolation:
+    """A new `RowIsolation` over the seeded rows only: what an earlier test wrote is deleted."""
+    isolation = RowIsolation(shared_engine, TenantTables(Base.metadata))
     await isolation.provision(A)
+    async with shared_engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(table.delete())
     for tenant, names in ((A, ["a1", "a2"]), (B, ["b1"])):
         async with isolation.session(tenant) as session:
             session.add_all(Item(name=name, notes=[Note(body=f"{name}-note")]) for name in names)
@@ -157,12 +186,16 @@ async def test_purge_deletes_only_that_tenants_rows(isolation: RowIsolation) -> 
         assert len((await session.scalars(select(Note))).all()) == 1
 
 
+@all_databases
+@own_loop
 async def test_session_without_tenant_refuses_scoped_statements(engine: AsyncEngine) -> None:
     async with AsyncSession(engine, sync_session_class=TenantSession) as session:
         with pytest.raises(TenantContextMissing):
             await session.execute(select(Item))
 
 
+@all_databases
+@own_loop
 async def test_concurrent_first_tenants_create_the_shared_tables_once(engine: AsyncEngine) -> None:
     isolation = RowIsolation(engine, TenantTables(Base.metadata))
     await asyncio.gather(*(isolation.provision(tenant) for tenant in (A, B) * 4))
@@ -170,6 +203,8 @@ async def test_concurrent_first_tenants_create_the_shared_tables_once(engine: As
         assert (await session.scalars(select(Item))).all() == []
 
 
+@all_databases
+@own_loop
 async def test_processes_creating_the_shared_tables_at_once_all_succeed(
     engine: AsyncEngine,
 ) -> None:
