@@ -8,19 +8,22 @@ another tenant's row gets exactly the answer a reference to a row that exists no
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import ForeignKey, String, UniqueConstraint, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
+from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
+from fastapi_tenancy._wiring import central_engine
 from fastapi_tenancy.isolation import RowIsolation, TenantTables, references
-from tests.support.backends import all_databases
+from tests.conftest import empty_database
+from tests.support.backends import DATABASES
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")
@@ -60,10 +63,32 @@ class Link(TenantScoped, Base):
     folder: Mapped[Folder | None] = relationship()
 
 
-@pytest.fixture
+# The tests of a backend share one database (`engine`, one per backend), its tables created once;
+# `isolation` empties them before every test. The tests using it run in the module's event loop.
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=DATABASES)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    """The module's database of one backend."""
+    async with empty_database(request.param, tmp_path_factory.mktemp("row-fk")) as url:
+        engine = central_engine(TenancyConfig(database_url=url))
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def isolation(engine: AsyncEngine) -> RowIsolation:
+    """A new `RowIsolation` over the module's tables, emptied of what an earlier test wrote."""
     isolation = RowIsolation(engine, TenantTables(Base.metadata))
     await isolation.provision(A)
+    async with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(table.delete())
     return isolation
 
 
@@ -113,7 +138,7 @@ def test_tenant_foreign_key_gives_the_referenced_table_its_tenant_key() -> None:
     ]
 
 
-@all_databases
+@module_loop
 async def test_tenant_foreign_key_refuses_another_tenants_row_like_a_missing_one(
     isolation: RowIsolation,
 ) -> None:
@@ -124,7 +149,7 @@ async def test_tenant_foreign_key_refuses_another_tenants_row_like_a_missing_one
     assert elsewhere == nowhere
 
 
-@all_databases
+@module_loop
 async def test_tenant_foreign_key_accepts_the_tenants_own_rows(isolation: RowIsolation) -> None:
     mine = await folder_of(isolation, B, "b's folder")
     async with isolation.session(B) as session:
@@ -134,7 +159,7 @@ async def test_tenant_foreign_key_accepts_the_tenants_own_rows(isolation: RowIso
         assert [doc.tenant_id for doc in docs] == [B.id, B.id]
 
 
-@all_databases
+@module_loop
 async def test_a_refused_reference_never_blocks_the_owner_from_deleting_its_row(
     isolation: RowIsolation,
 ) -> None:
@@ -151,7 +176,7 @@ async def test_a_refused_reference_never_blocks_the_owner_from_deleting_its_row(
         await session.commit()
 
 
-@all_databases
+@module_loop
 async def test_plain_foreign_key_to_another_tenants_row_is_refused_like_a_missing_one(
     isolation: RowIsolation,
 ) -> None:
@@ -170,7 +195,7 @@ async def test_plain_foreign_key_to_another_tenants_row_is_refused_like_a_missin
         assert (await session.scalars(select(Link))).all() == []
 
 
-@all_databases
+@module_loop
 async def test_plain_foreign_keys_are_checked_with_one_query_per_flush(
     isolation: RowIsolation, engine: AsyncEngine
 ) -> None:
@@ -184,7 +209,7 @@ async def test_plain_foreign_keys_are_checked_with_one_query_per_flush(
     assert len(lookups) == 1, statements
 
 
-@all_databases
+@module_loop
 async def test_plain_foreign_key_accepts_a_parent_inserted_by_the_same_flush(
     isolation: RowIsolation,
 ) -> None:
@@ -195,7 +220,7 @@ async def test_plain_foreign_key_accepts_a_parent_inserted_by_the_same_flush(
         assert len((await session.scalars(select(Link))).all()) == 2
 
 
-@all_databases
+@module_loop
 async def test_moving_a_plain_foreign_key_to_another_tenants_row_is_refused(
     isolation: RowIsolation,
 ) -> None:
@@ -210,7 +235,7 @@ async def test_moving_a_plain_foreign_key_to_another_tenants_row_is_refused(
             await session.flush()
 
 
-@all_databases
+@module_loop
 async def test_relating_an_object_of_another_tenant_is_refused(isolation: RowIsolation) -> None:
     async with isolation.session(A) as session:
         theirs = Folder(name="a's folder")
@@ -222,7 +247,7 @@ async def test_relating_an_object_of_another_tenant_is_refused(isolation: RowIso
             await session.flush()
 
 
-@all_databases
+@module_loop
 async def test_orm_insert_and_update_statements_check_plain_foreign_keys(
     isolation: RowIsolation,
 ) -> None:
@@ -252,7 +277,7 @@ async def test_orm_insert_and_update_statements_check_plain_foreign_keys(
         ]
 
 
-@all_databases
+@module_loop
 async def test_many_referenced_keys_are_checked_in_batches(
     isolation: RowIsolation, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
