@@ -2,8 +2,8 @@
 
 * Database isolation, the tenant's database server unreachable (its explicit URL goes through a
   `FaultProxy` that refuses and cuts): that tenant gets the generic 503, then recovers on its own.
-* Database isolation, the tenant's database dropped (PostgreSQL's ``DROP DATABASE ... WITH
-  (FORCE)`` ends its sessions, so the pool has to reconnect and cannot): 503 for that tenant.
+* Database isolation, the tenant's database gone (its sessions ended, as ``DROP DATABASE ... WITH
+  (FORCE)`` ends them, so the pool has to reconnect and cannot): 503 for that tenant.
 * Schema isolation, the tenant's schema dropped: its tables are missing, which is what a
   programming error looks like, so the app's error (500) stands; the tenant never falls through
   to a table of the same name in ``public``, and no other tenant notices.
@@ -11,17 +11,21 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tests.support.backends import TEST_STORAGE_PREFIX, isolation_config
 from tests.support.fault_proxy import FaultProxy
 from tests.support.faults import GENERIC_503, admin_execute, running
+from tests.support.polling import eventually
+from tests.support.services import DISCARDED_PREFIX
 
 HEALTHY = ["storealpha", "storebravo"]
 BROKEN = "storebroken"
@@ -82,7 +86,7 @@ async def test_a_dropped_tenant_database_fails_only_that_tenant(
         assert tenant is not None
         assert tenant.storage_name is not None
 
-        await admin_execute(url, f'DROP DATABASE "{tenant.storage_name}" WITH (FORCE)')
+        await make_disappear(url, tenant.storage_name)
 
         for _ in range(2):
             broken = await service.get(BROKEN)
@@ -91,6 +95,37 @@ async def test_a_dropped_tenant_database_fails_only_that_tenant(
         for identifier in HEALTHY:
             assert await service.statuses(identifier, 2) == [200, 200]
             assert (await service.post(identifier, "after")).status_code == 200
+
+
+async def make_disappear(url: str, database: str) -> None:
+    """End the sessions of the PostgreSQL ``database`` and take its name away.
+
+    To the app this is a dropped database (its connections end, a new one is refused with
+    "database does not exist"), without the checkpoint a DROP DATABASE waits for: seconds, or tens
+    of seconds on a busy machine. The session's end drops it with the other discarded databases.
+    """
+    engine = create_async_engine(
+        make_url(url).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    discarded = f"{DISCARDED_PREFIX}{uuid.uuid4().hex[:16]}"
+    try:
+        async with engine.connect() as conn:
+
+            async def renamed() -> bool:
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": database},
+                )
+                # Refused while a terminated session is still exiting: tried again.
+                await conn.execute(text(f'ALTER DATABASE "{database}" RENAME TO "{discarded}"'))
+                return True
+
+            await eventually(renamed, ignoring=(DBAPIError,), what=f"{database} renamed")
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture
