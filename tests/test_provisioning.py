@@ -152,6 +152,37 @@ async def test_a_database_tenant_on_postgres_is_copied_over_one_new_connection(
             await session.commit()
 
 
+@pytest.mark.mysql
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+async def test_a_schema_tenant_on_mariadb_is_its_ddl_and_three_record_statements(
+    database_url: str,
+) -> None:
+    # Step by step: the record (inserted provisioning), a look for the database, the database,
+    # its tables and their indexes, the record made active. Tables are not looked for in a
+    # database this call has just created. Four transactions, each committed.
+    statements: list[str] = []
+    commits: list[object] = []
+    async with Tenancy(isolation_config(("schema", database_url))) as tenancy:
+        await tenancy.create_tenant("warmup")  # the shared table is created once
+        engine = tenancy.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        event.listen(engine, "commit", commits.append)
+        acme = await tenancy.create_tenant("acme")
+    kinds = [" ".join(s.split()[:2]).upper() for s in statements]
+    assert kinds == [
+        "INSERT INTO",
+        "SELECT SCHEMA_COMMENT",
+        "CREATE DATABASE",
+        "CREATE TABLE",  # items
+        "CREATE INDEX",  # on its tenant_id
+        "CREATE TABLE",  # notes
+        "CREATE INDEX",
+        "UPDATE TENANCY_TENANTS",
+    ], statements
+    assert len(commits) == 4
+    assert acme.status is TenantStatus.ACTIVE
+
+
 @on_postgres
 async def test_a_taken_identifier_is_refused_and_leaves_no_schema(database_url: str) -> None:
     async with Tenancy(isolation_config(("schema", database_url))) as tenancy:

@@ -161,7 +161,7 @@ class SchemaIsolation:
                     await conn.execute(text(f"COMMENT ON SCHEMA \"{schema}\" IS '{mark}'"))
                 else:
                     check_owner(f"schema {schema}", tenant, found, await _tables(conn, schema))
-                await self._create_tables(conn, schema)
+                await self._create_tables(conn, schema, fresh=found is None)
             return
         async with self._engine.begin() as conn:
             found = await _schema_mark(conn, schema)
@@ -174,7 +174,7 @@ class SchemaIsolation:
                 )
         try:
             async with self._engine.begin() as conn:
-                await self._create_tables(conn, schema)
+                await self._create_tables(conn, schema, fresh=found is None)
         except BaseException:
             if found is None:
                 async with self._engine.begin() as conn:
@@ -324,18 +324,22 @@ class SchemaIsolation:
         if self._postgres and self._tables.shared_tables():
             await conn.execute(text(self._set_shared_path()))
 
-    async def _create_tables(self, conn: AsyncConnection, schema: str) -> None:
+    async def _create_tables(
+        self, conn: AsyncConnection, schema: str, *, fresh: bool = False
+    ) -> None:
+        """Create the tenant tables in ``schema``; ``fresh``: just created, so none exists
+        there yet and none is looked for (a query per table saved)."""
         tables = self._tables.tenant_tables()
         if not tables:
             return
         translated = await conn.execution_options(schema_translate_map={None: schema})
         if self._postgres:
-            await translated.run_sync(create_tables, tables)
+            await translated.run_sync(create_tables, tables, checkfirst=not fresh)
             return
         # MariaDB/MySQL resolve an unqualified REFERENCES in the created table's own database,
         # where shared tables never are: foreign keys to them are left out there.
         with omit_shared_references():
-            await translated.run_sync(create_tables, tables)
+            await translated.run_sync(create_tables, tables, checkfirst=not fresh)
 
     def _translated(self, schema: str) -> AsyncEngine:
         bind = self._binds.get(schema)

@@ -129,15 +129,19 @@ def _split(metadatas: Iterable[MetaData]) -> tuple[list[Table], list[Table]]:
     )
 
 
-def create_tables(connection: Connection, tables: list[Table]) -> None:
-    """``create_all`` of ``tables`` (missing ones only), metadata by metadata, parents first."""
+def create_tables(connection: Connection, tables: list[Table], *, checkfirst: bool = True) -> None:
+    """``create_all`` of ``tables`` (missing ones only), metadata by metadata, parents first.
+
+    ``checkfirst=False`` skips the look for each table (a query each): for a schema or database
+    this call's caller has just created, where none can exist.
+    """
     metadatas: list[MetaData] = []
     for table in tables:
         if all(table.metadata is not seen for seen in metadatas):
             metadatas.append(table.metadata)
     for metadata in metadatas:
         mine = [table for table in tables if table.metadata is metadata]
-        metadata.create_all(connection, tables=mine, checkfirst=True)
+        metadata.create_all(connection, tables=mine, checkfirst=checkfirst)
 
 
 # The same lock row isolation takes while it creates its shared tables.
