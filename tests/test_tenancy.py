@@ -21,6 +21,7 @@ from fastapi_tenancy import (
 )
 from tests.support.backends import all_isolations, isolation_config
 from tests.support.models import Item
+from tests.test_lifecycle import SignallingInFlight
 
 pytestmark = all_isolations
 
@@ -144,13 +145,17 @@ async def test_tenant_scope_binds_the_current_tenant(tenancy: Tenancy) -> None:
 async def test_purge_waits_for_in_flight_work_then_destroys(
     isolation_case: tuple[str, str],
 ) -> None:
-    async with Tenancy(isolation_config(isolation_case)) as tenancy:
+    tenancy = Tenancy(isolation_config(isolation_case))
+    inflight = SignallingInFlight()
+    tenancy.inflight = inflight
+    async with tenancy:
         tenant = await tenancy.create_tenant("acme")
         await add_items(tenancy, "acme", "anvil")
         async with tenancy.tenant_session(tenant) as session:
             await tenancy.delete_tenant("acme")
             purge = asyncio.create_task(tenancy.purge_tenant("acme"))
-            await asyncio.sleep(0.2)
+            await inflight.waiting.wait()  # the purge waits for the work in flight...
+            assert inflight.count(tenant.id) == 1  # ...which is this session's
             assert not purge.done()  # drained only once this session ends
             assert (await session.scalars(select(Item.name))).all() == ["anvil"]
         await purge
