@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from fastapi_tenancy.observe.events import TenantChanged
 from fastapi_tenancy.resolution import ChainResolver, HeaderResolver, Resolution, SubdomainResolver
 from fastapi_tenancy.store import MemoryTenantStore
 from tests.support.backends import DATABASES, isolation_config
+from tests.support.polling import eventually
 from tests.support.scopes import http_scope
 from tests.support.services import REDIS_URL, require_server
 
@@ -318,13 +318,16 @@ async def test_a_purged_tenant_takes_its_domains_along(database_url: str) -> Non
 
 async def wait_for(client: httpx.AsyncClient, host: str, expected: tuple[int, str | None]) -> None:
     """Poll until ``host`` answers ``expected``; pub/sub is fast, the machine may not be."""
-    seen = None
-    for _ in range(200):
-        seen = await whoami(client, host)
-        if seen == expected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{host} still answers {seen}, expected {expected}")
+    seen: list[tuple[int, str | None]] = []
+
+    async def answers() -> bool:
+        seen.append(await whoami(client, host))
+        return seen[-1] == expected
+
+    try:
+        await eventually(answers, what=f"{host} answering {expected}")
+    except pytest.fail.Exception:
+        pytest.fail(f"{host} still answers {seen[-1]}, expected {expected}")
 
 
 @pytest.mark.redis

@@ -123,14 +123,15 @@ async def ride_out(
     load = asyncio.create_task(traffic(fleet, statuses, stop))
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.sleep(0.3)  # traffic is flowing before the failure
+        await eventually(lambda: statuses[200] > 0, what="traffic before the failure")
         started = loop.time()
         promoted = await asyncio.to_thread(fail)
         await eventually(lambda: recovered(fleet), within=60, what="recovery after the failover")
         recovery = loop.time() - started
         await eventually(settled, within=60, what="the workers to leave the old master")
         settling = loop.time() - started
-        await asyncio.sleep(0.3)  # and keeps flowing after it
+        served = statuses[200]
+        await eventually(lambda: statuses[200] > served, what="traffic after the failover")
     finally:
         stop.set()
         await load
