@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 from pydantic import SecretStr
 
 from fastapi_tenancy import Tenancy, TenancyConfig
@@ -24,7 +25,10 @@ from tests.support.http_servers import serving
 from tests.support.polling import eventually
 from tests.support.services import REDIS_URL, free_port, require_server
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# The tests share one pair of workers (starting two processes is most of their time); each test
+# uses a tenant of its own (globex is suspended, acme's limit is used up), so neither sees the
+# other's changes.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.asyncio(loop_scope="module")]
 
 LIMIT = 7
 
@@ -45,9 +49,12 @@ async def worker(env: dict[str, str], log: Path) -> AsyncIterator[httpx.AsyncCli
         yield client
 
 
-@pytest.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     require_server("Redis", REDIS_URL, 6379)
+    tmp_path = tmp_path_factory.mktemp("workers")
     async with empty_database("postgres", tmp_path) as database_url:
         prefix = f"tt-{uuid.uuid4().hex[:12]}"
         config = TenancyConfig(
@@ -56,6 +63,8 @@ async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, http
             cache_key_prefix=prefix,
             enable_rate_limiting=True,
             excluded_paths=("/health/*", "/admin/*"),
+            # The app keeps no tables of its own (whatever models this process has imported).
+            tenant_tables="none",
         )
         settings = {
             "TENANCY_DATABASE_URL": database_url,
@@ -63,6 +72,7 @@ async def workers(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, http
             "TENANCY_CACHE_KEY_PREFIX": prefix,
             "TENANCY_ENABLE_RATE_LIMITING": "true",
             "TENANCY_EXCLUDED_PATHS": "/health/*,/admin/*",
+            "TENANCY_TENANT_TABLES": "none",
         }
         async with Tenancy(config) as tenancy:
             await tenancy.create_tenant("acme", metadata={"rate_limit_per_minute": LIMIT})
