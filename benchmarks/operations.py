@@ -25,7 +25,7 @@ import functools
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,19 +198,18 @@ async def provisioning(url: str, prefix: str, tenants: int, rounds: int = 5) -> 
             await tenancy.create_tenant("counted")
         async with count_round_trips() as hand_trips:
             await hand_written(engine, prefix, f"{prefix}hand_counted")
+        sides: list[tuple[list[float], Callable[[str], Awaitable[Any]]]] = [
+            (ours, lambda name: tenancy.create_tenant(name.replace("_", "-"))),
+            (hand, lambda name: hand_written(engine, prefix, f"{prefix}hand_{name}")),
+            (script, lambda name: hand_written_script(engine, prefix, f"{prefix}script_{name}")),
+        ]
         for round_ in range(rounds):
-            started = time.perf_counter()
-            for n in range(per_round):
-                await tenancy.create_tenant(f"p{round_}-{n}")
-            ours.append((time.perf_counter() - started) / per_round)
-            started = time.perf_counter()
-            for n in range(per_round):
-                await hand_written(engine, prefix, f"{prefix}hand_{round_}_{n}")
-            hand.append((time.perf_counter() - started) / per_round)
-            started = time.perf_counter()
-            for n in range(per_round):
-                await hand_written_script(engine, prefix, f"{prefix}script_{round_}_{n}")
-            script.append((time.perf_counter() - started) / per_round)
+            # Each round starts with another side: none is always measured first or last.
+            for times, create in sides[round_ % 3 :] + sides[: round_ % 3]:
+                started = time.perf_counter()
+                for n in range(per_round):
+                    await create(f"p{round_}_{n}")
+                times.append((time.perf_counter() - started) / per_round)
     await engine.dispose()
     ours_ms, hand_ms = statistics.median(ours) * 1000, statistics.median(hand) * 1000
     script_ms = statistics.median(script) * 1000
