@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from types import TracebackType
 from typing import Self
@@ -97,10 +98,20 @@ class FaultProxy:
         await self._stop_listening()
 
     def cut(self) -> None:
-        """Abort every live connection on both sides."""
+        """Abort every live connection on both sides, seen by the peers at once.
+
+        ``transport.abort`` closes its socket only on the event loop's next turn, and a test
+        calling the app right after `cut` may not give it one: the app would then use a
+        connection whose end is still in this process, a window a server restart (another
+        process) does not leave. Shutting the sockets down first sends the end now.
+        """
         for client, upstream in list(self._links):
-            client.transport.abort()
-            upstream.transport.abort()
+            for transport in (client.transport, upstream.transport):
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                transport.abort()
             self.cuts += 1
         self._links.clear()
 
