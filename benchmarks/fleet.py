@@ -17,7 +17,18 @@ every 20 ms for that app's server connections (the connect-per-request app logs 
 its own, ``h5_fleet_floor``); the largest count is printed, with the connections opened per
 request (``pg_stat_database.sessions``).
 
+With ``--pgbouncer`` a PgBouncer of the benchmark's own (`benchmarks.pgbouncer`: transaction mode,
+``server_reset_query_always = 1``) runs in front of the server, and two more apps go through it:
+the connect-per-request app (a second floor: a connect to PgBouncer is cheap, a server connection
+is opened only when PgBouncer has none idle for the database) and the tenancy app with
+``TENANCY_DATABASE_PGBOUNCER=true``, whose budget then caps its client connections to PgBouncer
+(``--pgbouncer-budget``, default: one per tenant). PgBouncer caps each app's server connections
+over all tenant databases at the budget (``max_user_connections``); each app logs in as a role of
+its own, so the sampled server connections and the connects per request
+(``pg_stat_database.sessions``: server connections, not connections to PgBouncer) are each app's.
+
     python -m benchmarks.fleet --tenants 200,1000 --budget 50
+    python -m benchmarks.fleet --tenants 200 --pgbouncer
     python -m benchmarks.fleet --tenants 200 --keep   # keep the databases for the next run
 
 Databases are named ``h5_fleet_*``: ``h5_fleet`` holds the tenant records, ``h5_fleet_bare`` the
@@ -35,9 +46,12 @@ import json
 import os
 import random
 import statistics
+import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from sqlalchemy import String, insert, select, text
@@ -51,7 +65,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from benchmarks import common
+from benchmarks import common, pgbouncer
 from fastapi_tenancy import Tenancy, TenancyConfig, TenancyMiddleware, get_tenant_session
 from fastapi_tenancy.isolation.database import DatabaseIsolation
 
@@ -62,6 +76,12 @@ TEMPLATE = f"{PREFIX}_template"
 BARE = f"{PREFIX}_bare"
 TENANT_PREFIX = f"{PREFIX}_t"
 FLOOR_ROLE = f"{PREFIX}_floor"
+# With --pgbouncer: the tenancy app's tenant records (URLs through PgBouncer) and the roles the two
+# apps through PgBouncer log in as, so that the server's connections tell the apps apart.
+BOUNCER_REGISTRY = f"{PREFIX}pgb"
+BOUNCER_ROLE = f"{PREFIX}_pgb"
+BOUNCER_FLOOR_ROLE = f"{PREFIX}_pgb_floor"
+ROLES = (FLOOR_ROLE, BOUNCER_ROLE, BOUNCER_FLOOR_ROLE)
 ROWS = 10
 SKEW = 1.1
 SAMPLE_SECONDS = 0.02
@@ -120,14 +140,29 @@ def bare() -> FastAPI:
 def connect_per_request() -> FastAPI:
     """uvicorn factory: the tenant's database from the header, a new connection per request."""
     server = os.environ["FLEET_SERVER_URL"]
+    user = os.environ.get("FLEET_FLOOR_USER", FLOOR_ROLE)
+    # Through PgBouncer in transaction mode: no statement cache, unique statement names (as
+    # TENANCY_DATABASE_PGBOUNCER does for the tenancy app).
+    bouncer: dict[str, Any] = (
+        {
+            "statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__",
+        }
+        if os.environ.get("FLEET_PGBOUNCER")
+        else {}
+    )
     engines: dict[str, AsyncEngine] = {}
 
     async def session(x_tenant_id: str = Header()) -> AsyncIterator[AsyncSession]:
         engine = engines.get(x_tenant_id)
         if engine is None:
             url = make_url(database_url(server, tenant_database(x_tenant_id)))
-            url = url.set(username=FLOOR_ROLE, password=None)
-            engine = engines[x_tenant_id] = create_async_engine(url, poolclass=NullPool)
+            url = url.set(username=user, password=None)
+            if bouncer:
+                url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+            engine = engines[x_tenant_id] = create_async_engine(
+                url, poolclass=NullPool, connect_args=bouncer
+            )
         async with AsyncSession(engine, expire_on_commit=False) as s:
             yield s
 
@@ -193,17 +228,18 @@ async def make_databases(server: str, tenants: list[str], workers: int) -> None:
     admin = admin_engine(server)
     async with admin.connect() as conn:
         role = text("SELECT 1 FROM pg_roles WHERE rolname = :r")
-        if not await conn.scalar(role, {"r": FLOOR_ROLE}):
-            await conn.execute(text(f"CREATE ROLE {FLOOR_ROLE} LOGIN"))
+        for name in ROLES:
+            if not await conn.scalar(role, {"r": name}):
+                await conn.execute(text(f"CREATE ROLE {name} LOGIN"))
     if TEMPLATE not in existing:
         async with admin.connect() as conn:
             await conn.execute(text(f'CREATE DATABASE "{TEMPLATE}"'))
         engine = create_async_engine(database_url(server, TEMPLATE), poolclass=NullPool)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-            # The connect-per-request app logs in as a role of its own, so that the server's
-            # connections can be told apart by app while both are up.
-            await conn.execute(text(f"GRANT SELECT ON fleet_items TO {FLOOR_ROLE}"))
+            # The connect-per-request app (and each app through PgBouncer) logs in as a role of
+            # its own, so that the server's connections can be told apart by app while all are up.
+            await conn.execute(text(f"GRANT SELECT ON fleet_items TO {', '.join(ROLES)}"))
             await conn.execute(insert(Item), [{"name": f"item-{k}"} for k in range(ROWS)])
         await engine.dispose()
     wanted = [BARE, *(tenant_database(t) for t in tenants)]
@@ -227,15 +263,16 @@ async def drop_databases(server: str) -> None:
     async with admin.connect() as conn:
         for name in names:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await conn.execute(text(f"DROP ROLE IF EXISTS {FLOOR_ROLE}"))
+        for role in ROLES:
+            await conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
     await admin.dispose()
 
 
 def tenancy_environment(
-    server: str, budget: int, pool_size: int | None, engines: int
+    server: str, budget: int, pool_size: int | None, engines: int, registry: str = PREFIX
 ) -> dict[str, str]:
     environment = {
-        "TENANCY_DATABASE_URL": database_url(server, PREFIX),
+        "TENANCY_DATABASE_URL": database_url(server, registry),
         "TENANCY_ISOLATION_STRATEGY": "database",
         # The tenant databases are copies of a template that already holds the table.
         "TENANCY_TENANT_TABLES": "none",
@@ -250,13 +287,24 @@ def tenancy_environment(
     return environment
 
 
-async def register_tenants(environment: dict[str, str], tenants: list[str], server: str) -> None:
-    """Tenant records naming each tenant's database (made by this benchmark) explicitly."""
+async def register_tenants(
+    environment: dict[str, str],
+    tenants: list[str],
+    server: str,
+    registry: str = PREFIX,
+    url_of: Callable[[str], str] | None = None,
+) -> None:
+    """Tenant records naming each tenant's database (made by this benchmark) explicitly.
+
+    ``url_of`` gives a tenant database's URL (default: on ``server`` directly).
+    """
+    if url_of is None:
+        url_of = partial(database_url, server)
     existing = await existing_databases(server)
-    if PREFIX not in existing:
+    if registry not in existing:
         admin = admin_engine(server)
         async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{PREFIX}"'))
+            await conn.execute(text(f'CREATE DATABASE "{registry}"'))
         await admin.dispose()
     previous = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
@@ -269,7 +317,7 @@ async def register_tenants(environment: dict[str, str], tenants: list[str], serv
                 async with gate:
                     await runtime.create_tenant(
                         identifier,
-                        database_url=database_url(server, tenant_database(identifier)),
+                        database_url=url_of(tenant_database(identifier)),
                     )
 
             await asyncio.gather(*(register(t) for t in tenants if t not in known))
@@ -314,15 +362,20 @@ Reading = tuple[float | None, float | None]
 
 
 class CpuClock:
-    """CPU seconds used by an app's process and by the PostgreSQL server (None: unknown)."""
+    """CPU seconds used by an app's process (with PgBouncer's, when ``bouncer`` is its process
+    id) and by the PostgreSQL server (None: unknown)."""
 
-    def __init__(self, app: int, server: int | None) -> None:
+    def __init__(self, app: int, server: int | None, bouncer: int | None = None) -> None:
         self.app = app
         self.server = server
+        self.bouncer = bouncer
 
     def read(self) -> Reading:
         server = None if self.server is None else common.postgres_cpu_seconds(self.server)
-        return common.cpu_seconds(self.app), server
+        app = common.cpu_seconds(self.app)
+        if self.bouncer is not None:
+            app = spent(app, 0.0, common.cpu_seconds(self.bouncer))
+        return app, server
 
 
 @dataclass
@@ -489,32 +542,78 @@ async def run_fleet(args: argparse.Namespace, count: int) -> bool:
     }
     met = True
     server_pid = await postmaster(server)
-    async with (
-        serve("bare", envs["bare"]) as (bare_port, bare_pid),
-        serve("connect_per_request", envs["connect_per_request"]) as (floor_port, floor_pid),
-        serve("tenancy", envs["tenancy"]) as (tenancy_port, tenancy_pid),
-    ):
-        ports = {"bare": bare_port, "connect_per_request": floor_port, "tenancy": tenancy_port}
-        clocks = {
-            "bare": CpuClock(bare_pid, server_pid),
-            "connect_per_request": CpuClock(floor_pid, server_pid),
-            "tenancy": CpuClock(tenancy_pid, server_pid),
-        }
+    clocks = {name: partial(CpuClock, server=server_pid) for name in envs}
+    async with AsyncExitStack() as stack:
+        if args.pgbouncer:
+            # Server connections per app through PgBouncer: at most the budget over all tenant
+            # databases (max_user_connections), the client side is the app's own budget.
+            bouncer_budget = args.pgbouncer_budget or count
+            bouncer = stack.enter_context(
+                pgbouncer.running(
+                    server,
+                    [BOUNCER_ROLE, BOUNCER_FLOOR_ROLE],
+                    # PgBouncer counts a server connection as gone once it has closed the
+                    # socket, before the backend has exited: a few slots are kept for those.
+                    budget=args.budget - max(1, args.budget // 25),
+                    pool_size=args.pool_size or TenancyConfig().tenant_pool_size,
+                    clients=bouncer_budget + args.connections + 100,
+                    idle_seconds=args.pgbouncer_idle,
+                )
+            )
+            through = tenancy_environment(
+                server, bouncer_budget, args.pool_size, engines, BOUNCER_REGISTRY
+            )
+            through["TENANCY_DATABASE_PGBOUNCER"] = "true"
+            # The records name this run's PgBouncer port: made afresh every run.
+            admin = admin_engine(server)
+            async with admin.connect() as conn:
+                await conn.execute(
+                    text(f'DROP DATABASE IF EXISTS "{BOUNCER_REGISTRY}" WITH (FORCE)')
+                )
+            await admin.dispose()
+            await register_tenants(
+                through,
+                tenants,
+                server,
+                BOUNCER_REGISTRY,
+                lambda database: bouncer.url(server, database, BOUNCER_ROLE),
+            )
+            floor_url = bouncer.url(server, "postgres", BOUNCER_FLOOR_ROLE)
+            envs["connect_per_request_pgb"] = {
+                **base_env,
+                "FLEET_SERVER_URL": floor_url,
+                "FLEET_FLOOR_USER": BOUNCER_FLOOR_ROLE,
+                "FLEET_PGBOUNCER": "1",
+            }
+            envs["tenancy_pgb"] = {**base_env, **through}
+            labels["connect_per_request_pgb"] = "PgBouncer: connect per request"
+            labels["tenancy_pgb"] = f"PgBouncer: tenancy (budget {bouncer_budget})"
+            where["connect_per_request_pgb"] = f"usename = '{BOUNCER_FLOOR_ROLE}'"
+            where["tenancy_pgb"] = f"{tenant_databases} AND usename = '{BOUNCER_ROLE}'"
+            for name in ("connect_per_request_pgb", "tenancy_pgb"):
+                clocks[name] = partial(CpuClock, server=server_pid, bouncer=bouncer.pid)
+        ports: dict[str, int] = {}
+        clock: dict[str, CpuClock] = {}
+        for name in envs:
+            factory = name.removesuffix("_pgb")  # the same app, through PgBouncer
+            ports[name], pid = await stack.enter_async_context(serve(factory, envs[name]))
+            clock[name] = clocks[name](pid)
+        tenancy_apps = [name for name in ports if name.startswith("tenancy")]
         for traffic in args.traffic:
             pick = chooser(tenants, traffic)
             results = {name: Result() for name in envs}
             for port in ports.values():
                 await load(port, args.warmup, args.connections, pick, seed=0)
-            counted = await budget_counters(tenancy_port)
+            counted = {name: await budget_counters(ports[name]) for name in tenancy_apps}
             # Alternating rounds: a machine whose load changes affects every app alike.
             for round_ in range(args.rounds):
                 for name, port in ports.items():
                     async with sampled(server, where[name]) as (samples, sessions):
-                        before = clocks[name].read()
+                        before = clock[name].read()
                         rate, latencies, errors = await load(
                             port, args.seconds, args.connections, pick, seed=round_ + 1
                         )
-                        after = clocks[name].read()
+                        after = clock[name].read()
                     result = results[name]
                     result.add_cpu(before, after)
                     result.rates.append(rate)
@@ -522,18 +621,19 @@ async def run_fleet(args: argparse.Namespace, count: int) -> bool:
                     result.errors += errors
                     result.peak_connections = max([result.peak_connections, *samples])
                     result.connects += sessions[0]
-            ended = await budget_counters(tenancy_port)
-            budget = {key: ended[key] - counted[key] for key in ended}
             met &= report(args, count, traffic, results, labels)
-            checkouts = max(1.0, budget["connects"] + budget["reuses"])
-            waits = max(1.0, budget["waits"])
-            print(
-                f"{'':>9}budget: {budget['reuses'] / checkouts:.0%} of checkouts reuse a "
-                f"connection; {budget['waits'] / checkouts:.2f} wait in line per checkout, "
-                f"{budget['waited'] * 1000 / waits:.1f} ms per wait; "
-                f"{budget['trims'] / checkouts:.2f} idle connections closed per checkout",
-                flush=True,
-            )
+            for name in tenancy_apps:
+                ended = await budget_counters(ports[name])
+                budget = {key: ended[key] - counted[name][key] for key in ended}
+                checkouts = max(1.0, budget["connects"] + budget["reuses"])
+                waits = max(1.0, budget["waits"])
+                print(
+                    f"{'':>9}budget of {labels[name]}: {budget['reuses'] / checkouts:.0%} of "
+                    f"checkouts reuse a connection; {budget['waits'] / checkouts:.2f} wait in "
+                    f"line per checkout, {budget['waited'] * 1000 / waits:.1f} ms per wait; "
+                    f"{budget['trims'] / checkouts:.2f} idle connections closed per checkout",
+                    flush=True,
+                )
     return met
 
 
@@ -564,40 +664,58 @@ def report(
             f"{result.errors:>7}{cpu[0]:>8}{cpu[1]:>8}",
             flush=True,
         )
-    ours, floor = results["tenancy"], results["connect_per_request"]
-    checks: list[tuple[str, bool]] = [
-        (
-            f"server connections {ours.peak_connections} <= budget {args.budget}",
-            ours.peak_connections <= args.budget,
-        ),
-        (f"no failed requests ({ours.errors})", ours.errors == 0),
-    ]
-    # Each round's ratio against the other app's round next to it, then the median: steadier
-    # than a ratio of medians when the machine's load drifts between rounds.
-    over_floor = round_ratios(ours.rates, floor.rates)
-    over_bare = round_ratios(ours.rates, results["bare"].rates)
-    rounds = ", ".join(f"{a:.2f}" for a in over_floor)
-    cpu_ratio = cpu_per_request(floor) / cpu_per_request(ours) if cpu_per_request(ours) else 0.0
-    print(
-        f"{'':>9}tenancy / connect per request by round: {rounds}; "
-        f"CPU per request (app + server): {cpu_ratio:.2f} x less"
-    )
-    if traffic == "uniform":
-        ratio = statistics.median(over_floor)
-        checks.append(
-            (f"{ratio:.2f} x connect per request >= {UNIFORM_OVER_CONNECT}", ratio >= 1.2)
-        )
-    else:
-        ratio = statistics.median(over_bare)
-        ours_p99 = percentile(ours.latencies, 0.99) * 1000
-        floor_p99 = percentile(floor.latencies, 0.99) * 1000
-        checks.append((f"{ratio:.2f} x bare >= {SKEWED_OVER_BARE}", ratio >= SKEWED_OVER_BARE))
-        checks.append(
+    checks: list[tuple[str, bool]] = []
+    # Each tenancy app against the floor of the issue (connect per request, directly); through
+    # PgBouncer also against the floor through PgBouncer, printed only.
+    floor = results["connect_per_request"]
+    for name in (n for n in results if n.startswith("tenancy")):
+        ours = results[name]
+        label = labels[name]
+        checks += [
             (
-                f"p99 {ours_p99:.1f} ms <= connect per request's {floor_p99:.1f} ms",
-                ours_p99 <= floor_p99,
-            )
+                f"{label}: server connections {ours.peak_connections} <= budget {args.budget}",
+                ours.peak_connections <= args.budget,
+            ),
+            (f"{label}: no failed requests ({ours.errors})", ours.errors == 0),
+        ]
+        # Each round's ratio against the other app's round next to it, then the median: steadier
+        # than a ratio of medians when the machine's load drifts between rounds.
+        over_floor = round_ratios(ours.rates, floor.rates)
+        over_bare = round_ratios(ours.rates, results["bare"].rates)
+        rounds = ", ".join(f"{a:.2f}" for a in over_floor)
+        mine = cpu_per_request(ours)
+        cpu_ratio = cpu_per_request(floor) / mine if mine else 0.0
+        print(
+            f"{'':>9}{label} / connect per request by round: {rounds}; "
+            f"CPU per request (app + server): {cpu_ratio:.2f} x less"
         )
+        if name == "tenancy_pgb":
+            other = round_ratios(ours.rates, results["connect_per_request_pgb"].rates)
+            print(
+                f"{'':>9}{label} / PgBouncer: connect per request by round: "
+                + ", ".join(f"{a:.2f}" for a in other)
+            )
+        if traffic == "uniform":
+            ratio = statistics.median(over_floor)
+            checks.append(
+                (
+                    f"{label}: {ratio:.2f} x connect per request >= {UNIFORM_OVER_CONNECT}",
+                    ratio >= UNIFORM_OVER_CONNECT,
+                )
+            )
+        else:
+            ratio = statistics.median(over_bare)
+            ours_p99 = percentile(ours.latencies, 0.99) * 1000
+            floor_p99 = percentile(floor.latencies, 0.99) * 1000
+            checks.append(
+                (f"{label}: {ratio:.2f} x bare >= {SKEWED_OVER_BARE}", ratio >= SKEWED_OVER_BARE)
+            )
+            checks.append(
+                (
+                    f"{label}: p99 {ours_p99:.1f} ms <= connect per request's {floor_p99:.1f} ms",
+                    ours_p99 <= floor_p99,
+                )
+            )
     for description, ok in checks:
         print(f"{'':>9}target: {description}: {'met' if ok else 'NOT met'}")
     return all(ok for _, ok in checks)
@@ -647,6 +765,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds per app before")
     parser.add_argument("--workers", type=int, default=4, help="concurrent CREATE DATABASE")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="also run the connect-per-request and tenancy apps through a PgBouncer of their own",
+    )
+    parser.add_argument(
+        "--pgbouncer-budget",
+        type=int,
+        default=0,
+        help="the tenancy app's budget through PgBouncer: client connections (default: tenants)",
+    )
+    parser.add_argument(
+        "--pgbouncer-idle",
+        type=float,
+        default=0.5,
+        help="PgBouncer's server_idle_timeout, seconds",
+    )
     args = parser.parse_args()
     args.tenants = [int(n) for n in args.tenants.split(",")]
     args.traffic = [t.strip() for t in args.traffic.split(",") if t.strip()]
