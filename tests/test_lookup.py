@@ -14,7 +14,7 @@ from fastapi_tenancy.cache import MemoryTenantCache
 from fastapi_tenancy.lookup import TenantLookup
 from fastapi_tenancy.store import MemoryTenantStore
 from tests.support.polling import eventually
-from tests.support.redis_cache import redis_cache
+from tests.support.redis_cache import redis_cache, start_subscribed
 
 
 class CountingStore(MemoryTenantStore):
@@ -136,7 +136,7 @@ async def process_lookup(
     cache.listeners.append(lookup.forget)
     if heard is not None:
         cache.listeners.append(heard.append)
-    await cache.start()
+    await start_subscribed(cache)
     try:
         yield lookup
     finally:

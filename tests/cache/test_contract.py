@@ -10,7 +10,7 @@ import pytest
 
 from fastapi_tenancy.cache import CachedLookup, MemoryTenantCache, TenantCache
 from fastapi_tenancy.models import Tenant
-from tests.support.redis_cache import redis_cache
+from tests.support.redis_cache import redis_cache, start_subscribed
 from tests.support.services import REDIS_URL
 
 ACME = Tenant(identifier="acme", name="Acme", metadata={"plan": "pro"})
@@ -67,9 +67,9 @@ def layered_backend(url: str = REDIS_URL) -> CacheBackend:
     async def build(max_size: int) -> TenantCache:
         from fastapi_tenancy.cache.layered import LayeredTenantCache
 
-        layered = LayeredTenantCache(MemoryTenantCache(max_size), redis_cache(url))
-        await layered.start()
-        return layered
+        return await start_subscribed(
+            LayeredTenantCache(MemoryTenantCache(max_size), redis_cache(url))
+        )
 
     return CacheBackend(build, asyncio.sleep, bounded=False)
 

@@ -15,7 +15,7 @@ from fastapi_tenancy.cache.layered import LayeredTenantCache
 from fastapi_tenancy.models import Tenant
 from tests.cache.test_contract import ManualClock
 from tests.support.polling import eventually
-from tests.support.redis_cache import redis_cache
+from tests.support.redis_cache import redis_cache, start_subscribed
 from tests.support.redis_server import PrivateRedis
 from tests.support.services import REDIS_URL
 
@@ -51,12 +51,16 @@ async def layered(
     if not isinstance(memory, MemoryTenantCache):
         observer = options.get("observer")
         memory = MemoryTenantCache(100, observer=observer)  # type: ignore[arg-type]
+    subscribe = options.pop("subscribed", True)
     cache = LayeredTenantCache(
         memory,
         redis_cache(url, prefix),
         **options,  # type: ignore[arg-type]
     )
-    await cache.start()
+    if subscribe:
+        await start_subscribed(cache)
+    else:
+        await cache.start()
     try:
         yield cache
     finally:
@@ -174,7 +178,7 @@ async def test_redis_outage_falls_back_to_memory_then_resumes_on_its_own(
 
 async def test_redis_down_at_start_still_serves_from_memory() -> None:
     # Nothing listens on this port: connection refused from the first command on.
-    async with layered("redis://127.0.0.1:9/0", retry_seconds=0.05) as cache:
+    async with layered("redis://127.0.0.1:9/0", retry_seconds=0.05, subscribed=False) as cache:
         assert not cache.redis_available
         assert await cache.read_token("acme") is None
         await cache.set("acme", ACME, ttl=60, token=None)

@@ -30,6 +30,7 @@ from fastapi_tenancy.models import Tenant
 from tests.cache.test_layered import CountingObserver, layered
 from tests.support.backends import isolation_config
 from tests.support.polling import eventually
+from tests.support.redis_cache import start_subscribed
 from tests.support.redis_server import PrivateRedis
 from tests.support.services import REDIS_URL, require_server
 
@@ -61,7 +62,7 @@ class PausingRedisCache(RedisTenantCache):
 @asynccontextmanager
 async def pausing(prefix: str) -> AsyncIterator[LayeredTenantCache]:
     cache = LayeredTenantCache(MemoryTenantCache(100), PausingRedisCache(REDIS_URL, prefix))
-    await cache.start()
+    await start_subscribed(cache)
     try:
         yield cache
     finally:
