@@ -36,6 +36,9 @@ ISOLATIONS = [
 
 all_isolations = pytest.mark.parametrize("isolation_case", ISOLATIONS, indirect=True)
 
+# `database_connection_budget` of `isolation_config` under database isolation.
+TEST_CONNECTION_BUDGET = 20
+
 
 def isolation_config(case: tuple[str, str], **overrides: Any) -> TenancyConfig:
     """The config for an ``isolation_case``: its strategy and database, the test models."""
@@ -48,6 +51,9 @@ def isolation_config(case: tuple[str, str], **overrides: Any) -> TenancyConfig:
     }
     if strategy == "database":
         settings["database_url_template"] = database_url_template(url)
+        # Parallel runs (one per worker, and other suites) share the servers' 100 connections:
+        # tenant engines of one test hold at most this many (the default budget is 50).
+        settings["database_connection_budget"] = TEST_CONNECTION_BUDGET
     return TenancyConfig(**(settings | overrides))
 
 

@@ -188,7 +188,9 @@ async def running(
     app = fault_app(config, holder)
     failures = failures if failures is not None else Failures()
     with recording_unavailable(failures):
-        async with LifespanManager(app):
+        # The app may take the config's whole shutdown_timeout to close (asgi-lifespan's own
+        # limit, 5 s, is shorter): on a loaded machine a close after a Redis restart overran it.
+        async with LifespanManager(app, shutdown_timeout=config.shutdown_timeout + 5):
             tenancy: Tenancy = app.state.tenancy
             ids = {}
             for identifier in identifiers:
