@@ -9,10 +9,14 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 
-def run_tests(session: nox.Session, marker: str, env: dict[str, str] | None = None) -> None:
-    """Install the package with its dev extras and run pytest; posargs go last (a later -m wins)."""
+def run_tests(
+    session: nox.Session, marker: str, *options: str, env: dict[str, str] | None = None
+) -> None:
+    """Install the package with its dev extras and run pytest; posargs go last (a later -m wins).
+
+    Without ``-n`` in ``options`` or posargs the run is parallel (tests/conftest.py)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", marker, *session.posargs, env=env)
+    session.run("pytest", "-m", marker, *options, *session.posargs, env=env)
 
 
 @nox.session
@@ -34,7 +38,7 @@ def tests_integration(session: nox.Session) -> None:
 @nox.session
 def deep(session: nox.Session) -> None:
     """The long property runs (the `deep` Hypothesis profile); a missing server fails."""
-    run_tests(session, "deep", env={"TENANCY_TEST_REQUIRE_SERVICES": "1"})
+    run_tests(session, "deep", "-n0", env={"TENANCY_TEST_REQUIRE_SERVICES": "1"})
 
 
 @nox.session

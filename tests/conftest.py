@@ -26,9 +26,20 @@ from tests.support.services import (
 
 settings.load_profile("tenancy")  # --hypothesis-profile=NAME (Hypothesis' plugin) still wins
 
-# Workers of `-n auto`: the tests mostly wait on PostgreSQL, MariaDB and Redis, so more workers
-# than the machine's two cores still pay (docs/testing.md has the measurements).
+# Workers of the default run (`-n auto`): the tests mostly wait on PostgreSQL, MariaDB and Redis,
+# so more workers than the machine's two cores still pay (docs/testing.md has the measurements).
 DEFAULT_WORKERS = 3
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads -n
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Without ``-n``, run as ``-n auto`` (`pytest_xdist_auto_num_workers` says how many workers).
+    Not in ``addopts``: without pytest-xdist (``-p no:xdist``, or an install without the dev
+    extra) the run is serial instead of refusing the option."""
+    if XDIST_WORKER or not hasattr(config.option, "numprocesses"):
+        return  # a worker runs its tests itself; or pytest-xdist is not loaded
+    if config.option.numprocesses is None:
+        config.option.numprocesses = "auto"
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is loaded
