@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_tenancy._wiring import central_engine
@@ -234,6 +237,35 @@ async def test_concurrent_claims_never_share_a_tenant(store: TenantStore) -> Non
         if len(claimed) >= 20:
             break
     assert len(claimed) == len(set(claimed)) == 20
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    tenants=st.integers(min_value=20, max_value=30),
+    claimers=st.integers(min_value=6, max_value=10),
+    limit=st.integers(min_value=1, max_value=3),
+)
+async def test_racing_claimers_each_get_distinct_tenants_and_no_error(
+    store: TenantStore, tenants: int, claimers: int, limit: int
+) -> None:
+    # Workers in several processes claim at once; on MariaDB two claims could deadlock on the
+    # status index and one raised 1213 to its worker. Every example claims all of its tenants,
+    # so the next example's claims see only its own.
+    prefix = f"r{uuid.uuid4().hex[:8]}-"
+    for n in range(tenants):
+        await store.add(make_tenant(f"{prefix}{n:02d}", status=TenantStatus.PENDING))
+    claimed: list[str] = []
+    for _ in range(tenants + 5):
+        batches = await asyncio.gather(
+            *(store.claim_for_provisioning(limit=limit, stale_before=PAST) for _ in range(claimers))
+        )
+        claimed += [tenant.identifier for batch in batches for tenant in batch]
+        if len(claimed) >= tenants:
+            break
+    assert all(identifier.startswith(prefix) for identifier in claimed)
+    assert len(claimed) == len(set(claimed)) == tenants
 
 
 async def test_stale_provisioning_is_claimed_again_only_when_stale(store: TenantStore) -> None:

@@ -49,7 +49,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fastapi_tenancy.exceptions import ServiceUnavailable
 
-__all__ = ["describe", "is_statement_timeout", "is_unavailable", "unavailable_as_503"]
+__all__ = [
+    "describe",
+    "is_deadlock",
+    "is_statement_timeout",
+    "is_unavailable",
+    "unavailable_as_503",
+]
 
 # PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _PG_UNAVAILABLE_CLASSES = ("08", "53")
@@ -60,6 +66,11 @@ _PG_UNAVAILABLE_WHILE_CONNECTING = frozenset({"3D000", "55000"})
 # ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
 _PG_QUERY_CANCELED = "57014"
 _MYSQL_STATEMENT_TIMEOUT = frozenset({1969, 3024})
+
+# A transaction the server rolled back to break a deadlock: PostgreSQL deadlock_detected and
+# serialization_failure, MySQL/MariaDB ER_LOCK_DEADLOCK.
+_PG_DEADLOCK = frozenset({"40P01", "40001"})
+_MYSQL_DEADLOCK = 1213
 
 # MySQL/MariaDB server and client error numbers (``args[0]`` of PyMySQL's and asyncmy's errors).
 _MYSQL_UNAVAILABLE = frozenset(
@@ -152,6 +163,19 @@ def is_statement_timeout(exc: BaseException) -> bool:
     if _mysql_number(exc) in _MYSQL_STATEMENT_TIMEOUT:
         return True
     return _sqlstate(exc) == _PG_QUERY_CANCELED
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether the server rolled ``exc``'s transaction back to break a deadlock.
+
+    Not an outage and not a bug: the transaction lost a race with another one, and running it
+    again is the remedy the servers document.
+    """
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if _mysql_number(exc) == _MYSQL_DEADLOCK:
+        return True
+    return _sqlstate(exc) in _PG_DEADLOCK
 
 
 def _code(exc: BaseException) -> tuple[bool, bool] | None:

@@ -43,13 +43,15 @@ from sqlalchemy.types import TypeDecorator
 from fastapi_tenancy._secrets import redact_url
 from fastapi_tenancy.domains import Domain, DomainAlreadyExists
 from fastapi_tenancy.exceptions import ServiceUnavailable, TenantAlreadyExists, TenantNotFound
-from fastapi_tenancy.isolation.unavailable import describe, is_unavailable
+from fastapi_tenancy.isolation.unavailable import describe, is_deadlock, is_unavailable
 from fastapi_tenancy.models import Tenant, TenantStatus, later_than
 
 __all__ = ["SQLAlchemyTenantStore", "domains_table", "tenants_metadata", "tenants_table"]
 
 # Tries at creating the tenants table when other processes race to create it too.
 CREATE_ATTEMPTS = 5
+# Tries at a provisioning claim the server rolled back to break a deadlock with another claim.
+_CLAIM_ATTEMPTS = 5
 # The lock new tenants are placed on a server under (tenant ids are hex: never this key), and
 # the longest wait for it: placing is one count and one insert.
 PLACEMENT_LOCK_KEY = "placement"
@@ -399,10 +401,20 @@ class SQLAlchemyTenantStore:
                     async with self._engine.begin() as conn:
                         await _claim(conn, _to_tenant(row), claimed)
             else:
-                async with self._engine.begin() as conn:
-                    locked = candidates.with_for_update(skip_locked=True)
-                    for row in (await conn.execute(locked)).all():
-                        await _claim(conn, _to_tenant(row), claimed)
+                locked = candidates.with_for_update(skip_locked=True)
+                for attempt in range(1, _CLAIM_ATTEMPTS + 1):
+                    try:
+                        async with self._engine.begin() as conn:
+                            for row in (await conn.execute(locked)).all():
+                                await _claim(conn, _to_tenant(row), claimed)
+                        break
+                    except DBAPIError as exc:
+                        # InnoDB locks the rows and the status index entries a claim updates in
+                        # an order concurrent claims can cross: the victim's transaction is
+                        # rolled back whole (nothing claimed), and it runs again.
+                        claimed.clear()
+                        if not is_deadlock(exc) or attempt == _CLAIM_ATTEMPTS:
+                            raise
         return claimed
 
     async def list(self, *, include_deleted: bool = False) -> builtins.list[Tenant]:
