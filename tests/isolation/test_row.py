@@ -11,12 +11,11 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import aliased, selectinload
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantContextMissing
-from fastapi_tenancy._wiring import central_engine
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantContextMissing
 from fastapi_tenancy.isolation import RowIsolation, TenantSession, TenantTables
-from tests.conftest import empty_database
 from tests.support.backends import DATABASES, all_databases
 from tests.support.models import Base, Item, Note, Plan
+from tests.support.module_database import emptied_row_isolation, module_engine
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")
@@ -37,22 +36,14 @@ async def shared_engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncEngine]:
     """The module's database of one backend, with the test models' tables."""
-    async with empty_database(request.param, tmp_path_factory.mktemp("row")) as url:
-        engine = central_engine(TenancyConfig(database_url=url))
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
+    async with module_engine(request.param, tmp_path_factory, "row") as engine:
+        yield engine
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def isolation(shared_engine: AsyncEngine) -> RowIsolation:
     """A new `RowIsolation` over the seeded rows only: what an earlier test wrote is deleted."""
-    isolation = RowIsolation(shared_engine, TenantTables(Base.metadata))
-    await isolation.provision(A)
-    async with shared_engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            await conn.execute(table.delete())
+    isolation = await emptied_row_isolation(shared_engine, Base.metadata, A)
     for tenant, names in ((A, ["a1", "a2"]), (B, ["b1"])):
         async with isolation.session(tenant) as session:
             session.add_all(Item(name=name, notes=[Note(body=f"{name}-note")]) for name in names)

@@ -8,7 +8,6 @@ parameters, and objects forged in memory with another tenant's primary key.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -40,11 +39,10 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import set_committed_value
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
-from fastapi_tenancy._wiring import central_engine
-from fastapi_tenancy.isolation import RowIsolation, TenantTables
-from tests.conftest import empty_database
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
+from fastapi_tenancy.isolation import RowIsolation
 from tests.support.backends import DATABASES
+from tests.support.module_database import emptied_row_isolation, module_engine
 
 A = Tenant(identifier="attack-a")
 B = Tenant(identifier="attack-b")
@@ -149,23 +147,14 @@ async def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncEngine]:
     """The module's database of one backend, with the attack tables."""
-    folder: Path = tmp_path_factory.mktemp("row-attacks")
-    async with empty_database(request.param, folder) as url:
-        engine = central_engine(TenancyConfig(database_url=url))
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
+    async with module_engine(request.param, tmp_path_factory, "row-attacks") as engine:
+        yield engine
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def isolation(engine: AsyncEngine) -> RowIsolation:
     """A new `RowIsolation` over the seeded rows only: what an earlier test wrote is deleted."""
-    isolation = RowIsolation(engine, TenantTables(AttackBase.metadata))
-    await isolation.provision(A)
-    async with engine.begin() as conn:
-        for table in reversed(AttackBase.metadata.sorted_tables):
-            await conn.execute(table.delete())
+    isolation = await emptied_row_isolation(engine, AttackBase.metadata, A)
     for tenant, gadget in ((A, A_GADGET), (B, B_GADGET)):
         prefix = tenant.identifier[-1]
         async with isolation.session(tenant) as session:

@@ -19,11 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from fastapi_tenancy import CrossTenantAccess, TenancyConfig, Tenant, TenantScoped
-from fastapi_tenancy._wiring import central_engine
-from fastapi_tenancy.isolation import RowIsolation, TenantTables, references
-from tests.conftest import empty_database
+from fastapi_tenancy import CrossTenantAccess, Tenant, TenantScoped
+from fastapi_tenancy.isolation import RowIsolation, references
 from tests.support.backends import DATABASES
+from tests.support.module_database import emptied_row_isolation, module_engine
 
 A = Tenant(identifier="tenant-a")
 B = Tenant(identifier="tenant-b")
@@ -73,22 +72,14 @@ async def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncEngine]:
     """The module's database of one backend."""
-    async with empty_database(request.param, tmp_path_factory.mktemp("row-fk")) as url:
-        engine = central_engine(TenancyConfig(database_url=url))
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
+    async with module_engine(request.param, tmp_path_factory, "row-fk") as engine:
+        yield engine
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def isolation(engine: AsyncEngine) -> RowIsolation:
     """A new `RowIsolation` over the module's tables, emptied of what an earlier test wrote."""
-    isolation = RowIsolation(engine, TenantTables(Base.metadata))
-    await isolation.provision(A)
-    async with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            await conn.execute(table.delete())
+    isolation = await emptied_row_isolation(engine, Base.metadata, A)
     return isolation
 
 
