@@ -11,11 +11,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest.mock import patch
 
 import httpx
 import jwt as pyjwt
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Column, MetaData, Table, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -235,6 +238,54 @@ async def test_close_honours_its_deadline_and_spills_what_the_sink_did_not_take(
     assert sorted(decode_line(line)[1].tenant for line in SpillFile(spill).read()) == [
         f"t{n}" for n in range(5)
     ]
+    assert trail.dropped == 0
+
+
+class SlowSpillFile(SpillFile):
+    """Appends after ``delay`` seconds in its thread, so that a close cancels the writer while
+    the append runs: a thread cannot be cancelled, and its lines go in regardless."""
+
+    delay = 0.0
+
+    def append(self, lines: Sequence[str]) -> None:
+        time.sleep(self.delay)
+        super().append(lines)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    records=st.integers(min_value=1, max_value=30),
+    sinks=st.integers(min_value=1, max_value=3),
+    delay=st.sampled_from([0.0, 0.005, 0.02, 0.06]),
+    flush_timeout=st.sampled_from([0.0, 0.01, 0.03, 0.1]),
+)
+async def test_every_record_a_closing_trail_owes_is_spilled_once_per_sink(
+    tmp_path: Path, records: int, sinks: int, delay: float, flush_timeout: float
+) -> None:
+    spill = tmp_path / f"spill-{secrets.token_hex(4)}.jsonl"
+    hooks = Hooks()
+    names = [f"broken{n}" for n in range(sinks)]
+    broken = []
+    for name in names:
+        sink = BrokenSink()
+        sink.name = name  # type: ignore[attr-defined]
+        broken.append(sink)
+    trail = AuditTrail(broken, spill_path=spill, retry_window=0)
+    trail.subscribe(hooks)
+    with patch("fastapi_tenancy.observe.audit.SpillFile", SlowSpillFile):
+        SlowSpillFile.delay = delay
+        await trail.start()
+        for n in range(records):
+            await hooks.emit(changed(f"t{n}"))
+        await asyncio.sleep(delay / 2)  # the writer is mid-append for some examples
+        await trail.close(flush_timeout=flush_timeout)
+    lines = [decode_line(line) for line in SpillFile(spill).read()]
+    owed = sorted((name, record.record_id) for name, record in lines)
+    assert len(set(owed)) == len(owed), "a record was spilled twice for one sink"
+    assert len(owed) == records * sinks
+    assert trail.spilled == len(owed)
     assert trail.dropped == 0
 
 

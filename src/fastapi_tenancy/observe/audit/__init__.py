@@ -283,6 +283,10 @@ class AuditTrail:
         # The batch the writer is delivering, and the sinks still owed it.
         self._batch: list[AuditRecord] = []
         self._owed: list[AuditSink] = []
+        # The spill append running in its thread, and the sink whose batch it holds: a thread
+        # runs on when the writer is cancelled, so close() waits for it rather than spilling
+        # that batch a second time.
+        self._appending: tuple[asyncio.Future[None], str] | None = None
         # Sinks with lines in the spill file: their new records queue behind those lines.
         self._spilled: set[str] = set()
         self._replay_backoff = FIRST_BACKOFF
@@ -346,6 +350,14 @@ class AuditTrail:
             self._writer = None
             self._closed = True
             owed, self._owed, batch, self._batch = self._owed, [], self._batch, []
+            if self._appending is not None:
+                appending, name = self._appending
+                self._appending = None
+                await asyncio.wait({appending})
+                if not appending.cancelled() and appending.exception() is None:
+                    # The cancelled writer's append went in: that sink is owed nothing more.
+                    self.spilled += len(batch)
+                    owed = [sink for sink in owed if _sink_name(sink) != name]
             queued, self._queue = self._queue, []
             self._spill_now([(_sink_name(sink), record) for sink in owed for record in batch])
             self._spill_now([(name, record) for record in queued for name in self._by_name])
@@ -424,7 +436,7 @@ class AuditTrail:
                 return
             except _SinkDown:
                 pass  # raised only when there is a spill file
-        await self._spill_async([(name, record) for record in records])
+        await self._spill_batch(name, records)
 
     async def _write_with_retries(self, sink: AuditSink, records: list[AuditRecord]) -> None:
         """Write ``records``, retrying with backoff while the sink is down: for ``retry_window``
@@ -548,18 +560,25 @@ class AuditTrail:
 
     # Spilling and dropping.
 
-    async def _spill_async(self, entries: list[tuple[str, AuditRecord]]) -> None:
+    async def _spill_batch(self, name: str, records: list[AuditRecord]) -> None:
+        """Append ``records``, owed to sink ``name``, to the spill file from the writer."""
         assert self._spill is not None
+        lines = [encode_line(name, record) for record in records]
+        appending = asyncio.get_running_loop().run_in_executor(None, self._spill.append, lines)
+        self._appending = (appending, name)
+        # asyncio.wait does not cancel what it waits for: a writer cancelled at close leaves the
+        # append to finish in its thread, and close() counts it, once.
+        await asyncio.wait({appending})
+        self._appending = None
         try:
-            await asyncio.to_thread(self._spill.append, [encode_line(*e) for e in entries])
+            appending.result()
         except OSError:
             logger.exception("the audit spill file %s cannot be written", self._spill.path)
-            self._drop("spill_failed", [record for _, record in entries])
+            self._drop("spill_failed", records)
             return
-        self.spilled += len(entries)
-        names = {name for name, _ in entries}
-        if not names <= self._spilled:
-            self._spilled |= names
+        self.spilled += len(records)
+        if name not in self._spilled:
+            self._spilled.add(name)
             loop = asyncio.get_running_loop()
             self._next_replay = loop.time() + self._replay_backoff
 
