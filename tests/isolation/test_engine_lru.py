@@ -589,6 +589,76 @@ async def test_load_stays_within_connection_budget(
     assert await pg_connections(admin) == 0
 
 
+@pytest.mark.postgres
+async def test_the_default_reserve_grows_while_misses_wait_and_shrinks_once_they_stop(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    # Ten slots: the reserve starts at none (10 // 25) and may grow to two (10 // 5).
+    budget = 10
+    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
+    cache = EngineLRU(
+        factory(lambda key: pg_url(database_of[key])), max_engines=200, connection_budget=budget
+    )
+    assert cache.budget.reserve == 0
+
+    async def miss(key: str) -> None:
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+
+    for key in MANY[:budget]:  # every slot holds an idle connection
+        await miss(key)
+    assert (cache.budget.waits, cache.open_connections) == (0, budget)
+
+    # Misses for tenants without a connection, three at once: the first finds no slot and waits
+    # for an idle connection to be closed, and each wait a larger reserve would have spared adds
+    # a slot, up to two.
+    reserve_after: list[int] = []
+    fresh = iter(MANY[budget:])
+    for _ in range(10):
+        await asyncio.gather(*(miss(next(fresh)) for _ in range(3)))
+        reserve_after.append(cache.budget.reserve)
+        assert cache.budget.peak <= budget
+    assert reserve_after[0] >= 1
+    assert max(reserve_after) == 2  # never past a fifth of the budget
+
+    # Connects without a wait give a slot back, one per quiet second.
+    reserve = cache.budget.reserve
+    while reserve > 0:
+        await asyncio.sleep(1.1)
+        await miss(next(fresh))
+        assert cache.budget.reserve == reserve - 1
+        reserve -= 1
+        if reserve:  # a free slot is still kept: the next miss finds it at once
+            await miss(next(fresh))  # within the same second: no second slot back
+            assert cache.budget.reserve == reserve
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
+@pytest.mark.postgres
+async def test_an_explicit_reserve_stays_as_given(
+    few_databases: list[str], admin: AsyncConnection
+) -> None:
+    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
+    cache = EngineLRU(
+        factory(lambda key: pg_url(database_of[key])),
+        max_engines=200,
+        connection_budget=10,
+        reserve=1,
+    )
+
+    async def miss(key: str) -> None:
+        async with cache.lease(key) as engine:
+            await select_one(engine)
+
+    for start in range(0, 60, 3):  # misses three at once, as in the test above
+        await asyncio.gather(*(miss(key) for key in MANY[start : start + 3]))
+    assert cache.budget.waits > 0
+    assert cache.budget.reserve == 1
+    await cache.close()
+    assert await pg_connections(admin) == 0
+
+
 @pytest.mark.mysql
 async def test_mariadb_lease_evict_and_close(mariadb_databases: list[str]) -> None:
     a, b, c = mariadb_databases
@@ -620,8 +690,9 @@ REQUESTS = st.lists(
 
 
 async def check_schedule(
-    databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+    databases: list[str], budget: int, max_engines: int, reserve: int | None, schedule: list[Any]
 ) -> None:
+    """Run ``schedule``; ``reserve=None`` is the default, adaptive reserve."""
     in_use: set[int] = set()
     violations: list[str] = []
     at_checkout: list[int] = []
@@ -677,37 +748,53 @@ async def check_schedule(
     assert cache.budget.peak <= budget
     assert max(observed, default=0) <= budget
     assert (left, cache.open_connections) == (0, 0)
+    if reserve is None:
+        assert budget // 25 <= cache.budget.reserve <= max(budget // 25, budget // 5)
+    else:
+        assert cache.budget.reserve == reserve
+
+
+def capped(reserve: int | None, budget: int) -> int | None:
+    return None if reserve is None else min(reserve, budget - 1)
 
 
 @pytest.mark.postgres
 @settings(ROW_PROPERTY, max_examples=12)
 @given(
-    budget=st.integers(1, 3),
+    budget=st.integers(1, 6),
     max_engines=st.integers(1, 4),
-    reserve=st.integers(0, 1),
+    reserve=st.none() | st.integers(0, 1),
     schedule=REQUESTS,
 )
 async def test_generated_schedules_keep_the_budget_and_leave_nothing_open(
-    few_databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+    few_databases: list[str],
+    budget: int,
+    max_engines: int,
+    reserve: int | None,
+    schedule: list[Any],
 ) -> None:
-    await check_schedule(few_databases, budget, max_engines, min(reserve, budget - 1), schedule)
+    await check_schedule(few_databases, budget, max_engines, capped(reserve, budget), schedule)
 
 
 @pytest.mark.postgres
 @pytest.mark.deep
 @settings(DEEP)
 @given(
-    budget=st.integers(1, 4),
+    budget=st.integers(1, 10),
     max_engines=st.integers(1, 4),
-    reserve=st.integers(0, 2),
+    reserve=st.none() | st.integers(0, 2),
     schedule=st.lists(
         st.tuples(st.integers(0, len(FEW) - 1), st.integers(0, 5)), min_size=1, max_size=40
     ),
 )
 async def test_generated_schedules_keep_the_budget_and_leave_nothing_open_deep(
-    few_databases: list[str], budget: int, max_engines: int, reserve: int, schedule: list[Any]
+    few_databases: list[str],
+    budget: int,
+    max_engines: int,
+    reserve: int | None,
+    schedule: list[Any],
 ) -> None:
-    await check_schedule(few_databases, budget, max_engines, min(reserve, budget - 1), schedule)
+    await check_schedule(few_databases, budget, max_engines, capped(reserve, budget), schedule)
 
 
 def family_cache(databases: list[str], budget: int, protected_share: float) -> EngineLRU:

@@ -20,8 +20,11 @@ now (but one), whichever is more, plus one for each request waiting, the first i
 in that order is closed in a background task, several concurrently when needed. A request finds no
 free slot only when misses come faster than closes finish; it then waits in line (first come,
 first served) for the next close, never behind closes run one at a time, and gets
-`ConnectionBudgetExhausted` (503 with ``Retry-After``) after ``budget_timeout`` seconds. A
-connection in use is never taken.
+`ConnectionBudgetExhausted` (503 with ``Retry-After``) after ``budget_timeout`` seconds. By
+default the reserve adapts: each such wait that a larger reserve would have spared (an idle
+connection was there to give up, or a close was under way) adds a slot, up to a fifth of the
+budget, and each second of connects without a wait takes one back. A connection in use is never
+taken.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ logger = logging.getLogger(__name__)
 # rarely waits for a close: one slot in 25 (none below a budget of 25). Each reserved slot is one
 # idle connection fewer to reuse.
 DEFAULT_RESERVE_SHARE = 25
+# The adaptive reserve's ceiling: one slot in five. Misses that keep outpacing the closes (a fleet
+# whose active tenants outnumber the budget) need as many slots free as misses arrive while one
+# close finishes; more would only give up idle connections that are reused.
+MAX_RESERVE_SHARE = 5
+# Seconds of connects without a wait in line after which the adaptive reserve gives a slot back.
+RESERVE_SHRINK_SECONDS = 1.0
 # The share of the budget that idle connections which have served more than one request may hold
 # as protected (given up only when no probationary connection is idle). Below 1, so that a
 # tenant whose traffic starts later can still earn a place over an old one's idle connection.
@@ -84,7 +93,10 @@ class ConnectionBudget:
     A slot is taken before a connection is opened and given back once its close has finished.
     Waiters are served first come, first served; one that waits longer than ``timeout`` seconds
     raises `ConnectionBudgetExhausted`. ``reserve`` slots are kept free by closing the least
-    recently used idle connection in the background (default: ``limit // 25``). Idle connections
+    recently used idle connection in the background. By default (``None``) the reserve starts at
+    ``limit // 25`` and adapts: a wait in line that a larger reserve would have spared adds a
+    slot, up to ``limit // 5``, and a second of connects without one takes a slot back; an
+    explicit ``reserve`` stays as given. Idle connections
     that served more than one request are protected, up to ``protected_share`` of ``limit``:
     they are given up only when no other is idle (0: one least-recently-used order).
     """
@@ -103,9 +115,12 @@ class ConnectionBudget:
             raise ConfigurationError(f"budget_timeout must be positive, not {timeout}")
         self.limit = limit
         self.timeout = timeout
-        self.reserve = limit // DEFAULT_RESERVE_SHARE if reserve is None else reserve
-        if not 0 <= self.reserve < limit:
-            raise ConfigurationError(f"reserve must be within 0..{limit - 1}, not {self.reserve}")
+        base = limit // DEFAULT_RESERVE_SHARE if reserve is None else reserve
+        if not 0 <= base < limit:
+            raise ConfigurationError(f"reserve must be within 0..{limit - 1}, not {base}")
+        self._base_reserve = self._reserve = base
+        self._max_reserve = base if reserve is not None else max(base, limit // MAX_RESERVE_SHARE)
+        self._reserve_changed = 0.0
         if not 0 <= protected_share <= 1:
             raise ConfigurationError(f"protected_share must be within 0..1, not {protected_share}")
         self.protected_limit = int(limit * protected_share)
@@ -126,6 +141,11 @@ class ConnectionBudget:
         self._closed = False
         self._trims = 0
         self._close_errors = 0
+
+    @property
+    def reserve(self) -> int:
+        """Slots kept free ahead of demand now (see the class docstring for how it adapts)."""
+        return self._reserve
 
     @property
     def used(self) -> int:
@@ -188,6 +208,7 @@ class ConnectionBudget:
             raise ServiceUnavailable("the tenant connection budget is closed")
         if not self._waiters and self._used < self.limit:
             self._take()
+            self._shrink_reserve()
         else:
             await self._wait_in_line()
         self._connects += 1
@@ -201,6 +222,10 @@ class ConnectionBudget:
     async def _wait_in_line(self) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        if self._closing or self._probation or self._protected:
+            # More slots kept free would have spared this wait: the idle connection closed for
+            # it, or the close under way, could have been closed ahead of it.
+            self._grow_reserve(loop.time())
         self._waiters.append(waiter)
         self._waits += 1
         started = loop.time()
@@ -289,6 +314,18 @@ class ConnectionBudget:
         self._used += 1
         self._peak = max(self._peak, self._used)
 
+    def _grow_reserve(self, now: float) -> None:
+        if self._reserve < self._max_reserve:
+            self._reserve += 1
+        self._reserve_changed = now
+
+    def _shrink_reserve(self) -> None:
+        if self._reserve > self._base_reserve:
+            now = asyncio.get_running_loop().time()
+            if now - self._reserve_changed >= RESERVE_SHRINK_SECONDS:
+                self._reserve -= 1
+                self._reserve_changed = now
+
     def _make_room(self) -> None:
         """Close idle connections, probationary before protected, until enough slots are free.
 
@@ -297,7 +334,7 @@ class ConnectionBudget:
         to go on coming (a burst, or a fleet whose active tenants outnumber the budget). Closes
         already running count as free: their slots go to whoever asks next.
         """
-        ahead = max(self.reserve, self._opening - 1)
+        ahead = max(self._reserve, self._opening - 1)
         wanted = len(self._waiters) + ahead - (self.limit - self._used) - self._closing
         while wanted > 0 and (self._probation or self._protected):
             segment = self._probation or self._protected
