@@ -84,7 +84,8 @@ async def test_lifecycle_and_write_requests_are_recorded_with_the_token_subject(
 class BrokenSink:
     """Refuses every batch, as a sink with a missing table or a revoked grant does."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "BrokenSink") -> None:
+        self.name = name
         self.calls = 0
 
     async def start(self) -> None:
@@ -266,12 +267,7 @@ async def test_every_record_a_closing_trail_owes_is_spilled_once_per_sink(
 ) -> None:
     spill = tmp_path / f"spill-{secrets.token_hex(4)}.jsonl"
     hooks = Hooks()
-    names = [f"broken{n}" for n in range(sinks)]
-    broken = []
-    for name in names:
-        sink = BrokenSink()
-        sink.name = name  # type: ignore[attr-defined]
-        broken.append(sink)
+    broken = [BrokenSink(name=f"broken{n}") for n in range(sinks)]
     trail = AuditTrail(broken, spill_path=spill, retry_window=0)
     trail.subscribe(hooks)
     with patch("fastapi_tenancy.observe.audit.SpillFile", SlowSpillFile):
@@ -282,7 +278,7 @@ async def test_every_record_a_closing_trail_owes_is_spilled_once_per_sink(
         await asyncio.sleep(delay / 2)  # the writer is mid-append for some examples
         await trail.close(flush_timeout=flush_timeout)
     lines = [decode_line(line) for line in SpillFile(spill).read()]
-    owed = sorted((name, record.record_id) for name, record in lines)
+    owed = [(name, record.record_id) for name, record in lines]
     assert len(set(owed)) == len(owed), "a record was spilled twice for one sink"
     assert len(owed) == records * sinks
     assert trail.spilled == len(owed)

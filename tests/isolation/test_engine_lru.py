@@ -136,6 +136,18 @@ async def select_one(engine: AsyncEngine) -> None:
         assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
 
 
+def spread(databases: list[str]) -> Callable[[str], str]:
+    """The URL of each of the MANY tenants: their databases taken in turn from ``databases``."""
+    database_of = {key: databases[n % len(databases)] for n, key in enumerate(MANY)}
+    return lambda key: pg_url(database_of[key])
+
+
+async def serve(cache: EngineLRU, key: str) -> None:
+    """One request of tenant ``key``: a lease and a query."""
+    async with cache.lease(key) as engine:
+        await select_one(engine)
+
+
 def unconnected(key: str) -> AsyncEngine:
     # Engines connect lazily: these exercise the cache without a server.
     return create_async_engine(pg_url(f"{LRU_PREFIX}unused_{key}"), pool_size=2, max_overflow=0)
@@ -534,8 +546,7 @@ async def test_load_stays_within_connection_budget(
     budget = 20
     calls: list[str] = []
     at_checkout: list[int] = []
-    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
-    build = factory(lambda key: pg_url(database_of[key]), calls)
+    build = factory(spread(few_databases), calls)
 
     def build_watched(key: str) -> AsyncEngine:
         engine = build(key)
@@ -595,18 +606,10 @@ async def test_the_default_reserve_grows_while_misses_wait_and_shrinks_once_they
 ) -> None:
     # Ten slots: the reserve starts at none (10 // 25) and may grow to two (10 // 5).
     budget = 10
-    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
-    cache = EngineLRU(
-        factory(lambda key: pg_url(database_of[key])), max_engines=200, connection_budget=budget
-    )
+    cache = EngineLRU(factory(spread(few_databases)), max_engines=200, connection_budget=budget)
     assert cache.budget.reserve == 0
-
-    async def miss(key: str) -> None:
-        async with cache.lease(key) as engine:
-            await select_one(engine)
-
     for key in MANY[:budget]:  # every slot holds an idle connection
-        await miss(key)
+        await serve(cache, key)
     assert (cache.budget.waits, cache.open_connections) == (0, budget)
 
     # Misses for tenants without a connection, three at once: the first finds no slot and waits
@@ -615,7 +618,7 @@ async def test_the_default_reserve_grows_while_misses_wait_and_shrinks_once_they
     reserve_after: list[int] = []
     fresh = iter(MANY[budget:])
     for _ in range(10):
-        await asyncio.gather(*(miss(next(fresh)) for _ in range(3)))
+        await asyncio.gather(*(serve(cache, next(fresh)) for _ in range(3)))
         reserve_after.append(cache.budget.reserve)
         assert cache.budget.peak <= budget
     assert reserve_after[0] >= 1
@@ -625,11 +628,11 @@ async def test_the_default_reserve_grows_while_misses_wait_and_shrinks_once_they
     reserve = cache.budget.reserve
     while reserve > 0:
         await asyncio.sleep(1.1)
-        await miss(next(fresh))
+        await serve(cache, next(fresh))
         assert cache.budget.reserve == reserve - 1
         reserve -= 1
         if reserve:  # a free slot is still kept: the next miss finds it at once
-            await miss(next(fresh))  # within the same second: no second slot back
+            await serve(cache, next(fresh))  # within the same second: no second slot back
             assert cache.budget.reserve == reserve
     await cache.close()
     assert await pg_connections(admin) == 0
@@ -639,20 +642,11 @@ async def test_the_default_reserve_grows_while_misses_wait_and_shrinks_once_they
 async def test_an_explicit_reserve_stays_as_given(
     few_databases: list[str], admin: AsyncConnection
 ) -> None:
-    database_of = {key: few_databases[n % len(few_databases)] for n, key in enumerate(MANY)}
     cache = EngineLRU(
-        factory(lambda key: pg_url(database_of[key])),
-        max_engines=200,
-        connection_budget=10,
-        reserve=1,
+        factory(spread(few_databases)), max_engines=200, connection_budget=10, reserve=1
     )
-
-    async def miss(key: str) -> None:
-        async with cache.lease(key) as engine:
-            await select_one(engine)
-
     for start in range(0, 60, 3):  # misses three at once, as in the test above
-        await asyncio.gather(*(miss(key) for key in MANY[start : start + 3]))
+        await asyncio.gather(*(serve(cache, key) for key in MANY[start : start + 3]))
     assert cache.budget.waits > 0
     assert cache.budget.reserve == 1
     await cache.close()
